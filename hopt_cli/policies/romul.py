@@ -1,0 +1,94 @@
+"""ROMUL as this project reconstructs it (ROMUL.md), and DE, its fixed-step variant.
+
+Explorers guard against short-term winners (the paper's failure mode i); the step size sigma is
+inherited and rescaled on every exploit, so the scales that keep producing winners are the ones
+that spread (failure mode ii).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hopt_cli.policies import common
+from hopt_cli.population import Decision, MemberView, PopulationView
+from hopt_cli.space import SearchSpace
+
+STEP_FACTORS = (0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Romul:
+    """ROMUL's settings; `decide` is a pure function of its arguments."""
+
+    explorers: float = 0.25
+    sigma0: float = 0.1
+    sigma_min: float = 0.005
+    sigma_max: float = 0.5
+    ready: int = 2
+    quantile: float = 0.25
+    F: float = 0.5
+    resample: float = 0.2
+    CR: float = 0.5
+    adapt: bool = True
+
+    def explorer_count(self, size: int) -> int:
+        return round(self.explorers * size)
+
+    def decide(self, view: PopulationView, member: int, space: SearchSpace, rng: np.random.Generator) -> Decision:
+        me = view.members[member]
+        if me.checkpoint is None:
+            return common.start(space, rng, self.sigma0, member < self.explorer_count(view.size))
+        if me.explorer or me.interval - me.last_change < self.ready:
+            return common.keep(me)
+        found = common.peers(view, me)
+        if not common.enough_peers(view, found):
+            return common.keep(me)
+        robust = {p.member: p.robust_at(me.interval, self.ready) for p in [me, *found]}
+        non_explorers = [p for p in [me, *found] if not p.explorer]
+        if not common.in_bottom(me, non_explorers, robust, self.quantile):
+            return common.keep(me)
+        candidates = common.top([me, *found], robust, self.quantile, view.intervals)
+        if not candidates:
+            return common.keep(me)
+        parent = candidates[_rank_weighted(len(candidates), rng)]
+        sigma = self._step(parent, rng)
+        best = common.ranked(found, robust)[0]
+        coords = self._move(parent, best, found, sigma, space, rng)
+        return common.exploit(me, parent, coords, sigma)
+
+    def _step(self, parent: MemberView, rng: np.random.Generator) -> float:
+        if not self.adapt:
+            return parent.sigma
+        factor = STEP_FACTORS[rng.integers(len(STEP_FACTORS))]
+        return float(np.clip(parent.sigma * factor, self.sigma_min, self.sigma_max))
+
+    def _move(self, parent: MemberView, best: MemberView, found: list[MemberView], sigma: float,
+              space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+        """Curr-to-best DE mutation with a Gaussian step, a rare global jump, binomial crossover."""
+        u_parent = np.array(parent.coords)
+        a, b = rng.choice(len(found), size=2, replace=False)
+        donor = (u_parent + self.F * (np.array(best.coords) - u_parent)
+                 + self.F * (np.array(found[a].coords) - np.array(found[b].coords))
+                 + sigma * rng.standard_normal(space.dim))
+        if rng.random() < self.resample:
+            donor = rng.random(space.dim)
+        cross = rng.random(space.dim) < self.CR
+        cross[rng.integers(space.dim)] = True
+        trial = np.where(cross, donor, u_parent)
+        choices = space.choice_mask
+        resampled = choices & (rng.random(space.dim) < min(1.0, 2 * sigma))
+        trial = np.where(choices, u_parent, trial)
+        fresh = space.sample_uniform(rng)
+        return np.clip(np.where(resampled, fresh, trial), 0.0, 1.0)
+
+
+def _rank_weighted(count: int, rng: np.random.Generator) -> int:
+    """An index into a best-first list, drawn with weights count, count-1, ..., 1."""
+    weights = np.arange(count, 0, -1, dtype=float)
+    return int(rng.choice(count, p=weights / weights.sum()))
+
+
+def de() -> Romul:
+    """Differential evolution inside PBT: ROMUL with a fixed step (no step 6) and F = 0.8."""
+    return Romul(adapt=False, F=0.8)

@@ -1,0 +1,294 @@
+"""The population as a pure state machine over journal events, and the read-only views policies get.
+
+Every worker, the snapshot and the simulator build the same state by applying the same events in
+journal order; nothing here does I/O, so the state after any prefix of the journal is reproducible.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """One member as a policy sees it: scores along its lineage, higher is better."""
+
+    member: int
+    interval: int
+    scores: tuple[float, ...]
+    coords: tuple[float, ...]
+    sigma: float
+    last_change: int
+    explorer: bool
+    checkpoint: str | None
+
+    def score_at(self, t: int) -> float:
+        """Score after `t` intervals of training time, or the latest before if the lineage is shorter."""
+        return self.scores[min(t, len(self.scores)) - 1]
+
+    def robust_at(self, t: int, window: int) -> float:
+        """Mean of the lineage's last `window` scores up to training time `t`."""
+        end = min(t, len(self.scores))
+        recent = self.scores[max(0, end - window):end]
+        return sum(recent) / len(recent)
+
+
+@dataclass(frozen=True)
+class PopulationView:
+    """Read-only population handed to a policy."""
+
+    members: tuple[MemberView, ...]
+    intervals: int
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's choice for one member: where to resume from and with which coordinates."""
+
+    action: str  # "start", "continue" or "exploit"
+    parent: int | None  # member whose checkpoint is resumed; None for a fresh start
+    checkpoint: str | None
+    interval: int  # the interval to train next (a parent's, after an exploit)
+    coords: tuple[float, ...]
+    sigma: float
+    last_change: int
+    explorer: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Decision:
+        return cls(**{**data, "coords": tuple(data["coords"])})
+
+
+@dataclass
+class Segment:
+    """A run of intervals a lineage trained with one hyperparameter setting by one member."""
+
+    start: int
+    member: int
+    hparams: dict[str, Any]
+    copied_from: int | None = None  # member whose checkpoint this segment continued, after an exploit
+    parent_checkpoint: str | None = None
+
+
+@dataclass
+class Lineage:
+    """A lineage's scores (raw objective, by interval) and its hyperparameter schedule."""
+
+    scores: list[float] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class MemberState:
+    member: int
+    interval: int = 0
+    checkpoint: str | None = None
+    coords: list[float] = field(default_factory=list)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    sigma: float = 0.0
+    last_change: int = 0
+    explorer: bool = False
+    lineage: Lineage = field(default_factory=Lineage)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0
+    claims: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class BestEntry:
+    """One of the `keep_best` best commits ever, kept whole so it can be exported after it is overtaken."""
+
+    score: float
+    checkpoint: str
+    member: int
+    interval: int
+    hparams: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: Lineage
+
+
+@dataclass
+class Population:
+    """The state every worker agrees on, derived from the journal alone."""
+
+    size: int
+    intervals: int
+    maximize: bool = True
+    keep_best: int = 3
+    max_failures: int = 3
+    members: list[MemberState] = field(default_factory=list)
+    pending: dict[int, Lineage] = field(default_factory=dict)
+    best: list[BestEntry] = field(default_factory=list)
+    failed: str | None = None
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = [MemberState(m) for m in range(self.size)]
+        self._views: dict[int, MemberView] = {}
+
+    @property
+    def complete(self) -> bool:
+        return all(m.interval >= self.intervals for m in self.members)
+
+    @property
+    def intervals_done(self) -> int:
+        return sum(min(m.interval, self.intervals) for m in self.members)
+
+    def normalized(self, score: float) -> float:
+        """The objective turned so that higher is better."""
+        return score if self.maximize else -score
+
+    def view(self) -> PopulationView:
+        return PopulationView(tuple(self._member_view(m) for m in self.members), self.intervals)
+
+    def _member_view(self, state: MemberState) -> MemberView:
+        cached = self._views.get(state.member)
+        if cached is None:
+            cached = MemberView(
+                member=state.member,
+                interval=state.interval,
+                scores=tuple(self.normalized(s) for s in state.lineage.scores),
+                coords=tuple(state.coords),
+                sigma=state.sigma,
+                last_change=state.last_change,
+                explorer=state.explorer,
+                checkpoint=state.checkpoint,
+            )
+            self._views[state.member] = cached
+        return cached
+
+    def next_member(self, leased: set[int]) -> int | None:
+        """The free, unfinished member with the fewest intervals (lowest index on ties)."""
+        free = [m for m in self.members if m.member not in leased and m.interval < self.intervals]
+        return min(free, key=lambda m: (m.interval, m.member)).member if free else None
+
+    def referenced_checkpoints(self) -> set[str]:
+        """Checkpoints a member or the best-so-far list points at (live leases add their parents)."""
+        names = {m.checkpoint for m in self.members if m.checkpoint}
+        return names | {b.checkpoint for b in self.best}
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Advance the state by one journal event."""
+        handler = _HANDLERS.get(event["type"])
+        if handler is not None:
+            handler(self, event)
+        self.events += 1
+
+    def _on_claim(self, event: dict[str, Any]) -> None:
+        member = self.members[event["member"]]
+        member.claims += 1
+        decision = event["decision"]
+        if decision["action"] == "exploit":
+            self.pending[member.member] = copy.deepcopy(self.members[decision["parent"]].lineage)
+        else:
+            self.pending.pop(member.member, None)
+
+    def _on_commit(self, event: dict[str, Any]) -> None:
+        member = self.members[event["member"]]
+        decision = Decision.from_dict(event["decision"])
+        lineage = self.pending.pop(member.member, None) if decision.action == "exploit" else None
+        if lineage is not None:
+            member.lineage = lineage
+        elif decision.action == "start":
+            member.lineage = Lineage()
+        if len(member.lineage.scores) != decision.interval:
+            raise ValueError(f"commit of member {member.member} interval {decision.interval} does not follow "
+                             f"its lineage of {len(member.lineage.scores)} intervals")
+        hparams = event["hparams"]
+        _extend_schedule(member.lineage, decision, member.member, hparams)
+        member.lineage.scores.append(event["score"])
+        member.interval = decision.interval + 1
+        member.checkpoint = event["checkpoint"]
+        member.coords = list(decision.coords)
+        member.hparams = hparams
+        member.sigma = decision.sigma
+        member.last_change = decision.last_change
+        member.explorer = decision.explorer
+        member.metrics = event.get("metrics", {})
+        member.failures = member.claims = 0
+        member.last_error = None
+        self._views.pop(member.member, None)
+        self._record_best(member)
+
+    def _on_fail(self, event: dict[str, Any]) -> None:
+        member = self.members[event["member"]]
+        self.pending.pop(member.member, None)
+        member.failures += 1
+        member.last_error = event["error"]
+        if member.failures >= self.max_failures and self.failed is None:
+            self.failed = (f"member {member.member} failed {member.failures} times in a row; last error: "
+                           f"{event['error']}; fix the trainable or the recipe, then run again")
+
+    def _on_end_of_lease(self, event: dict[str, Any]) -> None:
+        self.pending.pop(event["member"], None)
+
+    def _record_best(self, member: MemberState) -> None:
+        score = member.lineage.scores[-1]
+        if len(self.best) >= self.keep_best and self.normalized(score) <= self.normalized(self.best[-1].score):
+            return
+        self.best.append(BestEntry(score, member.checkpoint, member.member, member.interval - 1,
+                                   dict(member.hparams), dict(member.metrics), copy.deepcopy(member.lineage)))
+        self.best.sort(key=lambda b: -self.normalized(b.score))
+        del self.best[self.keep_best:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Population:
+        data = dict(data)
+        data["members"] = [_member_from_dict(m) for m in data["members"]]
+        data["pending"] = {int(k): _lineage_from_dict(v) for k, v in data["pending"].items()}
+        data["best"] = [BestEntry(**{**b, "lineage": _lineage_from_dict(b["lineage"])}) for b in data["best"]]
+        return cls(**data)
+
+
+_HANDLERS = {
+    "claim": Population._on_claim,
+    "commit": Population._on_commit,
+    "fail": Population._on_fail,
+    "release": Population._on_end_of_lease,
+    "reclaim": Population._on_end_of_lease,
+}
+
+
+def _extend_schedule(lineage: Lineage, decision: Decision, member: int, hparams: dict[str, Any]) -> None:
+    last = lineage.segments[-1] if lineage.segments else None
+    if decision.action != "exploit" and last is not None and last.member == member and last.hparams == hparams:
+        return
+    copied = decision.parent if decision.action == "exploit" else None
+    lineage.segments.append(Segment(decision.interval, member, dict(hparams), copied,
+                                    decision.checkpoint if copied is not None else None))
+
+
+def _lineage_from_dict(data: dict[str, Any]) -> Lineage:
+    return Lineage(list(data["scores"]), [Segment(**s) for s in data["segments"]])
+
+
+def _member_from_dict(data: dict[str, Any]) -> MemberState:
+    return MemberState(**{**data, "lineage": _lineage_from_dict(data["lineage"])})
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics safe for strict JSON: non-finite floats become None, other non-numbers are dropped."""
+    clean: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or isinstance(value, str):
+            clean[str(key)] = value
+        elif isinstance(value, (int, float)):
+            clean[str(key)] = float(value) if math.isfinite(value) else None
+        elif hasattr(value, "item"):
+            number = float(value.item())
+            clean[str(key)] = number if math.isfinite(number) else None
+    return clean

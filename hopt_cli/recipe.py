@@ -1,0 +1,210 @@
+"""Recipes: the YAML that defines an experiment, validated whole before anything is written."""
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hopt_cli.errors import HoptError, RecipeError
+from hopt_cli.policies import Policy, make_policy, policy_settings
+from hopt_cli.space import SearchSpace
+
+FORMAT = 1
+CONTEXT_PLACEHOLDERS = ("parent", "out", "interval", "steps", "member", "seed")
+_TOP_KEYS = {"name", "seed", "objective", "population", "intervals", "steps", "policy", "worker", "command",
+             "space", "lease", "keep_best", "max_failures", "format"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "score"
+    mode: str = "max"
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max"
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """How long a silent worker keeps its member (seconds), and how often a live one says so."""
+
+    timeout: float = 300.0
+    heartbeat: float = 30.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe; `to_dict` is the resolved form stored in experiment.yaml."""
+
+    name: str
+    population: int
+    intervals: int
+    space: SearchSpace
+    policy_name: str
+    policy: Policy = field(compare=False)
+    worker: str | None = None
+    command: str | None = None
+    seed: int = 0
+    steps: int = 1
+    objective: Objective = Objective()
+    lease: LeaseSettings = LeaseSettings()
+    keep_best: int = 3
+    max_failures: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "name": self.name,
+            "seed": self.seed,
+            "objective": {"metric": self.objective.metric, "mode": self.objective.mode},
+            "population": self.population,
+            "intervals": self.intervals,
+            "steps": self.steps,
+            "policy": {"name": self.policy_name, **policy_settings(self.policy_name, self.policy)},
+        }
+        data["worker" if self.worker else "command"] = self.worker or self.command
+        data["space"] = self.space.to_recipe()
+        data["lease"] = {"timeout": self.lease.timeout, "heartbeat": self.lease.heartbeat}
+        data["keep_best"] = self.keep_best
+        data["max_failures"] = self.max_failures
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Recipe:
+        """Validate a parsed recipe; the first problem raises RecipeError naming its key."""
+        if not isinstance(data, Mapping):
+            raise RecipeError("recipe", "must be a YAML mapping of keys such as name, population, space")
+        unknown = sorted(set(data) - _TOP_KEYS)
+        if unknown:
+            raise RecipeError(unknown[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS - {'format'}))})")
+        if data.get("format", FORMAT) != FORMAT:
+            raise RecipeError("format", f"this hopt reads format {FORMAT} (got {data['format']!r}); upgrade hopt")
+        space = SearchSpace.from_recipe(data.get("space"))
+        policy_name, policy = _policy(data.get("policy", {"name": "romul"}))
+        worker, command = _trainable(data, space)
+        population = _integer(data, "population", None, low=2)
+        return cls(
+            name=_name(data.get("name")),
+            population=population,
+            intervals=_integer(data, "intervals", None, low=1),
+            space=space,
+            policy_name=policy_name,
+            policy=policy,
+            worker=worker,
+            command=command,
+            seed=_integer(data, "seed", 0, low=0),
+            steps=_integer(data, "steps", 1, low=1),
+            objective=_objective(data.get("objective", {})),
+            lease=_lease(data.get("lease", {})),
+            keep_best=_integer(data, "keep_best", 3, low=1),
+            max_failures=_integer(data, "max_failures", 3, low=1),
+        )
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; any problem is one HoptError line naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise HoptError(f"cannot read recipe {path}: {err.strerror}; give the path of a recipe YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise HoptError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    try:
+        return Recipe.from_dict(data)
+    except RecipeError as err:
+        raise HoptError(f"{path}: {err}") from None
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+        raise RecipeError("name", f"must be a short name of letters, digits, '.', '_' or '-' (got {value!r})")
+    return value
+
+
+def _integer(data: Mapping[str, Any], key: str, default: int | None, low: int) -> int:
+    if key not in data:
+        if default is None:
+            raise RecipeError(key, "is required")
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RecipeError(key, f"must be an integer >= {low} (got {value!r})")
+    return value
+
+
+def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise RecipeError(key, f"must be a mapping with keys {', '.join(sorted(allowed))}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise RecipeError(f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _objective(value: Any) -> Objective:
+    spec = _mapping("objective", value, {"metric", "mode"})
+    metric, mode = spec.get("metric", "score"), spec.get("mode", "max")
+    if not isinstance(metric, str) or not metric:
+        raise RecipeError("objective.metric", f"must be the name of a metric (got {metric!r})")
+    if mode not in ("max", "min"):
+        raise RecipeError("objective.mode", f"must be max or min (got {mode!r})")
+    return Objective(metric, mode)
+
+
+def _lease(value: Any) -> LeaseSettings:
+    spec = _mapping("lease", value, {"timeout", "heartbeat"})
+    numbers = {}
+    for key, default in (("timeout", 300.0), ("heartbeat", 30.0)):
+        number = spec.get(key, default)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+            raise RecipeError(f"lease.{key}", f"must be a number of seconds > 0 (got {number!r})")
+        numbers[key] = float(number)
+    if numbers["heartbeat"] * 2 > numbers["timeout"]:
+        raise RecipeError("lease.heartbeat", "must be at most half of lease.timeout, or live workers look dead")
+    return LeaseSettings(**numbers)
+
+
+def _policy(value: Any) -> tuple[str, Policy]:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise RecipeError("policy", "must be a mapping such as {name: romul}")
+    settings = {k: v for k, v in value.items() if k != "name"}
+    name = value.get("name", "romul")
+    return name, make_policy(name, settings)
+
+
+def _trainable(data: Mapping[str, Any], space: SearchSpace) -> tuple[str | None, str | None]:
+    worker, command = data.get("worker"), data.get("command")
+    if (worker is None) == (command is None):
+        raise RecipeError("worker", "give exactly one of worker (module:function) or command (a shell command)")
+    if worker is not None:
+        if not isinstance(worker, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", worker):
+            raise RecipeError("worker", f"must be module:function, e.g. workers.toys:pbt_quadratic (got {worker!r})")
+        return worker, None
+    if not isinstance(command, str) or not command.strip():
+        raise RecipeError("command", "must be a shell command string")
+    _check_placeholders(command, space)
+    return None, command
+
+
+def _check_placeholders(command: str, space: SearchSpace) -> None:
+    allowed = set(space.names) | set(CONTEXT_PLACEHOLDERS)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]
+    except ValueError as err:
+        raise RecipeError("command", f"bad placeholder syntax ({err}); write {{name}}, and {{{{ }}}} for braces") from None
+    for name in fields:
+        if name not in allowed:
+            raise RecipeError("command", f"unknown placeholder {{{name}}} (known: {', '.join(sorted(allowed))})")

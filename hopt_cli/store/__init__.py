@@ -1,0 +1,316 @@
+"""The store: the experiment directory protocol of DESIGN.md, and all of hopt's I/O on it.
+
+Claims and commits run inside `transaction()`: the lock is held, a torn journal tail is cut, and the
+in-memory population has caught up with the journal. The store never decides anything; it records
+what the worker loop decided and keeps every invariant of the directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hopt_cli.errors import CorruptFile, HoptError, RecipeError
+from hopt_cli.population import Decision, Population, finite_metrics
+from hopt_cli.recipe import Recipe
+from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch, write_json_atomic
+from hopt_cli.store.journal import Journal
+from hopt_cli.store.leases import Holder, Lease
+from hopt_cli.store.locking import ExperimentLock
+from hopt_cli.store.paths import ExperimentPaths
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease file as found on disk, with its heartbeat age on the filesystem's clock."""
+
+    path: Path
+    lease: Lease | None
+    age: float
+
+
+class Store:
+    """One experiment directory, opened by one process."""
+
+    def __init__(self, root: Path, recipe: Recipe) -> None:
+        self.paths = ExperimentPaths(root)
+        self.recipe = recipe
+        self.journal = Journal(self.paths.journal)
+        self.lock = ExperimentLock(self.paths.lock)
+        self.population = self._empty_population()
+        self.offset = 0
+        self._loaded = False
+        self._snapshot_events = 0
+
+    @classmethod
+    def create(cls, root: str | Path, recipe: Recipe) -> Store:
+        """Create the experiment, or open it if it holds the same recipe; safe for many at once."""
+        root = Path(root)
+        text = yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            created = create_exclusive(ExperimentPaths(root).experiment, text)
+        except OSError as err:
+            raise HoptError(f"cannot create the experiment in {root}: {err.strerror}; "
+                            "choose a --dir you can write to") from None
+        store = cls.open(root)
+        if not created and store.recipe.to_dict() != recipe.to_dict():
+            key = _first_difference(store.recipe.to_dict(), recipe.to_dict())
+            raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}); "
+                            "use another --dir, or the recipe it was created with")
+        return store
+
+    @classmethod
+    def open(cls, root: str | Path) -> Store:
+        """Open an existing experiment directory."""
+        root = Path(root)
+        paths = ExperimentPaths(root)
+        if not paths.experiment.is_file():
+            raise HoptError(f"{root} is not a hopt experiment (no experiment.yaml); "
+                            f"create one with `hopt init RECIPE --dir {root}`")
+        try:
+            recipe = Recipe.from_dict(yaml.safe_load(paths.experiment.read_text()))
+        except (RecipeError, yaml.YAMLError) as err:
+            raise CorruptFile(paths.experiment, f"not a valid resolved recipe ({err})",
+                              "restore it, or start the experiment again in a new --dir") from None
+        store = cls(root, recipe)
+        store._ensure_layout()
+        return store
+
+    def _ensure_layout(self) -> None:
+        try:
+            for folder in self.paths.folders:
+                folder.mkdir(exist_ok=True)
+            for path in (self.paths.lock, self.paths.journal, self.paths.clock):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+        except OSError as err:
+            raise HoptError(f"cannot set up {self.paths.root}: {err.strerror}; "
+                            "check the directory's permissions") from None
+
+    def _empty_population(self) -> Population:
+        r = self.recipe
+        return Population(r.population, r.intervals, r.objective.maximize, r.keep_best, r.max_failures)
+
+    # reading
+
+    def sync(self) -> Population:
+        """Catch the in-memory population up with the journal (snapshot first, then the tail)."""
+        if not self._loaded:
+            self._load_snapshot()
+            self._loaded = True
+        events, self.offset = self.journal.read(self.offset)
+        for event in events:
+            self.population.apply(event)
+        return self.population
+
+    def _load_snapshot(self) -> None:
+        """Start from state.json when it is valid; otherwise from an empty population (full replay)."""
+        try:
+            data = json.loads(self.paths.state.read_bytes())
+            offset = int(data["offset"])
+            population = Population.from_dict(data["population"])
+            if data["format"] != SNAPSHOT_FORMAT or not self._is_line_boundary(offset):
+                raise ValueError("snapshot does not match the journal")
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
+            return
+        self.population, self.offset, self._snapshot_events = population, offset, population.events
+
+    def _is_line_boundary(self, offset: int) -> bool:
+        if offset == 0:
+            return True
+        with open(self.paths.journal, "rb") as handle:
+            handle.seek(offset - 1)
+            return handle.read(1) == b"\n"
+
+    def rebuild(self) -> Population:
+        """The population replayed from the whole journal, ignoring the snapshot."""
+        population = self._empty_population()
+        for event in self.journal.read(0)[0]:
+            population.apply(event)
+        return population
+
+    def lease_infos(self) -> list[LeaseInfo]:
+        """Every lease file and its heartbeat age, measured on the shared filesystem's clock."""
+        now = touch(self.paths.clock)
+        infos = []
+        for path in sorted(self.paths.leases.glob("*.json")):
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            infos.append(LeaseInfo(path, Lease.read(path), age))
+        return infos
+
+    # the critical section
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Population]:
+        """Hold the lock with the journal repaired and the population current."""
+        with self.lock:
+            if self.journal.repair_tail():
+                self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
+            yield self.sync()
+
+    def _append(self, event: dict[str, Any]) -> None:
+        event = {**event, "time": round(time.time(), 3)}
+        self.offset = self.journal.append(event)
+        self.population.apply(event)
+
+    def reclaim(self, here: Holder) -> list[Lease]:
+        """Drop leases that are expired, unreadable, already committed or held by a dead local process.
+
+        Returns the live leases. Call inside `transaction()`.
+        """
+        live = []
+        for info in self.lease_infos():
+            reason = self._why_stale(info, here)
+            if reason is None:
+                live.append(info.lease)
+                continue
+            info.path.unlink(missing_ok=True)
+            if info.lease is not None:
+                self._append({"type": "reclaim", "member": info.lease.member, "token": info.lease.token,
+                              "reason": reason, "holder": info.lease.holder.worker})
+            self._note(f"reclaimed lease {info.path.name}: {reason}")
+        return live
+
+    def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
+        lease = info.lease
+        if lease is None or not 0 <= lease.member < self.recipe.population:
+            return "not a valid lease file"
+        if self.population.members[lease.member].interval > lease.interval:
+            return "its interval is already committed"
+        if info.age > self.recipe.lease.timeout:
+            return f"no heartbeat for {info.age:.0f} s (timeout {self.recipe.lease.timeout:.0f} s)"
+        if lease.holder_is_gone(here):
+            return f"its holder (pid {lease.holder.pid} on this host) is gone"
+        return None
+
+    def claim(self, member: int, decision: Decision, hparams: dict[str, Any], holder: Holder) -> Lease:
+        """Record a claim and hand out a lease with a fresh fencing token. Call inside `transaction()`."""
+        lease = Lease(member, decision.interval, secrets.token_hex(8), holder, touch(self.paths.clock),
+                      decision.checkpoint)
+        self._append({"type": "claim", "member": member, "interval": decision.interval, "token": lease.token,
+                      "attempt": self.population.members[member].claims, "worker": holder.worker,
+                      "host": holder.host, "pid": holder.pid, "decision": decision.to_dict(),
+                      "hparams": hparams})
+        write_json_atomic(self.paths.lease(member), lease.to_dict())
+        return lease
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether `lease` is still the one on disk (its token was not fenced off)."""
+        current = Lease.read(self.paths.lease(lease.member))
+        return current is not None and current.token == lease.token
+
+    def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
+               metrics: dict[str, Any], staging: Path) -> str | None:
+        """Publish the checkpoint and record the interval; None if our token was fenced off."""
+        if not self.holds(lease):
+            self._discard(staging)
+            return None
+        name = f"m{lease.member:05d}-i{lease.interval:05d}-{lease.token}"
+        os.rename(staging, self.paths.checkpoint(name))
+        fsync_dir(self.paths.checkpoints)
+        self._append({"type": "commit", "member": lease.member, "interval": lease.interval, "token": lease.token,
+                      "checkpoint": name, "score": score, "metrics": finite_metrics(metrics),
+                      "hparams": hparams, "decision": decision.to_dict(), "worker": lease.holder.worker})
+        self.paths.lease(lease.member).unlink()
+        self._maybe_snapshot()
+        return name
+
+    def fail(self, lease: Lease, error: str, staging: Path) -> bool:
+        """Record a failed interval; the member resumes from its last good checkpoint next time."""
+        self._discard(staging)
+        if not self.holds(lease):
+            return False
+        self._append({"type": "fail", "member": lease.member, "interval": lease.interval, "token": lease.token,
+                      "error": error[-2000:], "worker": lease.holder.worker})
+        self.paths.lease(lease.member).unlink()
+        return True
+
+    def release(self, lease: Lease, reason: str, staging: Path) -> bool:
+        """Give a member back untrained (preemption); another worker may take it at once."""
+        self._discard(staging)
+        if not self.holds(lease):
+            return False
+        self._append({"type": "release", "member": lease.member, "interval": lease.interval,
+                      "token": lease.token, "reason": reason, "worker": lease.holder.worker})
+        self.paths.lease(lease.member).unlink()
+        return True
+
+    def heartbeat(self, lease: Lease) -> bool:
+        """Refresh our lease's age without the lock; False once the lease is no longer ours."""
+        if not self.holds(lease):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            touch(self.paths.lease(lease.member))
+        return True
+
+    # snapshot and garbage
+
+    def _maybe_snapshot(self) -> None:
+        """Refresh state.json once the tail since the last one reaches the population size, and at the end."""
+        pending = self.population.events - self._snapshot_events
+        if pending >= self.recipe.population or self.population.complete:
+            self.write_snapshot()
+
+    def write_snapshot(self) -> None:
+        write_json_atomic(self.paths.state, {"format": SNAPSHOT_FORMAT, "offset": self.offset,
+                                             "population": self.population.to_dict()})
+        self._snapshot_events = self.population.events
+
+    def collect_garbage(self, live: list[Lease]) -> int:
+        """Move unreferenced checkpoints and orphan staging folders to trash/; drop dead temp files.
+
+        Only temp files of writes made under the lock are dropped, so none can be in flight.
+        Call inside `transaction()` with the live leases; `empty_trash()` deletes outside the lock.
+        """
+        keep = self.population.referenced_checkpoints() | {l.parent_checkpoint for l in live if l.parent_checkpoint}
+        tokens = {l.token for l in live}
+        moved = 0
+        for folder, wanted in ((self.paths.checkpoints, keep), (self.paths.staging, tokens)):
+            for entry in os.scandir(folder):
+                if entry.name not in wanted:
+                    os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
+                    moved += 1
+        for folder, prefix in ((self.paths.root, f".{self.paths.state.name}"), (self.paths.leases, ".")):
+            for entry in os.scandir(folder):
+                if is_temporary(entry.name) and entry.name.startswith(prefix):
+                    os.unlink(entry.path)
+        return moved
+
+    def empty_trash(self) -> None:
+        for entry in os.scandir(self.paths.trash):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(entry.path)
+
+    def _discard(self, staging: Path) -> None:
+        if staging.exists():
+            os.rename(staging, self.paths.trash / f"{staging.name}.{secrets.token_hex(4)}")
+
+    def _note(self, message: str) -> None:
+        logging.getLogger("hopt").warning(message)
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "the top level"

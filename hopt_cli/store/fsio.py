@@ -1,0 +1,76 @@
+"""Crash-safe file primitives: atomic replace, whole-line appends, directory fsync."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+TEMP_MARK = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Write `data` so that readers see the old file or the new one, never a part (umask applies)."""
+    temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, (json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n").encode())
+
+
+def create_exclusive(path: Path, data: bytes) -> bool:
+    """Publish `data` at `path` only if nothing is there yet; False if another writer won the race."""
+    temp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    write_atomic(temp, data)
+    try:
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+
+def append_line(path: Path, line: bytes) -> int:
+    """Append one whole line with a single write and fsync; returns the file's new size."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write to {path} ({written} of {len(line)} bytes)")
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def touch(path: Path) -> float:
+    """Set `path`'s mtime to the filesystem's now and return it."""
+    os.utime(path)
+    return os.stat(path).st_mtime
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name

@@ -1,0 +1,70 @@
+"""Leases: which worker trains which member now, with the fencing token that makes its commit valid."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+def pid_namespace() -> int | None:
+    """Identifies the pid namespace, so a pid is only checked where it means the same process."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A worker process as leases name it."""
+
+    worker: str
+    host: str
+    pid: int
+    pidns: int | None
+
+    @classmethod
+    def this_process(cls, worker: str) -> Holder:
+        return cls(worker, socket.gethostname(), os.getpid(), pid_namespace())
+
+
+@dataclass(frozen=True)
+class Lease:
+    member: int
+    interval: int
+    token: str
+    holder: Holder
+    since: float
+    parent_checkpoint: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lease:
+        return cls(**{**data, "holder": Holder(**data["holder"])})
+
+    @classmethod
+    def read(cls, path: Path) -> Lease | None:
+        """The lease in `path`, or None when the file is not a valid lease (e.g. edited by hand)."""
+        try:
+            return cls.from_dict(json.loads(path.read_bytes()))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def holder_is_gone(self, here: Holder) -> bool:
+        """True only when the holder ran on this host in this pid namespace and its process is gone."""
+        if (self.holder.host, self.holder.pidns) != (here.host, here.pidns) or self.holder.pidns is None:
+            return False
+        if self.holder.pid == here.pid:
+            return False
+        try:
+            os.kill(self.holder.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False

@@ -1,0 +1,42 @@
+"""The experiment lock: short critical sections around claim and commit.
+
+flock through filelock by default: the kernel drops it when its holder dies, even on SIGKILL.
+The lock file is never deleted (deleting it would split waiters across two inodes).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+
+import filelock
+
+from hopt_cli.errors import HoptError
+
+POLL_SECONDS = 0.001
+
+
+class ExperimentLock:
+    """A blocking, non-reentrant, inter-process lock on `path`; records how long it waited and held."""
+
+    def __init__(self, path: Path, timeout: float = 600.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._lock = filelock.UnixFileLock(str(path), timeout=timeout, thread_local=False)
+        self.waited = 0.0
+        self.held_since = 0.0
+
+    def __enter__(self) -> ExperimentLock:
+        started = time.perf_counter()
+        try:
+            self._lock.acquire(poll_interval=POLL_SECONDS)
+        except filelock.Timeout:
+            raise HoptError(f"{self.path}: could not take the experiment lock in {self.timeout:.0f} s; "
+                            "a process may hang inside a critical section (check `hopt status`)") from None
+        self.held_since = time.perf_counter()
+        self.waited = self.held_since - started
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._lock.release()

@@ -1,0 +1,168 @@
+"""The worker loop: claim a member under the lock, train one interval without it, commit under it.
+
+This is the only module that joins the store, the policies and the trainable. A worker may be killed
+at any moment; everything it leaves behind is valid, and its lease expires or is reclaimed.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hopt_cli.errors import ExperimentFailed
+from hopt_cli.policies import decision_rng, trainable_seed
+from hopt_cli.population import Decision
+from hopt_cli.store import Store
+from hopt_cli.store.leases import Holder, Lease
+from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval
+
+log = logging.getLogger("hopt")
+WAIT_SECONDS = (0.05, 0.5)
+
+
+class StopRequest(Protocol):
+    """Set by a signal handler; the loop and the trainable poll it."""
+
+    @property
+    def requested(self) -> bool: ...
+
+
+class NeverStop:
+    requested = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    lease: Lease
+    decision: Decision
+    hparams: dict[str, Any]
+
+    @property
+    def member(self) -> int:
+        return self.lease.member
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did before it stopped."""
+
+    commits: int = 0
+    failures: int = 0
+    fenced: int = 0
+    stopped: bool = False
+
+
+class Worker:
+    def __init__(self, store: Store, name: str, stop: StopRequest | None = None,
+                 trainable: Callable[[Context], Any] | None = None) -> None:
+        self.store = store
+        self.recipe = store.recipe
+        self.holder = Holder.this_process(name)
+        self.stop = stop or NeverStop()
+        self.trainable = trainable or load_trainable(self.recipe.worker, self.recipe.command)
+        self.report = WorkerReport()
+
+    def run(self) -> WorkerReport:
+        """Train intervals until the experiment is complete or a stop is requested."""
+        while not self.stop.requested:
+            claim = self.claim()
+            if claim is None:
+                break
+            self.train_and_commit(claim)
+        self.report.stopped = self.stop.requested
+        return self.report
+
+    def claim(self) -> Claim | None:
+        """The next member to train and its decision; None when the experiment is complete or we stop."""
+        while not self.stop.requested:
+            claim = self._try_claim()
+            if claim is not False:
+                return claim
+            time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
+        return None
+
+    def _try_claim(self) -> Claim | None | bool:
+        with self.store.transaction() as population:
+            if population.failed:
+                raise ExperimentFailed(population.failed)
+            if population.complete:
+                return None
+            live = self.store.reclaim(self.holder)
+            member = population.next_member({lease.member for lease in live})
+            if member is None:
+                return False
+            state = population.members[member]
+            rng = decision_rng(self.recipe.seed, member, state.interval, state.claims)
+            decision = self.recipe.policy.decide(population.view(), member, self.recipe.space, rng)
+            hparams = self.recipe.space.decode(decision.coords)
+            lease = self.store.claim(member, decision, hparams, self.holder)
+        log.info("claim member %d interval %d: %s%s %s", member, decision.interval, decision.action,
+                 f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(hparams))
+        return Claim(lease, decision, hparams)
+
+    def train_and_commit(self, claim: Claim) -> None:
+        staging = self.store.paths.staging_dir(claim.lease.token)
+        staging.mkdir()
+        started = time.monotonic()
+        outcome, fenced = self._train(claim, staging)
+        with self.store.transaction() as population:
+            if self.stop.requested:
+                self.store.release(claim.lease, "stop requested", staging)
+                result = "released (stop requested)"
+            elif outcome.error is not None:
+                self.store.fail(claim.lease, outcome.error, staging)
+                self.report.failures += 1
+                result = f"FAILED: {outcome.error}"
+            else:
+                name = self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score,
+                                         outcome.metrics, staging)
+                if name is None:
+                    self.report.fenced += 1
+                    result = "discarded: our lease was reclaimed (presumed dead), another worker owns it"
+                else:
+                    self.report.commits += 1
+                    result = f"committed score {outcome.score:.6g}"
+            moved = self.store.collect_garbage(self.store.reclaim(self.holder))
+            done = population.intervals_done
+        if moved:
+            self.store.empty_trash()
+        log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
+                 claim.decision.interval, result, time.monotonic() - started, done,
+                 self.recipe.population * self.recipe.intervals, " [lease lost while training]" if fenced else "")
+
+    def _train(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
+        """Run the trainable with a heartbeat thread keeping the lease alive."""
+        lost = threading.Event()
+        finished = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(claim.lease, lost, finished), daemon=True)
+        beat.start()
+        decision = claim.decision
+        ctx = Context(
+            hparams=claim.hparams,
+            parent=self.store.paths.checkpoint(decision.checkpoint) if decision.checkpoint else None,
+            out=staging,
+            interval=decision.interval,
+            steps=self.recipe.steps,
+            member=claim.member,
+            seed=trainable_seed(self.recipe.seed, claim.member, decision.interval),
+            should_stop=lambda: self.stop.requested or lost.is_set(),
+        )
+        try:
+            return run_interval(self.trainable, ctx, self.recipe.objective.metric), lost.is_set()
+        finally:
+            finished.set()
+            beat.join()
+
+    def _heartbeat(self, lease: Lease, lost: threading.Event, finished: threading.Event) -> None:
+        while not finished.wait(self.recipe.lease.heartbeat):
+            if not self.store.heartbeat(lease):
+                lost.set()
+                return
+
+
+def _fmt(hparams: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in hparams.items())
