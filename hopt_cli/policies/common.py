@@ -48,7 +48,11 @@ def in_bottom(me: MemberView, members: list[MemberView], score: dict[int, float]
     return any(p.member == me.member for p in bottom)
 
 
-def top(members: list[MemberView], score: dict[int, float], quantile: float, intervals: int) -> list[MemberView]:
-    """The best `quantile` of `members` that can still be continued (not finished), best first."""
+def top(members: list[MemberView], score: dict[int, float], quantile: float, me: MemberView,
+        intervals: int) -> list[MemberView]:
+    """The best `quantile` of `members` that `me` can continue from, best first.
+
+    A parent must not be behind `me` (a lineage never goes back in training time) nor finished.
+    """
     order = ranked(members, score)[:max(1, math.floor(quantile * len(members)))]
-    return [p for p in order if p.interval < intervals]
+    return [p for p in order if me.interval <= p.interval < intervals and p.member != me.member]

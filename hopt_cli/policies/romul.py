@@ -48,7 +48,7 @@ class Romul:
         non_explorers = [p for p in [me, *found] if not p.explorer]
         if not common.in_bottom(me, non_explorers, robust, self.quantile):
             return common.keep(me)
-        candidates = common.top([me, *found], robust, self.quantile, view.intervals)
+        candidates = common.top([me, *found], robust, self.quantile, me, view.intervals)
         if not candidates:
             return common.keep(me)
         parent = candidates[_rank_weighted(len(candidates), rng)]

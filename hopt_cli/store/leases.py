@@ -49,10 +49,10 @@ class Lease:
 
     @classmethod
     def read(cls, path: Path) -> Lease | None:
-        """The lease in `path`, or None when the file is not a valid lease (e.g. edited by hand)."""
+        """The lease in `path`, or None when it is gone or not a valid lease (e.g. edited by hand)."""
         try:
             return cls.from_dict(json.loads(path.read_bytes()))
-        except (ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
     def holder_is_gone(self, here: Holder) -> bool:

@@ -1,0 +1,40 @@
+"""Shared fixtures: recipes for small, fast experiments on the toys."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def toy_recipe(**overrides: Any) -> dict[str, Any]:
+    """T1 (the PBT quadratic) at a size that runs in well under a second."""
+    recipe: dict[str, Any] = {
+        "name": "toy",
+        "seed": 0,
+        "population": 8,
+        "intervals": 10,
+        "steps": 4,
+        "policy": {"name": "romul"},
+        "worker": "workers.toys:pbt_quadratic",
+        "space": {"h0": {"type": "float", "low": 0.0, "high": 1.0},
+                  "h1": {"type": "float", "low": 0.0, "high": 1.0}},
+        "lease": {"timeout": 60, "heartbeat": 5},
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """Write a recipe dict to a YAML file and return its path."""
+
+    def write(recipe: dict[str, Any], name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return write
