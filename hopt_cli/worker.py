@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hopt_cli.errors import ExperimentFailed
-from hopt_cli.policies import decision_rng, trainable_seed
+from hopt_cli.planning import plan_next
+from hopt_cli.policies import trainable_seed
 from hopt_cli.population import Decision
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease
@@ -92,17 +93,15 @@ class Worker:
             if population.complete:
                 return None
             live = self.store.reclaim(self.holder)
-            member = population.next_member({lease.member for lease in live})
-            if member is None:
+            plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
+                             self.recipe.seed)
+            if plan is None:
                 return False
-            state = population.members[member]
-            rng = decision_rng(self.recipe.seed, member, state.interval, state.claims)
-            decision = self.recipe.policy.decide(population.view(), member, self.recipe.space, rng)
-            hparams = self.recipe.space.decode(decision.coords)
-            lease = self.store.claim(member, decision, hparams, self.holder)
-        log.info("claim member %d interval %d: %s%s %s", member, decision.interval, decision.action,
-                 f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(hparams))
-        return Claim(lease, decision, hparams)
+            lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
+        decision = plan.decision
+        log.info("claim member %d interval %d: %s%s %s", plan.member, decision.interval, decision.action,
+                 f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(plan.hparams))
+        return Claim(lease, decision, plan.hparams)
 
     def train_and_commit(self, claim: Claim) -> None:
         staging = self.store.paths.staging_dir(claim.lease.token)
