@@ -1,0 +1,259 @@
+"""The scheduler, in one place: SLURM's environment, the worker array's sbatch script, submit, requeue, signals.
+
+A worker array is one sbatch script: every task runs `hopt worker --dir D`, requeue-able, with logs
+appended across restarts and a preemption signal (`--signal=B:USR1@grace`) that reaches Python because
+the batch shell `exec`s the worker. Nothing here trains or touches the experiment's state.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hopt_cli.errors import HoptError
+from hopt_cli.store.fsio import write_atomic
+from hopt_cli.store.paths import safe_name
+
+COMMAND_TIMEOUT = 120.0  # seconds; sbatch and scontrol retry for a while when slurmctld is slow
+
+_VARIABLES = {
+    "job_id": "SLURM_JOB_ID",
+    "array_job_id": "SLURM_ARRAY_JOB_ID",
+    "array_task_id": "SLURM_ARRAY_TASK_ID",
+    "restart_count": "SLURM_RESTART_COUNT",
+    "node": "SLURMD_NODENAME",
+}
+
+
+@dataclass(frozen=True)
+class SlurmEnvironment:
+    """Who this process is to SLURM; every field is None (restart_count 0) outside a SLURM job."""
+
+    job_id: str | None = None
+    array_job_id: str | None = None
+    array_task_id: str | None = None
+    restart_count: int = 0
+    node: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SlurmEnvironment:
+        """Read the SLURM_* variables (of os.environ by default); empty values count as unset."""
+        env = os.environ if env is None else env
+        values = {name: env.get(variable) or None for name, variable in _VARIABLES.items()}
+        restarts = values.pop("restart_count")
+        return cls(**values, restart_count=int(restarts) if restarts and restarts.isdigit() else 0)
+
+    @property
+    def is_array_task(self) -> bool:
+        return self.array_job_id is not None and self.array_task_id is not None
+
+    @property
+    def requeue_target(self) -> str | None:
+        """The id `scontrol requeue` takes: `<array job>_<task>` for an array task, else the job id."""
+        if self.is_array_task:
+            return f"{self.array_job_id}_{self.array_task_id}"
+        return self.job_id
+
+    @property
+    def worker_name(self) -> str | None:
+        """A filesystem-safe identity that survives requeues (`slurm-<array job>_<task>`); None outside SLURM."""
+        target = self.requeue_target
+        return None if target is None else safe_name(f"slurm-{target}")
+
+
+@dataclass(frozen=True)
+class SbatchOptions:
+    """What `hopt slurm` puts into the worker array's sbatch script."""
+
+    directory: Path
+    array: int
+    parallelism: int | None = None
+    partition: str | None = None
+    time: str | None = None
+    gres: str | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    grace: int = 120
+    job_name: str | None = None
+    extra: Sequence[str] = ()
+    setup: Sequence[str] = ()
+    command: str = "hopt worker"
+    requeue: bool = False
+
+    def __post_init__(self) -> None:
+        # Absolute and normalised: the script runs in whatever directory sbatch was called from.
+        object.__setattr__(self, "directory", Path(os.path.abspath(self.directory)))
+        object.__setattr__(self, "extra", tuple(self.extra))
+        object.__setattr__(self, "setup", tuple(self.setup))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.array < 1:
+            raise HoptError(f"--array must be at least 1 (got {self.array})")
+        if self.parallelism is not None and self.parallelism < 1:
+            raise HoptError(f"the array parallelism (%k) must be at least 1 (got {self.parallelism})")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise HoptError(f"--cpus-per-task must be at least 1 (got {self.cpus_per_task})")
+        if not 0 <= self.grace <= 65535:
+            raise HoptError(f"the grace time must be 0..65535 seconds (got {self.grace}); sbatch's --signal limit")
+        for line in (*self.extra, *self.setup, self.command):
+            if "\n" in line or "\r" in line:
+                raise HoptError(f"{line!r} spans several lines; give one line per option")
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.directory / "slurm"
+
+    @property
+    def script_path(self) -> Path:
+        return self.slurm_dir / "worker.sbatch"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.slurm_dir / "logs"
+
+    @property
+    def name(self) -> str:
+        return safe_name(self.job_name or f"hopt-{self.directory.name}")
+
+
+def render_sbatch(options: SbatchOptions) -> str:
+    """The sbatch script of a worker array; the same options always give the same text."""
+    logs = options.log_dir
+    array = f"0-{options.array - 1}" + (f"%{options.parallelism}" if options.parallelism else "")
+    directives = [
+        f"--job-name={options.name}",
+        f"--array={array}",
+        "--requeue",
+        "--open-mode=append",
+        f"--output={shlex.quote(str(logs / '%A_%a.out'))}",
+        f"--error={shlex.quote(str(logs / '%A_%a.err'))}",
+        f"--signal=B:USR1@{options.grace}",
+    ]
+    optional = {"partition": options.partition, "time": options.time, "gres": options.gres,
+                "cpus-per-task": options.cpus_per_task, "mem": options.mem}
+    directives += [f"--{flag}={value}" for flag, value in optional.items() if value is not None]
+    directives += options.extra
+    worker = f"exec {options.command} --dir {shlex.quote(str(options.directory))}"
+    lines = [
+        "#!/bin/bash",
+        f"# hopt worker array for {options.directory}, written by `hopt slurm`: write it again, don't edit.",
+        *(f"#SBATCH {directive}" for directive in directives),
+        "",
+        "set -euo pipefail",
+        *options.setup,
+        "# exec: the worker replaces this shell, so SIGUSR1 from --signal=B: reaches it directly.",
+        worker + (" --requeue" if options.requeue else ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_sbatch(options: SbatchOptions) -> Path:
+    """Write `<dir>/slurm/worker.sbatch` atomically (executable as far as the umask allows) and make logs/."""
+    path = options.script_path
+    try:
+        options.log_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, render_sbatch(options).encode(), mode=0o777)
+    except OSError as err:
+        raise HoptError(f"cannot write {path}: {err.strerror}; choose a --dir you can write to") from None
+    return path
+
+
+def submit(script: Path) -> str:
+    """Submit `script` with `sbatch --parsable` and return the job id."""
+    out = _run(["sbatch", "--parsable", str(script)],
+               fix=f"check the #SBATCH lines of {script}, or submit it yourself: sbatch {script}")
+    job_id = out.strip().split(";")[0]
+    if not job_id:
+        raise HoptError(f"sbatch printed no job id for {script}; check `squeue --me` before submitting again")
+    return job_id
+
+
+def requeue(env: SlurmEnvironment) -> None:
+    """Ask SLURM to requeue this job (`scontrol requeue`); SLURM then stops the running instance."""
+    target = env.requeue_target
+    if target is None:
+        raise HoptError("cannot requeue: this process is not a SLURM job (no SLURM_JOB_ID); "
+                        "drop --requeue outside SLURM")
+    _run(["scontrol", "requeue", target],
+         fix="submit with --requeue on a cluster with JobRequeue=1, or requeue it yourself later")
+
+
+def _run(argv: list[str], fix: str) -> str:
+    """Run a SLURM command and return its stdout; any failure is a HoptError naming `fix`."""
+    command = shlex.join(argv)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+    except FileNotFoundError:
+        raise HoptError(f"{argv[0]} not found on PATH: SLURM is not installed here; "
+                        f"run this on a SLURM login node, or {fix}") from None
+    except subprocess.TimeoutExpired:
+        raise HoptError(f"{command} got no answer in {COMMAND_TIMEOUT:.0f} s (is slurmctld up? try sinfo); "
+                        f"{fix}") from None
+    if done.returncode != 0:
+        stderr = "; ".join(line.strip() for line in done.stderr.splitlines() if line.strip()) or "no message"
+        raise HoptError(f"{command} failed (exit {done.returncode}): {stderr}; {fix}")
+    return done.stdout
+
+
+class StopSignals:
+    """Records which stop signal arrived (SIGTERM, SIGINT, the preemption signal); the loop acts on it.
+
+    The handler only sets state and, when a child is registered, forwards the signal to it; it never
+    does the work itself. The first signal is the one kept. Install from the main thread.
+    """
+
+    def __init__(self, preemption: signal.Signals = signal.SIGUSR1) -> None:
+        self.preemption = preemption
+        self.signals = tuple(dict.fromkeys((signal.SIGTERM, signal.SIGINT, preemption)))
+        self._received: signal.Signals | None = None
+        self._child: int | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> StopSignals:
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> StopSignals:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def forward_to(self, pid: int | None) -> None:
+        """Forward later signals to this child process (a command trainable); None stops forwarding."""
+        self._child = pid
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler: remember the signal, pass it on to the child."""
+        if self._received is None:
+            self._received = signal.Signals(signum)
+        if self._child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._child, signum)
+
+    @property
+    def requested(self) -> bool:
+        return self._received is not None
+
+    @property
+    def preempted(self) -> bool:
+        """Whether the first signal was the preemption signal (then the worker may requeue itself)."""
+        return self._received == self.preemption
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self._received is None else self._received.name

@@ -1,0 +1,315 @@
+"""hopt_cli.slurm: environment, sbatch text (golden files), atomic script writes, SLURM errors, signals.
+
+The `slurm` tests submit real jobs to a running cluster (tests/slurm/start-cluster.sh); they skip
+when none answers, and fail instead when CI=true.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hopt_cli.errors import HoptError
+from hopt_cli.slurm import SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue, submit, write_sbatch
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[2]
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED"}
+
+FULL = SbatchOptions(
+    directory=Path("/scratch/runs/exp1"), array=8, parallelism=4, partition="gpu", time="04:00:00",
+    gres="gpu:1", cpus_per_task=8, mem="32G", grace=300, job_name="digits",
+    extra=["--qos=high", "--account=ml"], setup=["module load cuda", "source .venv/bin/activate"],
+    command="python -m hopt_cli worker", requeue=True,
+)
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/hopt_cli/golden/NAME; HOPT_UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = GOLDEN / name
+    if os.environ.get("HOPT_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+# render_sbatch
+
+
+def test_render_default_matches_golden() -> None:
+    check_golden("worker_default.sbatch", render_sbatch(SbatchOptions(Path("/scratch/runs/exp1"), array=4)))
+
+
+def test_render_full_matches_golden() -> None:
+    check_golden("worker_full.sbatch", render_sbatch(FULL))
+
+
+def test_render_quotes_paths_and_makes_them_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = render_sbatch(SbatchOptions(Path("my runs/../my exp"), array=1))
+    expected = tmp_path / "my exp"
+    assert f"exec hopt worker --dir {shlex.quote(str(expected))}\n" in text
+    assert f"#SBATCH --output={shlex.quote(str(expected / 'slurm/logs/%A_%a.out'))}\n" in text
+    assert "#SBATCH --job-name=hopt-my_exp\n" in text
+    assert "#SBATCH --array=0-0\n" in text
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"array": 0}, {"array": 2, "parallelism": 0}, {"array": 2, "grace": 70000}, {"array": 2, "cpus_per_task": 0},
+    {"array": 2, "extra": ["--qos=a\necho injected"]}, {"array": 2, "setup": ["a\rb"]},
+])
+def test_options_reject_bad_values(kwargs: dict) -> None:
+    with pytest.raises(HoptError):
+        SbatchOptions(Path("/x"), **kwargs)
+
+
+# SlurmEnvironment
+
+
+def test_env_of_an_array_task() -> None:
+    env = SlurmEnvironment.from_env({"SLURM_JOB_ID": "1007", "SLURM_ARRAY_JOB_ID": "1000",
+                                     "SLURM_ARRAY_TASK_ID": "7", "SLURM_RESTART_COUNT": "2",
+                                     "SLURMD_NODENAME": "gpu-03"})
+    assert env == SlurmEnvironment("1007", "1000", "7", 2, "gpu-03")
+    assert env.requeue_target == "1000_7"
+    assert env.worker_name == "slurm-1000_7"
+
+
+def test_env_of_a_plain_job_first_run() -> None:
+    env = SlurmEnvironment.from_env({"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": ""})
+    assert env.restart_count == 0
+    assert env.requeue_target == "42"
+    assert env.worker_name == "slurm-42"
+
+
+def test_env_outside_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                     "SLURMD_NODENAME"):
+        monkeypatch.delenv(variable, raising=False)
+    env = SlurmEnvironment.from_env()
+    assert env == SlurmEnvironment()
+    assert env.worker_name is None and env.requeue_target is None
+    with pytest.raises(HoptError, match="not a SLURM job"):
+        requeue(env)
+
+
+# write_sbatch
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700), (0o027, 0o750), (0o002, 0o775)])
+def test_write_sbatch_is_executable_within_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        path = write_sbatch(SbatchOptions(tmp_path / "exp", array=2))
+    finally:
+        os.umask(old)
+    assert path == tmp_path / "exp" / "slurm" / "worker.sbatch"
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert (tmp_path / "exp" / "slurm" / "logs").is_dir()
+
+
+def test_write_sbatch_replaces_atomically(tmp_path: Path) -> None:
+    first = write_sbatch(SbatchOptions(tmp_path, array=2))
+    inode = first.stat().st_ino
+    second = write_sbatch(SbatchOptions(tmp_path, array=3))
+    assert second == first and second.stat().st_ino != inode  # a new file renamed over, not rewritten
+    assert second.read_text() == render_sbatch(SbatchOptions(tmp_path, array=3))
+    assert sorted(p.name for p in second.parent.iterdir()) == ["logs", "worker.sbatch"]  # no temp files left
+
+
+def test_write_sbatch_unwritable_dir_is_a_hopt_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(HoptError, match="cannot write .*choose a --dir"):
+        write_sbatch(SbatchOptions(tmp_path / "file", array=1))
+
+
+# submit and requeue errors
+
+
+def test_submit_without_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no sbatch anywhere
+    with pytest.raises(HoptError, match=r"^sbatch not found on PATH.*submit it yourself: sbatch /x/w\.sbatch$"):
+        submit(Path("/x/w.sbatch"))
+
+
+def test_requeue_without_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(HoptError, match=r"^scontrol not found on PATH.*JobRequeue=1"):
+        requeue(SlurmEnvironment(job_id="7", array_job_id="5", array_task_id="2"))
+
+
+def fake_command(folder: Path, name: str) -> None:
+    """A stand-in SLURM command that fails the way SLURM does: messages on stderr, exit 1."""
+    path = folder / name
+    path.write_text("#!/bin/sh\necho \"$0 $*\" >&2\n"
+                    "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\n"
+                    "exit 1\n")
+    path.chmod(0o755)
+
+
+def test_submit_reports_sbatch_stderr_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_command(tmp_path, "sbatch")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(HoptError) as caught:
+        submit(Path("/x/w.sbatch"))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message == (f"sbatch --parsable /x/w.sbatch failed (exit 1): {tmp_path}/sbatch --parsable /x/w.sbatch; "
+                       "sbatch: error: Batch job submission failed: Invalid partition name specified; "
+                       "check the #SBATCH lines of /x/w.sbatch, or submit it yourself: sbatch /x/w.sbatch")
+
+
+def test_requeue_reports_scontrol_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_command(tmp_path, "scontrol")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(HoptError, match=r"^scontrol requeue 5_2 failed \(exit 1\): .*scontrol requeue 5_2; "):
+        requeue(SlurmEnvironment(job_id="7", array_job_id="5", array_task_id="2"))
+
+
+# StopSignals
+
+
+def test_handler_records_the_first_signal_only() -> None:
+    stops = StopSignals()
+    assert not stops.requested and stops.signal_name is None
+    stops.handle(signal.SIGUSR1, None)
+    stops.handle(signal.SIGTERM, None)
+    assert stops.requested and stops.preempted and stops.signal_name == "SIGUSR1"
+
+
+def test_sigterm_is_a_stop_but_not_a_preemption() -> None:
+    stops = StopSignals(preemption=signal.SIGUSR2)
+    stops.handle(signal.SIGTERM, None)
+    assert stops.requested and not stops.preempted and stops.signal_name == "SIGTERM"
+    assert signal.SIGUSR2 in stops.signals
+
+
+def test_real_signal_is_recorded_and_handlers_restored() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopSignals() as stops:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while not stops.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stops.signal_name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_signal_is_forwarded_to_the_child() -> None:
+    program = ("import signal, sys, time\n"
+               "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(7))\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        stops = StopSignals()
+        stops.forward_to(child.pid)
+        stops.handle(signal.SIGUSR1, None)
+        assert child.wait(timeout=10) == 7
+        stops.handle(signal.SIGUSR1, None)  # the child is gone: forwarding must not raise
+        stops.forward_to(None)
+    finally:
+        child.kill()
+        child.wait()
+
+
+# a real cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    """Skip unless a SLURM cluster answers (asked once); with CI=true a missing cluster is a failure."""
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=15)
+        reason = None if answer.returncode == 0 and "up" in answer.stdout.split() else answer.stderr.strip()
+    except (FileNotFoundError, subprocess.TimeoutExpired) as err:
+        reason = str(err)
+    if reason is not None:
+        message = f"no SLURM cluster answers sinfo ({reason or 'no partition up'}); run tests/slurm/start-cluster.sh"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def job_states(job_id: str) -> list[str]:
+    """The states of every task of a job; [] once SLURM has forgotten it."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=15)
+    return re.findall(r"\bJobState=(\S+)", shown.stdout) if shown.returncode == 0 else []
+
+
+def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001 - any zero-argument predicate
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def wait_until_finished(job_id: str, timeout: float) -> None:
+    wait_for(lambda: all(state in FINAL_STATES for state in job_states(job_id)), timeout, f"job {job_id} to finish")
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("cluster")
+def test_array_runs_on_a_real_cluster(tmp_path: Path) -> None:
+    options = SbatchOptions(tmp_path / "exp", array=3, time="00:05:00", command="echo ran")
+    job_id = submit(write_sbatch(options))
+    try:
+        assert job_id.isdigit()
+        wait_until_finished(job_id, timeout=120)
+        assert set(job_states(job_id)) <= {"COMPLETED"}
+        for task in range(3):
+            out = options.log_dir / f"{job_id}_{task}.out"
+            assert out.read_text() == f"ran --dir {options.directory}\n"
+            assert (options.log_dir / f"{job_id}_{task}.err").exists()
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+
+
+WORKER_STAND_IN = """
+import pathlib, sys, time
+from hopt_cli.slurm import SlurmEnvironment, StopSignals, requeue
+env = SlurmEnvironment.from_env()
+stops = StopSignals().install()
+print(f"run {env.restart_count} as {env.worker_name}", flush=True)
+if env.restart_count > 0:
+    sys.exit(0)
+pathlib.Path(sys.argv[-1], "ready").touch()
+while not stops.requested:
+    time.sleep(0.1)
+print(f"got {stops.signal_name}", flush=True)
+stops.restore()
+requeue(env)
+time.sleep(60)  # SLURM ends this instance with SIGTERM once the requeue takes effect
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("cluster")
+def test_preemption_signal_reaches_python_which_requeues_itself(tmp_path: Path) -> None:
+    program = tmp_path / "worker.py"
+    program.write_text(WORKER_STAND_IN)
+    options = SbatchOptions(tmp_path / "exp", array=1, time="00:05:00",
+                            setup=[f"export PYTHONPATH={shlex.quote(str(REPO))}"],
+                            command=f"{shlex.quote(sys.executable)} {shlex.quote(str(program))}")
+    job_id = submit(write_sbatch(options))
+    task = f"{job_id}_0"
+    try:
+        wait_for((options.directory / "ready").exists, 120, "the first run to start")
+        # What --signal=B:USR1@grace does near the time limit, now: signal the batch shell, i.e. the worker.
+        subprocess.run(["scancel", "--batch", "--signal=USR1", task], check=True, timeout=15)
+        wait_for(lambda: "run 1 as" in (options.log_dir / f"{task}.out").read_text(), 240, "the requeued run")
+        wait_until_finished(job_id, timeout=60)
+        lines = (options.log_dir / f"{task}.out").read_text().splitlines()
+        assert lines == [f"run 0 as slurm-{task}", "got SIGUSR1", f"run 1 as slurm-{task}"]
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
