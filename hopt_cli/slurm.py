@@ -1,4 +1,4 @@
-"""The scheduler, in one place: SLURM's environment, the worker array's sbatch script, submit, requeue, signals.
+"""The scheduler in one place: SLURM's environment, the worker array's sbatch script, requeue, signals.
 
 A worker array is one sbatch script: every task runs `hopt worker --dir D`, requeue-able, with logs
 appended across restarts and a preemption signal (`--signal=B:USR1@grace`) that reaches Python because
@@ -63,7 +63,7 @@ class SlurmEnvironment:
 
     @property
     def worker_name(self) -> str | None:
-        """A filesystem-safe identity that survives requeues (`slurm-<array job>_<task>`); None outside SLURM."""
+        """A filesystem-safe identity that survives requeues (`slurm-<array job>_<task>`), else None."""
         target = self.requeue_target
         return None if target is None else safe_name(f"slurm-{target}")
 
@@ -102,7 +102,7 @@ class SbatchOptions:
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise HoptError(f"--cpus-per-task must be at least 1 (got {self.cpus_per_task})")
         if not 0 <= self.grace <= 65535:
-            raise HoptError(f"the grace time must be 0..65535 seconds (got {self.grace}); sbatch's --signal limit")
+            raise HoptError(f"the grace time must be 0..65535 seconds (sbatch's limit), got {self.grace}")
         for line in (*self.extra, *self.setup, self.command):
             if "\n" in line or "\r" in line:
                 raise HoptError(f"{line!r} spans several lines; give one line per option")
@@ -218,6 +218,8 @@ class StopSignals:
         self._previous: dict[signal.Signals, Any] = {}
 
     def install(self) -> StopSignals:
+        if self._previous:  # installed already: keep the handlers to restore
+            return self
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self.handle)
         return self
