@@ -1,6 +1,7 @@
 """Recipes: the YAML that defines an experiment, validated whole before anything is written."""
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Mapping
@@ -114,6 +115,8 @@ def load_recipe(path: str | Path) -> Recipe:
         text = path.read_text()
     except OSError as err:
         raise HoptError(f"cannot read recipe {path}: {err.strerror}; give the path of a recipe YAML file") from None
+    except UnicodeDecodeError:
+        raise HoptError(f"cannot read recipe {path}: not a UTF-8 text file; give the path of a recipe YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -167,7 +170,7 @@ def _lease(value: Any) -> LeaseSettings:
     numbers = {}
     for key, default in (("timeout", 300.0), ("heartbeat", 30.0)):
         number = spec.get(key, default)
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < math.inf:
             raise RecipeError(f"lease.{key}", f"must be a number of seconds > 0 (got {number!r})")
         numbers[key] = float(number)
     if numbers["heartbeat"] * 2 > numbers["timeout"]:

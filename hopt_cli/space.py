@@ -160,8 +160,10 @@ def _parse_choice(name: str, key: str, entry: Mapping[str, Any]) -> Param:
     values = entry.get("values")
     if not isinstance(values, list) or not values:
         raise RecipeError(f"{key}.values", "must be a non-empty list")
-    if any(isinstance(v, (dict, list)) for v in values) or len(set(map(repr, values))) != len(values):
-        raise RecipeError(f"{key}.values", "must hold distinct plain values (strings, numbers, booleans)")
+    distinct = all(a != b for i, a in enumerate(values) for b in values[i + 1:])
+    if any(isinstance(v, (dict, list)) for v in values) or not distinct:
+        raise RecipeError(f"{key}.values", "must hold distinct plain values (strings, numbers, booleans; "
+                                           "note that 1, 1.0 and true are equal)")
     init = entry.get("init")
     if init is not None:
         if not isinstance(init, list) or not init or any(v not in values for v in init):

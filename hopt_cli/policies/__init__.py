@@ -33,7 +33,7 @@ NAMES = tuple(_FACTORIES)
 
 def make_policy(name: str, settings: Mapping[str, Any] | None = None) -> Policy:
     """Build a policy from its recipe name and overrides; wrong ones raise RecipeError."""
-    if name not in _FACTORIES:
+    if not isinstance(name, str) or name not in _FACTORIES:
         raise RecipeError("policy.name", f"unknown policy {name!r} (choose one of {', '.join(NAMES)})")
     factory, fixed = _FACTORIES[name]
     fields = {f.name: f for f in dataclasses.fields(factory) if f.name not in fixed}

@@ -74,7 +74,8 @@ class Romul:
         if rng.random() < self.resample:
             donor = rng.random(space.dim)
         cross = rng.random(space.dim) < self.CR
-        cross[rng.integers(space.dim)] = True
+        numeric = np.flatnonzero(~space.choice_mask)
+        cross[rng.choice(numeric) if numeric.size else rng.integers(space.dim)] = True
         trial = np.where(cross, donor, u_parent)
         choices = space.choice_mask
         resampled = choices & (rng.random(space.dim) < min(1.0, 2 * sigma))
