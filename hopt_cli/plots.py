@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,7 +85,7 @@ def _title(experiment: Experiment, what: str) -> str:
     return f"{r.name}: {what}  ({r.population} members, {r.intervals} intervals, policy {r.policy_name})"
 
 
-def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any], loc: str) -> None:
+def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> None:
     """`extra` handles and, for up to 10 members, one per member, outside the axes on the right."""
     from matplotlib.lines import Line2D
 
@@ -92,7 +93,7 @@ def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any], loc: s
         handles = [Line2D([], [], color=colors[m], lw=2, label=f"member {m}") for m in range(n)]
     else:
         handles = [Line2D([], [], color="gray", lw=1.2, label=f"members 0-{n - 1} (one colour each)")]
-    ax.legend(handles=extra + handles, loc=loc, bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.legend(handles=extra + handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
 def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
@@ -119,7 +120,7 @@ def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure
     extra = [Line2D([], [], color=BEST, lw=2.5, label=f"best lineage (member {best.member})"),
              Line2D([], [], color="gray", ls="--", marker="o", mfc="white", mec=EXPLOIT,
                     label="exploit: jump from the copied checkpoint")]
-    _member_legend(ax, n, colors, extra, "upper left")
+    _member_legend(ax, n, colors, extra)
     ax.set(xlabel="interval", ylabel=experiment.recipe.objective.metric,
            title=_title(experiment, f"{experiment.recipe.objective.metric} per interval"))
     ax.grid(alpha=0.3)
@@ -178,13 +179,18 @@ def _schedule(experiment: Experiment, commits: list[Commit], best: Best) -> Figu
     return figure
 
 
+def _spread(points: Iterable[tuple[int, float]]) -> tuple[list[int], list[list[float]]]:
+    """The intervals that have values, and for each the population's values sorted (min first, max last)."""
+    by_interval: dict[int, list[float]] = defaultdict(list)
+    for interval, value in points:
+        by_interval[interval].append(value)
+    xs = sorted(by_interval)
+    return xs, [sorted(by_interval[x]) for x in xs]
+
+
 def _schedule_panel(ax: Axes, param: Param, commits: list[Commit], best: Best) -> None:
     value = (lambda v: param.values.index(v)) if param.is_choice else float
-    by_interval: dict[int, list[float]] = defaultdict(list)
-    for c in commits:
-        by_interval[c.interval].append(value(c.hparams[param.name]))
-    xs = sorted(by_interval)
-    spread = [sorted(by_interval[x]) for x in xs]
+    xs, spread = _spread((c.interval, value(c.hparams[param.name])) for c in commits)
     ax.fill_between(xs, [s[0] for s in spread], [s[-1] for s in spread], color="gray", alpha=0.25, lw=0)
     ax.plot(xs, [s[len(s) // 2] for s in spread], color="gray", lw=1)
     steps = best.schedule
@@ -258,12 +264,8 @@ def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
         xs = sorted(i for m, i in sigma if m == member)
         ax.step(xs, [sigma[member, x] for x in xs], where="post", color=colors[member], lw=1, alpha=0.5,
                 ls=":" if member in explorers else "-")
-    by_interval: dict[int, list[float]] = defaultdict(list)
-    for (_, interval), value in sigma.items():
-        by_interval[interval].append(value)
-    xs = sorted(by_interval)
-    ax.step(xs, [sorted(by_interval[x])[len(by_interval[x]) // 2] for x in xs], where="post", color="gray", lw=2.5,
-            ls="--")
+    xs, spread = _spread((interval, value) for (_, interval), value in sigma.items())
+    ax.step(xs, [s[len(s) // 2] for s in spread], where="post", color="gray", lw=2.5, ls="--")
     ax.step([s.interval for s in best.schedule], [sigma[s.member, s.interval] for s in best.schedule], where="post",
             color=BEST, lw=2.5)
     _log_y(ax)
@@ -272,5 +274,5 @@ def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
              Line2D([], [], color="gray", lw=2.5, ls="--", label="population median")]
     if explorers:
         extra.append(Line2D([], [], color="gray", ls=":", label="explorer (keeps its step size)"))
-    _member_legend(ax, n, colors, extra, "upper left")
+    _member_legend(ax, n, colors, extra)
     return figure
