@@ -1,2 +1,16 @@
 """hopt: population based training with ROMUL, coordinated through one shared directory."""
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["Experiment"]
+
+
+def __getattr__(name: str) -> Any:
+    """`hopt_cli.Experiment`, imported on first use so that `import hopt_cli` stays cheap."""
+    if name == "Experiment":
+        from hopt_cli.experiment import Experiment
+
+        return Experiment
+    raise AttributeError(f"module 'hopt_cli' has no attribute {name!r}")

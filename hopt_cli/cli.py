@@ -6,14 +6,18 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hopt_cli import schedule
 from hopt_cli.errors import ExperimentFailed, HoptError
-from hopt_cli.experiment import Experiment, Status
+from hopt_cli.experiment import SCHEMA, Best, Experiment, Status
+from hopt_cli.history import Event
 from hopt_cli.recipe import Recipe, load_recipe
+from hopt_cli.replay import replay
 from hopt_cli.runner import run_local
 from hopt_cli.slurm import SlurmEnvironment, StopSignals
 from hopt_cli.store import Store
@@ -105,14 +109,24 @@ def _progress_printer() -> Any:
 
 @cli.command()
 @DIR
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
-def status(root: Path, as_json: bool) -> None:
-    """Progress, best score, and per member: interval, score, hyperparameters, lease."""
-    report = Experiment(root).status()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/json-schemas.md).")
+@click.option("--watch", is_flag=True, help="Refresh until the experiment is complete (Ctrl-C leaves).")
+@click.option("--interval", "every", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between refreshes with --watch.")
+def status(root: Path, as_json: bool, watch: bool, every: float) -> None:
+    """Progress, timing, workers, best score, and per member: scores, hyperparameters, lease."""
+    experiment = Experiment(root)
+    if as_json and watch:
+        raise HoptError("--json prints one document; leave out --watch (poll `hopt status --json` instead)")
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(_status_table(report))
+        click.echo(json.dumps(experiment.status().to_dict(), indent=2))
+        return
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and watch else ""
+    try:
+        for report in experiment.watch(every) if watch else [experiment.status()]:
+            click.echo(clear + _status_table(report) + ("\n" if watch and not clear else ""))
+    except KeyboardInterrupt:
+        return
 
 
 def _status_table(s: Status) -> str:
@@ -121,14 +135,16 @@ def _status_table(s: Status) -> str:
         head += f", best {s.metric} {s.best.score:.6g} (member {s.best.member}, interval {s.best.interval})"
     if s.complete:
         head += ", complete"
-    lines = [head] + ([f"FAILED: {s.failed}"] if s.failed else [])
+    eta = "" if s.complete else f", ETA {_duration(s.eta)}"
+    timing = f"elapsed {_duration(s.elapsed)}{eta}, workers: {len(s.live_workers)} live, {len(s.stale_workers)} stale"
+    lines = [head, timing] + ([f"FAILED: {s.failed}"] if s.failed else [])
     names = list(s.members[0].hparams) if s.members and s.members[0].hparams else []
-    rows = [["member", "interval", s.metric, *names, "sigma", "lease"]]
+    rows = [["member", "interval", s.metric, f"robust({s.robust_window})", *names, "sigma",
+             "lease (worker host:pid heartbeat)"]]
     for m in s.members:
-        lease = "free" if m.lease is None else (
-            f"{'STALE ' if m.lease.stale else ''}{m.lease.worker} ({m.lease.host}:{m.lease.pid}, {m.lease.age:.0f}s)")
-        rows.append([f"{m.member}{'*' if m.explorer else ''}", str(m.interval),
-                     "-" if m.score is None else f"{m.score:.5g}",
+        lease = "free" if m.lease is None else (f"{'STALE ' if m.lease.stale else ''}{m.lease.worker} "
+                                                f"{m.lease.host}:{m.lease.pid} {_duration(m.lease.age)} ago")
+        rows.append([f"{m.member}{'*' if m.explorer else ''}", str(m.interval), _fmt(m.score), _fmt(m.robust),
                      *(_fmt(m.hparams.get(n)) for n in names), f"{m.sigma:.3g}", lease])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -141,19 +157,42 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    days, h = divmod(hours, 24)
+    return f"{days}d{h:02d}h" if days else f"{hours}h{m:02d}m" if hours else f"{minutes}m{s:02d}s"
+
+
 @cli.command()
 @DIR
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Export the checkpoint, schedule.yaml and scores.csv into this folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def best(root: Path, out: Path | None, as_json: bool) -> None:
-    """The best interval committed so far, its score history and hyperparameter schedule."""
+              help="Export the checkpoint, schedule.yaml and scores.csv into this folder (rank-N/ with --top).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/json-schemas.md).")
+@click.option("--member", type=int, help="Member M's latest checkpoint and lineage instead of the best.")
+@click.option("--top", type=int, help="The K best intervals kept (K <= keep_best of the recipe).")
+def best(root: Path, out: Path | None, as_json: bool, member: int | None, top: int | None) -> None:
+    """The best interval committed so far (or --member, --top), its score history and schedule."""
     experiment = Experiment(root)
-    result = experiment.export_best(out) if out else experiment.best()
+    if member is not None and top is not None:
+        raise HoptError("give --member or --top, not both")
+    if top is not None:
+        entries = experiment.export_top(top, out) if out else experiment.top(top)
+        click.echo(json.dumps({"schema": SCHEMA, "top": [e.to_dict() for e in entries]},
+                              indent=2) if as_json else _top_table(experiment, entries, out))
+        return
+    result = experiment.member(member) if member is not None else experiment.best()
+    if out:
+        experiment.export(result, out)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
-    click.echo(f"best {experiment.recipe.objective.metric} {result.score:.6g}: member {result.member}, "
+    what = f"member {member}'s latest" if member is not None else "best"
+    click.echo(f"{what} {experiment.recipe.objective.metric} {result.score:.6g}: member {result.member}, "
                f"interval {result.interval}, checkpoint {result.checkpoint}")
     for step in result.schedule:
         copied = f"  <- copied member {step.copied_from}" if step.copied_from is not None else ""
@@ -161,6 +200,89 @@ def best(root: Path, out: Path | None, as_json: bool) -> None:
         click.echo(f"  {step.interval:4d}  member {step.member:3d}  {step.score:10.5g}  {params}{copied}")
     if out:
         click.echo(f"exported to {out}: checkpoint/, schedule.yaml, scores.csv")
+
+
+def _top_table(experiment: Experiment, entries: list[Best], out: Path | None) -> str:
+    lines = [f"rank  {experiment.recipe.objective.metric:>10}  member  interval  exploits"]
+    for rank, e in enumerate(entries, 1):
+        exploits = sum(step.copied_from is not None for step in e.schedule)
+        lines.append(f"{rank:4d}  {e.score:10.5g}  {e.member:6d}  {e.interval:8d}  {exploits:8d}")
+    lines.append(f"exported to {out}/rank-1 ... rank-{len(entries)}" if out else "export them with --out DIR")
+    return "\n".join(lines)
+
+
+@cli.command("replay")
+@click.argument("schedule_file", metavar="SCHEDULE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dir", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the replayed checkpoint/ and scores.csv.")
+def replay_command(schedule_file: Path, out: Path) -> None:
+    """Retrain one model from scratch following SCHEDULE (a schedule.yaml from `hopt best --out`)."""
+    plan = schedule.load(schedule_file)
+    click.echo(f"replaying member {plan.member}'s lineage: {plan.intervals} intervals in {len(plan.spans)} "
+               f"segments into {out}", err=True)
+    show = _progress_printer()
+    signals = StopSignals()
+    signals.install()
+    try:
+        result = replay(plan, out, lambda: signals.requested,
+                        lambda interval, score: show(interval + 1, plan.intervals, f"{plan.metric} {score:.4g}"))
+    finally:
+        signals.restore()
+    if result.stopped:
+        click.echo(f"stopped by {signals.signal_name} after {len(result.scores)} of {plan.intervals} intervals; "
+                   f"{out} holds them", err=True)
+        sys.exit(130)
+    same = "identical" if result.score == result.original else f"differs by {result.score - result.original:+.3g}"
+    click.echo(f"replayed {plan.metric} {result.score:.10g} vs original {result.original:.10g} ({same}); "
+               f"checkpoint and scores.csv in {out}")
+
+
+@cli.command()
+@DIR
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for scores.png, schedule.png, lineage.png and sigma.png.")
+def plot(root: Path, out: Path) -> None:
+    """Draw the experiment: scores, the best lineage's schedule, who copied whom, step sizes."""
+    from hopt_cli.plots import plot as draw
+
+    for path in draw(Experiment(root), out):
+        click.echo(path)
+
+
+@cli.command()
+@DIR
+@click.option("--member", type=int, help="Only this member's events.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/json-schemas.md).")
+def log(root: Path, member: int | None, as_json: bool) -> None:
+    """The journal as readable events: claims, commits, exploits with their mutation, failures, reclaims."""
+    events = Experiment(root).events(member)
+    if as_json:
+        click.echo(json.dumps({"schema": SCHEMA, "events": [e.to_dict() for e in events]}, indent=2))
+        return
+    if not events:
+        click.echo("no events yet", err=True)
+    width = max((len(e.worker or "-") for e in events), default=1)
+    for e in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+        click.echo(f"{stamp}  {e.worker or '-':<{width}}  {e.kind:<7}  {_event_text(e)}")
+
+
+def _event_text(e: Event) -> str:
+    where = f"member {e.member} interval {e.interval}"
+    if e.kind == "claim" and e.action == "exploit":
+        changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in e.changes) or "no change"
+        return f"member {e.member} \u2190 member {e.parent} (interval {e.interval}): {changes}"
+    if e.kind == "claim":
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in e.hparams.items())
+        return f"{where}: {e.action}" + (f" {params}" if e.action == "start" else "")
+    if e.kind == "commit":
+        copied = f" (exploit of member {e.parent})" if e.action == "exploit" else ""
+        return f"{where}: score {_fmt(e.score)}{copied}"
+    if e.kind == "fail":
+        return f"{where} FAILED: {e.reason}"
+    if e.kind == "reclaim":
+        return f"{where}: lease of {e.worker} dropped: {e.reason}"
+    return f"{where}: {e.reason}"
 
 
 def _log_to_stderr(name: str) -> None:

@@ -1,26 +1,37 @@
-"""A read-only Python API over an experiment directory; the CLI's status and best are built on it."""
+"""A read-only Python API over an experiment directory; every reading command of the CLI is built on it.
+
+Reading never takes the lock: the population comes from the snapshot plus the journal's tail, and a
+torn last line (a writer crashed mid-append) is simply not read yet.
+"""
 from __future__ import annotations
 
-import csv
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from hopt_cli import history, schedule
 from hopt_cli.errors import HoptError
-from hopt_cli.population import BestEntry, Lineage
-from hopt_cli.store import Store
+from hopt_cli.history import Commit, Event
+from hopt_cli.population import Lineage, MemberState
+from hopt_cli.schedule import ScheduleStep
+from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.fsio import write_atomic
+
+SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
+ETA_WINDOW = 2  # the ETA extrapolates the rate of the last ETA_WINDOW x population commits
 
 
 @dataclass(frozen=True)
 class LeaseStatus:
+    """Who trains a member now; `age` is the seconds since its last heartbeat."""
+
     worker: str
     host: str
     pid: int
+    interval: int
     age: float
     stale: bool
 
@@ -30,6 +41,7 @@ class MemberStatus:
     member: int
     interval: int
     score: float | None
+    robust: float | None
     hparams: dict[str, Any]
     sigma: float
     explorer: bool
@@ -47,6 +59,8 @@ class BestStatus:
 
 @dataclass(frozen=True)
 class Status:
+    """Progress, timing, workers and members; `to_dict` is the `hopt status --json` document."""
+
     name: str
     policy: str
     metric: str
@@ -58,26 +72,21 @@ class Status:
     complete: bool
     failed: str | None
     best: BestStatus | None
+    started: float | None
+    elapsed: float | None
+    eta: float | None
+    live_workers: list[str]
+    stale_workers: list[str]
+    robust_window: int
     members: list[MemberStatus]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ScheduleStep:
-    """One interval along a lineage: who trained it, with which hyperparameters, and its score."""
-
-    interval: int
-    member: int
-    hparams: dict[str, Any]
-    score: float
-    copied_from: int | None
+        return {"schema": SCHEMA, **asdict(self)}
 
 
 @dataclass(frozen=True)
 class Best:
-    """A kept checkpoint with its whole history, ready to export."""
+    """A checkpoint with its whole history, ready to export (the best, one of the top, or a member's)."""
 
     member: int
     interval: int
@@ -87,7 +96,7 @@ class Best:
     schedule: list[ScheduleStep]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "checkpoint": str(self.checkpoint)}
+        return {"schema": SCHEMA, **asdict(self), "checkpoint": str(self.checkpoint)}
 
 
 class Experiment:
@@ -96,90 +105,136 @@ class Experiment:
     def __init__(self, path: str | Path) -> None:
         self.store = Store.open(path)
         self.recipe = self.store.recipe
+        self._events: list[dict[str, Any]] = []
+        self._offset = 0
 
     def status(self) -> Status:
+        """Where the experiment stands now."""
         population = self.store.sync()
-        leases = {info.lease.member: info for info in self.store.lease_infos() if info.lease is not None}
-        members = []
-        for state in population.members:
-            info = leases.get(state.member)
-            lease = None if info is None else LeaseStatus(
-                info.lease.holder.worker, info.lease.holder.host, info.lease.holder.pid, round(info.age, 1),
-                info.age > self.recipe.lease.timeout)
-            members.append(MemberStatus(state.member, state.interval,
-                                        state.lineage.scores[-1] if state.lineage.scores else None,
-                                        state.hparams, state.sigma, state.explorer, state.failures,
-                                        state.last_error, lease))
+        infos = [info for info in self.store.lease_infos() if info.lease is not None]
+        leases = {info.lease.member: self._lease_status(info) for info in infos}
+        window = getattr(self.recipe.policy, "ready", 2)
+        members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
+        events = self._journal()
+        commits = history.commits(events)
+        started = events[0]["time"] if events else None
+        now = commits[-1].time if population.complete and commits else time.time()
+        live = sorted({s.worker for s in leases.values() if not s.stale})
+        eta = 0.0 if population.complete else self._eta(commits, started, now) if live else None
         r = self.recipe
-        return Status(r.name, r.policy_name, r.objective.metric, r.objective.mode, r.population, r.intervals,
-                      population.intervals_done, r.population * r.intervals, population.complete,
-                      population.failed, None if top is None else BestStatus(top.member, top.interval, top.score),
-                      members)
+        return Status(
+            r.name, r.policy_name, r.objective.metric, r.objective.mode, r.population, r.intervals,
+            population.intervals_done, r.population * r.intervals, population.complete, population.failed,
+            None if top is None else BestStatus(top.member, top.interval, top.score),
+            started, None if started is None else round(now - started, 3), eta, live,
+            sorted({s.worker for s in leases.values() if s.stale} - set(live)), window, members)
+
+    def _lease_status(self, info: LeaseInfo) -> LeaseStatus:
+        holder = info.lease.holder
+        return LeaseStatus(holder.worker, holder.host, holder.pid, info.lease.interval, round(info.age, 1),
+                           info.age > self.recipe.lease.timeout)
+
+    @staticmethod
+    def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:
+        scores = state.lineage.scores
+        robust = sum(scores[-window:]) / len(scores[-window:]) if scores else None
+        return MemberStatus(state.member, state.interval, scores[-1] if scores else None, robust, state.hparams,
+                            state.sigma, state.explorer, state.failures, state.last_error, lease)
+
+    def _eta(self, commits: list[Commit], started: float | None, now: float) -> float | None:
+        """Seconds left at the rate of the last ETA_WINDOW x population commits; None without progress."""
+        if started is None or not commits:
+            return None
+        points = [(started, 0), *history.progress(commits, self.recipe.intervals)]
+        since, done_then = points[max(0, len(points) - 1 - ETA_WINDOW * self.recipe.population)]
+        done = points[-1][1]
+        if done <= done_then or now <= since:
+            return None
+        return round((self.recipe.population * self.recipe.intervals - done) * (now - since) / (done - done_then), 1)
+
+    def watch(self, every: float) -> Iterator[Status]:
+        """The status every `every` seconds, until the experiment is complete or has failed."""
+        while True:
+            report = self.status()
+            yield report
+            if report.complete or report.failed:
+                return
+            time.sleep(every)
 
     def best(self) -> Best:
         """The best interval ever committed (among the `keep_best` kept), with its schedule."""
+        return self.top(1)[0]
+
+    def top(self, k: int) -> list[Best]:
+        """The `k` best intervals ever committed, best first (at most `keep_best` are kept)."""
+        if k < 1:
+            raise HoptError(f"ask for at least 1 best interval (got {k})")
+        if k > self.recipe.keep_best:
+            raise HoptError(f"only the {self.recipe.keep_best} best intervals are kept (keep_best in the recipe); "
+                            f"ask for {self.recipe.keep_best} or fewer")
         population = self.store.sync()
         if not population.best:
             raise HoptError(f"{self.store.paths.root}: no interval has been committed yet; "
                             "run workers first (`hopt worker` or `hopt run`)")
-        return self._best(population.best[0])
+        return [self._result(b.member, b.interval, b.score, b.metrics, b.checkpoint, b.lineage)
+                for b in population.best[:k]]
 
-    def _best(self, entry: BestEntry) -> Best:
-        return Best(entry.member, entry.interval, entry.score, entry.metrics,
-                    self.store.paths.checkpoint(entry.checkpoint), schedule(entry.lineage))
+    def member(self, member: int) -> Best:
+        """Member `member`'s latest checkpoint, with its lineage's schedule."""
+        self._check_member(member)
+        state = self.store.sync().members[member]
+        if state.checkpoint is None:
+            raise HoptError(f"member {member} has not committed an interval yet")
+        return self._result(member, state.interval - 1, state.lineage.scores[-1], state.metrics, state.checkpoint,
+                            state.lineage)
 
-    def export_best(self, out: str | Path) -> Best:
-        """Copy the best checkpoint and write its schedule.yaml and scores.csv into `out`."""
-        best = self.best()
+    def _result(self, member: int, interval: int, score: float, metrics: dict[str, Any], checkpoint: str,
+                lineage: Lineage) -> Best:
+        return Best(member, interval, score, metrics, self.store.paths.checkpoint(checkpoint),
+                    schedule.steps(lineage))
+
+    def export(self, result: Best, out: str | Path) -> Best:
+        """Copy `result`'s checkpoint and write its schedule.yaml and scores.csv into `out`."""
         out = Path(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
             target = out / "checkpoint"
             if target.exists():
                 shutil.rmtree(target)
-            shutil.copytree(best.checkpoint, target)
+            shutil.copytree(result.checkpoint, target)
         except OSError as err:
             raise HoptError(f"cannot export to {out}: {err.strerror}; choose an --out you can write to") from None
-        write_atomic(out / "schedule.yaml", yaml.safe_dump(_schedule_document(self, best), sort_keys=False).encode())
-        write_atomic(out / "scores.csv", _scores_csv(best).encode())
-        return best
+        document = schedule.document(self.recipe, result.member, result.score, result.schedule)
+        write_atomic(out / "schedule.yaml", schedule.dump(document).encode())
+        write_atomic(out / "scores.csv", schedule.scores_csv(result.schedule).encode())
+        return result
 
+    def export_best(self, out: str | Path) -> Best:
+        """Export the best interval into `out`."""
+        return self.export(self.best(), out)
 
-def schedule(lineage: Lineage) -> list[ScheduleStep]:
-    """Expand a lineage's segments to one step per interval."""
-    steps = []
-    for index, segment in enumerate(lineage.segments):
-        end = lineage.segments[index + 1].start if index + 1 < len(lineage.segments) else len(lineage.scores)
-        for interval in range(segment.start, end):
-            steps.append(ScheduleStep(interval, segment.member, segment.hparams, lineage.scores[interval],
-                                      segment.copied_from if interval == segment.start else None))
-    return steps
+    def export_top(self, k: int, out: str | Path) -> list[Best]:
+        """Export the `k` best into `out`/rank-1 ... `out`/rank-k."""
+        return [self.export(entry, Path(out) / f"rank-{rank}") for rank, entry in enumerate(self.top(k), 1)]
 
+    def history(self) -> list[Commit]:
+        """Every committed interval, in journal order."""
+        return history.commits(self._journal())
 
-def _schedule_document(experiment: Experiment, best: Best) -> dict[str, Any]:
-    r = experiment.recipe
-    segments = []
-    for step in best.schedule:
-        if segments and segments[-1]["hparams"] == step.hparams and segments[-1]["member"] == step.member \
-                and step.copied_from is None:
-            segments[-1]["intervals"][1] = step.interval + 1
-            continue
-        segment = {"intervals": [step.interval, step.interval + 1], "member": step.member, "hparams": step.hparams}
-        if step.copied_from is not None:
-            segment["copied_from"] = step.copied_from
-        segments.append(segment)
-    return {"experiment": r.name, "worker": r.worker, "command": r.command, "steps": r.steps, "seed": r.seed,
-            "objective": {"metric": r.objective.metric, "mode": r.objective.mode},
-            "member": best.member, "score": best.score, "intervals": best.interval + 1, "schedule": segments}
+    def events(self, member: int | None = None) -> list[Event]:
+        """Every journal event as a readable record (only member `member`'s when given)."""
+        if member is not None:
+            self._check_member(member)
+        return [e for e in history.readable(self._journal()) if member is None or e.member == member]
 
+    def _check_member(self, member: int) -> None:
+        if not 0 <= member < self.recipe.population:
+            raise HoptError(f"there is no member {member}: the population has members 0 to {self.recipe.population - 1}")
 
-def _scores_csv(best: Best) -> str:
-    names = list(best.schedule[0].hparams) if best.schedule else []
-    lines: list[list[Any]] = [["interval", "member", "score", "copied_from", *names]]
-    for step in best.schedule:
-        lines.append([step.interval, step.member, step.score, "" if step.copied_from is None else step.copied_from,
-                      *(step.hparams[n] for n in names)])
-    buffer = StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(lines)
-    return buffer.getvalue()
+    def _journal(self) -> list[dict[str, Any]]:
+        """The journal's events so far, read incrementally."""
+        events, self._offset = self.store.journal.read(self._offset)
+        self._events.extend(events)
+        return self._events
+

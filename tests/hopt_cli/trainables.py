@@ -26,3 +26,9 @@ def nan_for_member_1(ctx: Any) -> dict[str, float]:
     """T1, except member 1 always scores NaN: a broken setup that must stop, not loop."""
     result = pbt_quadratic(ctx)
     return {**result, "score": float("nan")} if ctx.member == 1 else result
+
+
+def slow_quadratic(ctx: Any) -> dict[str, float]:
+    """T1 taking a fifth of a second per interval, long enough to send a signal in the middle of a run."""
+    time.sleep(0.2)
+    return pbt_quadratic(ctx)

@@ -1,0 +1,278 @@
+"""`hopt plot`: PNG figures of an experiment's history (matplotlib, the optional extra `plot`).
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never through pyplot, so
+plotting from a notebook leaves its backend alone. matplotlib is imported only when a figure is drawn.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hopt_cli.errors import HoptError
+from hopt_cli.history import Commit
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from hopt_cli.experiment import Best, Experiment
+    from hopt_cli.space import Param
+
+DPI = 100
+BEST = "black"
+EXPLOIT = "#d62728"
+
+
+def plot(experiment: Experiment, out: str | Path) -> list[Path]:
+    """Draw scores.png, schedule.png, lineage.png and sigma.png into `out`; returns their paths."""
+    _matplotlib()
+    commits = experiment.history()
+    if not commits:
+        raise HoptError(f"{experiment.store.paths.root}: nothing to plot yet, no interval has been committed")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HoptError(f"cannot write figures to {out}: {err.strerror}; choose an --out you can write to") from None
+    best = experiment.best()
+    figures = {"scores.png": _scores(experiment, commits, best), "schedule.png": _schedule(experiment, commits, best),
+               "lineage.png": _lineage(experiment, commits, best), "sigma.png": _sigma(experiment, commits, best)}
+    for name, figure in figures.items():
+        _save(figure, out / name)
+    return [out / name for name in figures]
+
+
+def _matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401  (only checks it is installed)
+    except ImportError:
+        raise HoptError("hopt plot needs matplotlib: pip install 'hopt[plot]'") from None
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """Write a palette PNG: a few times smaller than matplotlib's RGBA, and as sharp for line plots."""
+    from PIL import Image  # pillow is a dependency of matplotlib
+
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    image.save(path, format="png", optimize=True)
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colors(n: int) -> list[Any]:
+    """One colour per member: distinct for up to 20 members, a gradient beyond."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
+def _title(experiment: Experiment, what: str) -> str:
+    r = experiment.recipe
+    return f"{r.name}: {what}  ({r.population} members, {r.intervals} intervals, policy {r.policy_name})"
+
+
+def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> None:
+    """`extra` handles and, for up to 10 members, one per member, outside the axes on the right."""
+    from matplotlib.lines import Line2D
+
+    if n <= 10:
+        handles = [Line2D([], [], color=colors[m], lw=2, label=f"member {m}") for m in range(n)]
+    else:
+        handles = [Line2D([], [], color="gray", lw=1.2, label=f"members 0-{n - 1} (one colour each)")]
+    ax.legend(handles=extra + handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
+    """Score against interval for every member; an exploit is a dashed jump from the copied checkpoint."""
+    from matplotlib.lines import Line2D
+
+    n = experiment.recipe.population
+    colors = _colors(n)
+    figure = _figure(11, 6)
+    ax = figure.subplots()
+    at = {c.checkpoint: c for c in commits}
+    runs: dict[int, list[Commit]] = defaultdict(list)
+    for c in commits:
+        if c.action != "continue":
+            _draw_run(ax, runs.pop(c.member, []), colors[c.member])
+        runs[c.member].append(c)
+        parent = at.get(c.parent_checkpoint) if c.action == "exploit" else None
+        if parent is not None:
+            ax.plot([parent.interval, c.interval], [parent.score, c.score], ls="--", lw=1, color=colors[c.member])
+            ax.plot(c.interval, c.score, marker="o", ms=5, mfc="white", mec=EXPLOIT, mew=1.2, ls="none")
+    for member, run in runs.items():
+        _draw_run(ax, run, colors[member])
+    ax.plot([s.interval for s in best.schedule], [s.score for s in best.schedule], color=BEST, lw=2.5, alpha=0.8)
+    extra = [Line2D([], [], color=BEST, lw=2.5, label=f"best lineage (member {best.member})"),
+             Line2D([], [], color="gray", ls="--", marker="o", mfc="white", mec=EXPLOIT,
+                    label="exploit: jump from the copied checkpoint")]
+    _member_legend(ax, n, colors, extra)
+    ax.set(xlabel="interval", ylabel=experiment.recipe.objective.metric,
+           title=_title(experiment, f"{experiment.recipe.objective.metric} per interval"))
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def _log_y(ax: Axes) -> None:
+    """A log y axis labelled with plain numbers (0.02, not 2x10^-2), minor ticks as far as they fit.
+
+    Call after plotting, so the limits are known.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    decades = math.log10(high / low)
+    shown = set(range(1, 10)) if decades < 1 else {2, 5} if decades < 3 else set()
+
+    def minor(value: float, _: int) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in shown else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    ax.tick_params(axis="y", which="both", labelsize=8)
+
+
+def _draw_run(ax: Axes, run: list[Commit], color: Any) -> None:
+    if run:
+        ax.plot([c.interval for c in run], [c.score for c in run], color=color, lw=1.2, alpha=0.85)
+
+
+def _schedule(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
+    """Each hyperparameter of the best lineage over the population's spread, one panel per parameter."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    params = experiment.recipe.space.params
+    cols = 1 if len(params) <= 3 else 2
+    rows = math.ceil(len(params) / cols)
+    figure = _figure(11 if cols == 2 else 10, 1.6 + 2.4 * rows)
+    axes = figure.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax, param in zip(axes, params):
+        _schedule_panel(ax, param, commits, best)
+    for ax in axes[len(params):]:
+        ax.set_visible(False)
+    for ax in axes[len(params) - cols:len(params)]:
+        ax.set_xlabel("interval")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    figure.legend(handles=[Line2D([], [], color=BEST, lw=2, label=f"best lineage (member {best.member})"),
+                           Line2D([], [], color=EXPLOIT, marker="o", ls="none", label="exploit along it"),
+                           Line2D([], [], color="gray", lw=1, label="population median"),
+                           Patch(color="gray", alpha=0.25, label="population min-max")],
+                  loc="outside lower center", ncols=4, frameon=False, fontsize=9)
+    figure.suptitle(_title(experiment, "hyperparameter schedule of the best lineage"))
+    return figure
+
+
+def _spread(points: Iterable[tuple[int, float]]) -> tuple[list[int], list[list[float]]]:
+    """The intervals that have values, and for each the population's values sorted (min first, max last)."""
+    by_interval: dict[int, list[float]] = defaultdict(list)
+    for interval, value in points:
+        by_interval[interval].append(value)
+    xs = sorted(by_interval)
+    return xs, [sorted(by_interval[x]) for x in xs]
+
+
+def _schedule_panel(ax: Axes, param: Param, commits: list[Commit], best: Best) -> None:
+    value = (lambda v: param.values.index(v)) if param.is_choice else float
+    xs, spread = _spread((c.interval, value(c.hparams[param.name])) for c in commits)
+    ax.fill_between(xs, [s[0] for s in spread], [s[-1] for s in spread], color="gray", alpha=0.25, lw=0)
+    ax.plot(xs, [s[len(s) // 2] for s in spread], color="gray", lw=1)
+    steps = best.schedule
+    ax.step([s.interval for s in steps], [value(s.hparams[param.name]) for s in steps], where="post", color=BEST, lw=2)
+    jumps = [s for s in steps if s.copied_from is not None]
+    ax.plot([s.interval for s in jumps], [value(s.hparams[param.name]) for s in jumps], "o", color=EXPLOIT, ms=4)
+    if param.is_choice:
+        ax.set_yticks(range(len(param.values)), [str(v) for v in param.values])
+    elif param.log:
+        _log_y(ax)
+    ax.set_ylabel(f"{param.name}{' (log)' if param.log else ''}")
+    ax.grid(alpha=0.3)
+
+
+def _lineage(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
+    """Members against intervals: a dot per committed interval coloured by score, an arrow per copy."""
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    n = experiment.recipe.population
+    maximize = experiment.recipe.objective.maximize
+    figure = _figure(11, max(4.0, 1.8 + 0.32 * n))
+    ax = figure.subplots()
+    at = {c.checkpoint: c for c in commits}
+    for c in commits:
+        parent = at.get(c.parent_checkpoint)
+        if parent is None:
+            continue
+        if c.action == "exploit":
+            ax.annotate("", (c.interval, c.member), (parent.interval, parent.member),
+                        arrowprops={"arrowstyle": "-|>", "color": EXPLOIT, "lw": 0.9, "alpha": 0.7,
+                                    "shrinkA": 2, "shrinkB": 3})
+        else:
+            ax.plot([parent.interval, c.interval], [c.member, c.member], color="lightgray", lw=1, zorder=1)
+    ax.plot([s.interval for s in best.schedule], [s.member for s in best.schedule], color=BEST, lw=2.5, alpha=0.6,
+            zorder=2)
+    scores = [c.score for c in commits]
+    dots = ax.scatter([c.interval for c in commits], [c.member for c in commits], c=scores, s=14, zorder=3,
+                      cmap="viridis" if maximize else "viridis_r", norm=Normalize(min(scores), max(scores)))
+    figure.colorbar(dots, ax=ax, label=f"{experiment.recipe.objective.metric} ({'higher' if maximize else 'lower'} is better)",
+                    pad=0.01)
+    explorers = {c.member for c in commits if c.explorer}
+    ax.set_yticks(range(n), [f"{m} explorer" if m in explorers else str(m) for m in range(n)],
+                  fontsize=8 if n > 16 else 9)
+    ax.set_ylim(n - 0.5, -0.5)
+    figure.legend(handles=[Line2D([], [], color=EXPLOIT, marker=">", label="copied a better member's checkpoint"),
+                       Line2D([], [], color=BEST, lw=2.5, alpha=0.6, label=f"best lineage (member {best.member})")],
+              loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    ax.set(xlabel="interval", ylabel="member", title=_title(experiment, "who copied whom, and when"))
+    ax.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
+    """Each member's step size (in unit-cube coordinates) against interval, the best lineage's in bold."""
+    from matplotlib.lines import Line2D
+
+    n = experiment.recipe.population
+    colors = _colors(n)
+    figure = _figure(11, 5)
+    ax = figure.subplots()
+    ax.set(xlabel="interval", ylabel="step size \u03c3 (unit cube)",
+           title=_title(experiment, "step size per member"))
+    if not any(c.sigma > 0 for c in commits):
+        ax.text(0.5, 0.5, f"policy {experiment.recipe.policy_name} has no step size", ha="center", va="center",
+                transform=ax.transAxes, fontsize=12, color="gray")
+        return figure
+    sigma = {(c.member, c.interval): c.sigma for c in commits}
+    explorers = {c.member for c in commits if c.explorer}
+    for member in range(n):
+        xs = sorted(i for m, i in sigma if m == member)
+        ax.step(xs, [sigma[member, x] for x in xs], where="post", color=colors[member], lw=1, alpha=0.5,
+                ls=":" if member in explorers else "-")
+    xs, spread = _spread((interval, value) for (_, interval), value in sigma.items())
+    ax.step(xs, [s[len(s) // 2] for s in spread], where="post", color="gray", lw=2.5, ls="--")
+    ax.step([s.interval for s in best.schedule], [sigma[s.member, s.interval] for s in best.schedule], where="post",
+            color=BEST, lw=2.5)
+    _log_y(ax)
+    ax.grid(alpha=0.3, which="both")
+    extra = [Line2D([], [], color=BEST, lw=2.5, label=f"best lineage (member {best.member})"),
+             Line2D([], [], color="gray", lw=2.5, ls="--", label="population median")]
+    if explorers:
+        extra.append(Line2D([], [], color="gray", ls=":", label="explorer (keeps its step size)"))
+    _member_legend(ax, n, colors, extra)
+    return figure

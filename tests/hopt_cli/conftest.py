@@ -1,0 +1,67 @@
+"""Experiments the result commands read: finished toy runs made by `hopt run`, and one caught mid-run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.store.leases import Holder
+from hopt_cli.worker import Claim, Worker
+from tests.conftest import REPO, toy_recipe
+
+
+def hopt(*args: str) -> subprocess.CompletedProcess:
+    """`hopt ARGS` as a real process in the repository root."""
+    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def run_to_completion(root: Path, recipe: dict[str, Any]) -> Path:
+    path = root.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = hopt("run", str(path), "--dir", str(root), "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def quadratic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """T1, 5 members x 8 intervals, run to completion by two workers."""
+    return run_to_completion(tmp_path_factory.mktemp("t1") / "exp", toy_recipe(population=5, intervals=8))
+
+
+@pytest.fixture(scope="session")
+def ellipsoid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """T4 (8 hyperparameters, half on a log scale, seeded noise), 6 members x 8 intervals."""
+    recipe = yaml.safe_load((REPO / "recipes" / "toy-ellipsoid.yaml").read_text())
+    return run_to_completion(tmp_path_factory.mktemp("t4") / "exp", {**recipe, "population": 6, "intervals": 8})
+
+
+def mid_run(root: Path, commits: int = 6) -> tuple[Store, Claim]:
+    """T1 with `commits` intervals committed in this process and one member claimed (a live lease held)."""
+    store = Store.create(root, Recipe.from_dict(toy_recipe(population=4, intervals=6)))
+    worker = Worker(store, "pytest-worker")
+    for _ in range(commits):
+        worker.train_and_commit(worker.claim())
+    return store, worker.claim()
+
+
+def reclaimed_and_failed(root: Path) -> tuple[Claim, Claim]:
+    """`mid_run`, then the held lease goes silent and is reclaimed, then an interval fails (NaN score)."""
+    store, silent = mid_run(root)
+    old = time.time() - 1000
+    os.utime(store.paths.lease(silent.member), (old, old))
+    with store.transaction():
+        store.reclaim(Holder.this_process("reclaimer"))
+    failing = Worker(store, "failing", trainable=lambda ctx: float("nan"))
+    failed = failing.claim()
+    failing.train_and_commit(failed)
+    return silent, failed

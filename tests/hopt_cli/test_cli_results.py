@@ -1,0 +1,87 @@
+"""`hopt status` and `hopt best` as a user reads them: the table, --watch, --top, --member, the errors."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hopt_cli.cli import cli
+from hopt_cli.experiment import Experiment
+from tests.hopt_cli.conftest import hopt, mid_run
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_status_table_has_the_summary_and_every_member(quadratic):
+    lines = run("status", "--dir", str(quadratic)).splitlines()
+    best = Experiment(quadratic).best()
+
+    assert lines[0] == (f"toy: 40/40 intervals (100%), policy romul, best score {best.score:.6g} "
+                        f"(member {best.member}, interval {best.interval}), complete")
+    assert lines[1].startswith("elapsed ") and lines[1].endswith(", workers: 0 live, 0 stale")
+    assert lines[2].split() == ["member", "interval", "score", "robust(2)", "h0", "h1", "sigma", "lease", "(worker",
+                                "host:pid", "heartbeat)"]
+    assert len(lines) == 3 + 5 + 1 and lines[-1].startswith("* explorer")
+
+
+def test_status_table_mid_run_names_the_lease_holder(tmp_path):
+    _, claim = mid_run(tmp_path / "exp")
+    lines = run("status", "--dir", str(tmp_path / "exp")).splitlines()
+
+    assert ", ETA " in lines[1] and lines[1].endswith("workers: 1 live, 0 stale")
+    row = next(line for line in lines[3:] if line.split()[0].rstrip("*") == str(claim.member))
+    assert "pytest-worker " in row and row.endswith(" ago")
+
+
+def test_watch_exits_by_itself_once_complete_without_escape_codes(quadratic):
+    output = run("status", "--dir", str(quadratic), "--watch", "--interval", "0.1")
+
+    assert output.count("intervals (100%)") == 1 and "\x1b" not in output
+
+
+def test_best_top_table_and_export(quadratic, tmp_path):
+    output = run("best", "--dir", str(quadratic), "--top", "3", "--out", str(tmp_path / "top"))
+    top = Experiment(quadratic).top(3)
+
+    lines = output.splitlines()
+    assert lines[0].split() == ["rank", "score", "member", "interval", "exploits"]
+    for rank, (line, entry) in enumerate(zip(lines[1:4], top), 1):
+        assert line.split()[:4] == [str(rank), f"{entry.score:.5g}", str(entry.member), str(entry.interval)]
+        schedule = yaml.safe_load((tmp_path / "top" / f"rank-{rank}" / "schedule.yaml").read_text())
+        assert schedule["score"] == entry.score and schedule["member"] == entry.member
+    assert lines[4] == f"exported to {tmp_path / 'top'}/rank-1 ... rank-3"
+
+
+def test_best_member_exports_that_members_lineage(quadratic, tmp_path):
+    output = run("best", "--dir", str(quadratic), "--member", "3", "--out", str(tmp_path / "m3"))
+    member = Experiment(quadratic).member(3)
+
+    assert output.startswith(f"member 3's latest score {member.score:.6g}: member 3, interval 7")
+    rows = list(csv.DictReader((tmp_path / "m3" / "scores.csv").open()))
+    assert [float(r["score"]) for r in rows] == [s.score for s in member.schedule]
+    assert [r["member"] for r in rows] == [str(s.member) for s in member.schedule]
+    schedule = yaml.safe_load((tmp_path / "m3" / "schedule.yaml").read_text())
+    assert schedule["hopt_schedule"] == 1 and schedule["member"] == 3 and schedule["intervals"] == 8
+    assert schedule["worker"] == "workers.toys:pbt_quadratic" and (schedule["steps"], schedule["seed"]) == (4, 0)
+    assert (tmp_path / "m3" / "checkpoint" / "state.json").read_text() == \
+        (member.checkpoint / "state.json").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["best", "--member", "99"], "there is no member 99: the population has members 0 to 4"),
+    (["best", "--top", "0"], "ask for at least 1 best interval (got 0)"),
+    (["best", "--top", "5"], "only the 3 best intervals are kept (keep_best in the recipe); ask for 3 or fewer"),
+    (["best", "--top", "2", "--member", "1"], "give --member or --top, not both"),
+    (["status", "--json", "--watch"], "--json prints one document; leave out --watch"),
+])
+def test_user_errors_are_one_line_and_exit_2(quadratic, args, message):
+    result = hopt(*args, "--dir", str(quadratic))
+
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"hopt: error: {message}") and result.stderr.count("\n") == 1
