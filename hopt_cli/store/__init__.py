@@ -92,9 +92,11 @@ class Store:
     def _ensure_layout(self) -> None:
         try:
             for folder in self.paths.folders:
-                folder.mkdir(exist_ok=True)
+                if not folder.is_dir():
+                    folder.mkdir(exist_ok=True)
             for path in (self.paths.lock, self.paths.journal, self.paths.clock):
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+                if not path.exists():
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
         except OSError as err:
             raise HoptError(f"cannot set up {self.paths.root}: {err.strerror}; "
                             "check the directory's permissions") from None
@@ -145,8 +147,14 @@ class Store:
         return population
 
     def lease_infos(self) -> list[LeaseInfo]:
-        """Every lease file and its heartbeat age, measured on the shared filesystem's clock."""
-        now = touch(self.paths.clock)
+        """Every lease file and its heartbeat age, measured on the shared filesystem's clock.
+
+        A reader without write access (a read-only mount) falls back to this host's clock.
+        """
+        try:
+            now = touch(self.paths.clock)
+        except OSError:
+            now = time.time()
         infos = []
         for path in sorted(self.paths.leases.glob("*.json")):
             try:
@@ -184,8 +192,9 @@ class Store:
                 continue
             info.path.unlink(missing_ok=True)
             if info.lease is not None:
-                self._append({"type": "reclaim", "member": info.lease.member, "token": info.lease.token,
-                              "reason": reason, "holder": info.lease.holder.worker})
+                self._append({"type": "reclaim", "member": info.lease.member, "interval": info.lease.interval,
+                              "token": info.lease.token, "reason": reason, "holder": info.lease.holder.worker,
+                              "by": here.worker})
             self._note(f"reclaimed lease {info.path.name}: {reason}")
         return live
 
