@@ -58,6 +58,33 @@ class ExperimentPaths:
         return self.root / "logs"
 
     @property
+    def slurm(self) -> Path:
+        """What `hopt slurm` writes: the worker array's sbatch script."""
+        return self.root / "slurm"
+
+    @property
+    def sbatch_script(self) -> Path:
+        return self.slurm / "worker.sbatch"
+
+    @property
+    def slurm_log_pattern(self) -> Path:
+        """sbatch's --output for an array task: `%A_%a` expands to the name `log()` gives its worker."""
+        return self.logs / "slurm-%A_%a.log"
+
+    @property
+    def hardlink_lock(self) -> Path:
+        """The hard-link lock's name; never `lock`, which the flock kind owns and nobody deletes."""
+        return self.root / "lock.link"
+
+    def hardlink_claim(self, token: str) -> Path:
+        """A would-be holder's unique file, hard-linked to `hardlink_lock` to take the lock."""
+        return self.root / f".lock.link-{safe_name(token)}"
+
+    def doctor_scratch(self, token: str) -> Path:
+        """`hopt doctor`'s probe folder, removed when it is done."""
+        return self.root / f".hopt-doctor-{safe_name(token)}"
+
+    @property
     def folders(self) -> tuple[Path, ...]:
         return (self.leases, self.checkpoints, self.staging, self.trash, self.logs)
 
