@@ -26,7 +26,7 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch, write_json_atomic
 from hopt_cli.store.journal import Journal
 from hopt_cli.store.leases import Holder, Lease
-from hopt_cli.store.locking import ExperimentLock
+from hopt_cli.store.locking import abandoned_claims, make_lock
 from hopt_cli.store.paths import ExperimentPaths
 
 SNAPSHOT_FORMAT = 1
@@ -48,7 +48,7 @@ class Store:
         self.paths = ExperimentPaths(root)
         self.recipe = recipe
         self.journal = Journal(self.paths.journal)
-        self.lock = ExperimentLock(self.paths.lock)
+        self.lock = make_lock(recipe.lock, self.paths)
         self.population = self._empty_population()
         self.offset = 0
         self._loaded = False
@@ -90,6 +90,10 @@ class Store:
         return store
 
     def _ensure_layout(self) -> None:
+        if not self.paths.journal.exists() and (self.paths.state.exists() or _any_entry(self.paths.checkpoints)):
+            raise CorruptFile(self.paths.journal, "is missing, but state.json or checkpoints show the experiment ran",
+                              "restore it from a backup (hopt will not start this experiment over on its own), "
+                              "or start again in a new --dir")
         try:
             for folder in self.paths.folders:
                 folder.mkdir(exist_ok=True)
@@ -121,6 +125,7 @@ class Store:
             data = json.loads(self.paths.state.read_bytes())
             offset = int(data["offset"])
             population = Population.from_dict(data["population"])
+            self._check_journal_reaches(offset)
             if data["format"] != SNAPSHOT_FORMAT or not self._is_line_boundary(offset):
                 raise ValueError("snapshot does not match the journal")
         except FileNotFoundError:
@@ -129,6 +134,14 @@ class Store:
             self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
             return
         self.population, self.offset, self._snapshot_events = population, offset, population.events
+
+    def _check_journal_reaches(self, offset: int) -> None:
+        """A journal shorter than the snapshot lost committed events: never replay it as if nothing happened."""
+        size = self.paths.journal.stat().st_size
+        if offset > size:
+            raise CorruptFile(self.paths.journal, f"is shorter than state.json records ({size} < {offset} bytes): "
+                              "it was truncated or replaced, so committed intervals would be lost",
+                              "restore it from a backup; or, to accept the loss, delete state.json")
 
     def _is_line_boundary(self, offset: int) -> bool:
         if offset == 0:
@@ -288,11 +301,30 @@ class Store:
                 if entry.name not in wanted:
                     os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
                     moved += 1
-        for folder, prefix in ((self.paths.root, f".{self.paths.state.name}"), (self.paths.leases, ".")):
-            for entry in os.scandir(folder):
-                if is_temporary(entry.name) and entry.name.startswith(prefix):
-                    os.unlink(entry.path)
+        self._drop_leftovers()
         return moved
+
+    def _drop_leftovers(self) -> None:
+        """Delete temporary files and hard-lock claims that crashed writers left behind.
+
+        Temp files of writes made under the lock (state.json, leases) cannot be in flight; others (of
+        experiment.yaml, the sbatch script) are dropped once older than the lease timeout, as are claims
+        of hard-link lockers that died waiting.
+        """
+        now = touch(self.paths.clock)
+        old = self.recipe.lease.timeout
+        under_lock = f".{self.paths.state.name}"
+        for folder in (self.paths.root, self.paths.leases, self.paths.slurm):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(folder):
+                    if not is_temporary(entry.name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if (folder == self.paths.leases or entry.name.startswith(under_lock)
+                                or now - entry.stat().st_mtime > old):
+                            os.unlink(entry.path)
+        for claim in abandoned_claims(self.paths, Holder.this_process("gc"), now, self.lock.timeout):
+            claim.unlink(missing_ok=True)
 
     def empty_trash(self) -> None:
         for entry in os.scandir(self.paths.trash):
@@ -306,6 +338,13 @@ class Store:
 
     def _note(self, message: str) -> None:
         logging.getLogger("hopt").warning(message)
+
+
+def _any_entry(folder: Path) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    return False
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

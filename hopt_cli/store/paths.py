@@ -80,6 +80,9 @@ class ExperimentPaths:
         """A would-be holder's unique file, hard-linked to `hardlink_lock` to take the lock."""
         return self.root / f".lock.link-{safe_name(token)}"
 
+    def hardlink_claims(self) -> list[Path]:
+        return sorted(self.root.glob(".lock.link-*"))
+
     def doctor_scratch(self, token: str) -> Path:
         """`hopt doctor`'s probe folder, removed when it is done."""
         return self.root / f".hopt-doctor-{safe_name(token)}"
