@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 
+from hopt_cli.doctor import diagnose
 from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment, Status
-from hopt_cli.recipe import Recipe, load_recipe
+from hopt_cli.recipe import LOCK_KINDS, Recipe, load_recipe
 from hopt_cli.runner import run_local
 from hopt_cli.slurm import SbatchOptions, SlurmEnvironment, StopSignals, requeue, submit, write_sbatch
 from hopt_cli.store import Store
+from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import load_trainable
 from hopt_cli.worker import Worker
 
@@ -205,6 +207,23 @@ def best(root: Path, out: Path | None, as_json: bool) -> None:
         click.echo(f"  {step.interval:4d}  member {step.member:3d}  {step.score:10.5g}  {params}{copied}")
     if out:
         click.echo(f"exported to {out}: checkpoint/, schedule.yaml, scores.csv")
+
+
+@cli.command()
+@DIR
+@click.option("--lock", "lock_kind", type=click.Choice(LOCK_KINDS),
+              help="The lock kind to test [default: the experiment's, else flock].")
+@click.option("--min-free-gb", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Fail when less space than this is free.")
+def doctor(root: Path, lock_kind: str | None, min_free_gb: float) -> None:
+    """Check the filesystem under --dir: lock exclusion, atomic replace, fsync, clock skew, free space."""
+    if lock_kind is None:
+        lock_kind = Store.open(root).recipe.lock if ExperimentPaths(root).experiment.is_file() else "flock"
+    checks = diagnose(root, lock_kind, min_free_gb)
+    for check in checks:
+        click.echo(check.line())
+    if not all(check.ok for check in checks):
+        sys.exit(1)
 
 
 def _log_to_stderr(name: str) -> None:
