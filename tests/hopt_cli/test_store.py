@@ -200,11 +200,21 @@ def test_opening_a_directory_that_is_no_experiment_says_how_to_create_one(tmp_pa
 
 
 def test_files_respect_the_umask(make_store, tmp_path):
+    """A team shares a directory by its group and umask: hopt never forces a mode of its own."""
     previous = os.umask(0o027)
     try:
-        store = make_store(tmp_path / "exp", population=2, intervals=1)
-        Worker(store, "w").run()
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        worker = Worker(store, "w")
+        worker.train_and_commit(worker.claim())
+        in_flight = worker.claim()
+        with store.lock:
+            claims = store.paths.hardlink_claims()
+            files = [store.paths.experiment, store.paths.journal, store.paths.state, store.paths.lock,
+                     store.paths.lease(in_flight.member), *claims]
+            modes = {path: path.stat().st_mode & 0o777 for path in files}
     finally:
         os.umask(previous)
-    for path in (store.paths.experiment, store.paths.journal, store.paths.state):
-        assert path.stat().st_mode & 0o777 == 0o640, path
+    assert set(modes.values()) == {0o640}, modes
+    assert len(claims) == (store.recipe.lock == "hardlink")
+    for folder in (*store.paths.folders, *store.paths.checkpoints.iterdir()):
+        assert folder.stat().st_mode & 0o777 == 0o750, folder
