@@ -112,14 +112,19 @@ class Worker:
         with self.store.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
-            if population.complete:
-                return None
             live = self.store.reclaim(self.holder)
-            plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
-                             self.recipe.seed)
-            if plan is None:
-                return False
-            lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
+            complete = population.complete
+            if complete:  # leave nothing behind: the leases and checkpoints of workers that died
+                self.store.collect_garbage(live)
+            else:
+                plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
+                                 self.recipe.seed)
+                if plan is None:
+                    return False
+                lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
+        if complete:
+            self.store.empty_trash()
+            return None
         decision = plan.decision
         log.info("claim member %d interval %d: %s%s %s", plan.member, decision.interval, decision.action,
                  f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(plan.hparams))

@@ -27,9 +27,10 @@ from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch
 from hopt_cli.store.journal import Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
-from hopt_cli.store.paths import ExperimentPaths
+from hopt_cli.store.paths import ExperimentPaths, checkpoint_name, checkpoint_token
 
-SNAPSHOT_FORMAT = 1
+NOT_A_LEASE = "not a valid lease file"
+SNAPSHOT_FORMAT = 2  # 2: members record their latest claim's token
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,13 @@ class Store:
             self._loaded = True
         events, self.offset = self.journal.read(self.offset)
         for event in events:
-            self.population.apply(event)
+            try:
+                self.population.apply(event)
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                raise CorruptFile(self.paths.journal, f"event {self.population.events + 1} ({event.get('type')} of "
+                                  f"member {event.get('member')}) cannot be applied: {err}",
+                                  "restore the file from a backup, or cut the journal before that event and "
+                                  "delete state.json") from None
         return self.population
 
     def _load_snapshot(self) -> None:
@@ -196,7 +203,7 @@ class Store:
                 live.append(info.lease)
                 continue
             info.path.unlink(missing_ok=True)
-            if info.lease is not None:
+            if reason != NOT_A_LEASE:  # only a lease of one of our members has an end to record
                 self._append({"type": "reclaim", "member": info.lease.member, "token": info.lease.token,
                               "reason": reason, "holder": info.lease.holder.worker})
             self._note(f"reclaimed lease {info.path.name}: {reason}")
@@ -205,7 +212,7 @@ class Store:
     def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
         lease = info.lease
         if lease is None or not 0 <= lease.member < self.recipe.population:
-            return "not a valid lease file"
+            return NOT_A_LEASE
         if self.population.members[lease.member].interval > lease.interval:
             return "its interval is already committed"
         if info.age > self.recipe.lease.timeout:
@@ -236,7 +243,7 @@ class Store:
         if not self.holds(lease):
             self._discard(staging)
             return None
-        name = f"m{lease.member:05d}-i{lease.interval:05d}-{lease.token}"
+        name = checkpoint_name(lease.member, lease.interval, lease.token)
         os.rename(staging, self.paths.checkpoint(name))
         fsync_dir(self.paths.checkpoints)
         self._append({"type": "commit", "member": lease.member, "interval": lease.interval, "token": lease.token,
@@ -293,16 +300,31 @@ class Store:
         Only temp files of writes made under the lock are dropped, so none can be in flight.
         Call inside `transaction()` with the live leases; `empty_trash()` deletes outside the lock.
         """
-        keep = self.population.referenced_checkpoints() | {l.parent_checkpoint for l in live if l.parent_checkpoint}
-        tokens = {l.token for l in live}
         moved = 0
-        for folder, wanted in ((self.paths.checkpoints, keep), (self.paths.staging, tokens)):
-            for entry in os.scandir(folder):
-                if entry.name not in wanted:
-                    os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
-                    moved += 1
+        candidates = self._unwanted(live)
+        if candidates:
+            # Make sure even if the lock ever failed: read the leases again, then the journal (a commit
+            # appends its event before it drops its lease), and keep whatever is still in use.
+            leases = [info.lease for info in self.lease_infos() if info.lease is not None]
+            self.sync()
+            in_use = self._wanted(leases)
+            for entry in candidates:
+                if entry.name not in in_use and checkpoint_token(entry.name) not in in_use:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
+                        moved += 1
         self._drop_leftovers()
         return moved
+
+    def _wanted(self, live: list[Lease]) -> set[str]:
+        """Names of checkpoints and staging folders in use: referenced, resumed or trained by a lease."""
+        return (self.population.referenced_checkpoints() | {l.parent_checkpoint for l in live if l.parent_checkpoint}
+                | {l.token for l in live})
+
+    def _unwanted(self, live: list[Lease]) -> list[os.DirEntry]:
+        wanted = self._wanted(live)
+        return [entry for folder in (self.paths.checkpoints, self.paths.staging) for entry in os.scandir(folder)
+                if entry.name not in wanted]
 
     def _drop_leftovers(self) -> None:
         """Delete temporary files and hard-lock claims that crashed writers left behind.

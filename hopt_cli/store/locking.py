@@ -9,8 +9,9 @@ Lustre without `-o flock`): the classic NFS-safe lock. A would-be holder writes 
 itself and hard-links it to `lock.link`; it holds the lock when its file then has two links (checked
 even when link() reports an error, which NFS may do for a link that succeeded). A holder whose process
 is gone (same host and pid namespace) is broken at once, any other after `STALE_SECONDS` on the
-filesystem's clock. Breaking by age can, in a rare race, let two holders overlap; the fencing token of
-every lease keeps the data correct even then.
+filesystem's clock; breakers take turns (see `_break_if_stale`). Breaking by age can still let a holder
+that stalled for STALE_SECONDS overlap with the next; then fencing tokens and the journal's order keep
+the data correct.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -131,6 +133,36 @@ def _names_file(fd: int, path: Path) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
+@dataclass(frozen=True)
+class _Stale:
+    seen: os.stat_result
+    token: str | None
+    reason: str
+
+
+def _link(claim: Path, lock: Path) -> bool:
+    """Try to take `lock` by hard-linking our unique `claim` to it; True when we hold it.
+
+    Judged by the claim's link count, not by link()'s result: over NFS a link that succeeded may
+    report an error (a retransmitted request), and one that failed never adds a link.
+    """
+    with contextlib.suppress(OSError):
+        os.link(claim, lock)
+    return os.stat(claim).st_nlink == 2
+
+
+def _unlink_if_same(path: Path, seen: os.stat_result) -> bool:
+    """Unlink `path` if it is still the file `seen`; True if it was."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+        return False
+    os.unlink(path)
+    return True
+
+
 class HardLinkLock(ExperimentLock):
     """link(2) of a unique file to `lock.link`; see the module docstring for breaking stale locks."""
 
@@ -146,10 +178,8 @@ class HardLinkLock(ExperimentLock):
     def _try_acquire(self) -> bool:
         if self._mine is None:
             self._mine = self._write_claim()
-        with contextlib.suppress(OSError):
-            os.link(self._mine, self.path)
         try:
-            won = os.stat(self._mine).st_nlink == 2
+            won = _link(self._mine, self.path)
         except FileNotFoundError:  # collected as a dead waiter's (we waited longer than the lock timeout)
             self._mine = None
             return False
@@ -172,42 +202,50 @@ class HardLinkLock(ExperimentLock):
         return path
 
     def _break_if_stale(self) -> None:
-        try:
-            seen = os.stat(self.path)
-            content = json.loads(self.path.read_bytes())
-            holder, claim = Holder(**content["holder"]), str(content["token"])
-        except FileNotFoundError:
-            return  # released meanwhile: the next attempt may win
-        except (ValueError, TypeError, KeyError, OSError):
-            holder, claim = None, None  # unreadable: only age can tell
-        if holder is not None and holder.is_gone(self.here):
-            reason = f"its holder (pid {holder.pid} on this host) is gone"
-        else:
-            age = touch(self.paths.clock) - seen.st_mtime
-            if age <= self.stale_after:
-                return
-            reason = f"held for {age:.0f} s (limit {self.stale_after:.0f} s)"
-        if self._break(seen):
-            log.warning("broke the experiment lock %s: %s", self.path, reason)
-            if claim is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.paths.hardlink_claim(claim))
+        """Remove a stale lock, one breaker at a time.
 
-    def _break(self, seen: os.stat_result) -> bool:
-        """Move the stale lock aside; if another breaker's fresh lock was moved instead, put it back."""
-        aside = self.paths.hardlink_claim(f"broken-{secrets.token_hex(8)}")
+        Breakers serialise on a second hard-link lock (`lock.link.break`). Its holder re-checks that
+        `lock.link` is still the stale file before unlinking it, and nothing can replace that file
+        meanwhile: its holder is gone, other breakers wait, and link() fails while it exists. Without
+        this, a slow breaker could unlink a lock that a faster one had broken and a third had retaken.
+        """
+        stale = self._stale(self.path)
+        if stale is None:
+            return
+        breaker = self._write_claim()
         try:
-            os.rename(self.path, aside)
+            if not _link(breaker, self.paths.hardlink_breaker):
+                dead_breaker = self._stale(self.paths.hardlink_breaker)
+                if dead_breaker is not None:  # a breaker died mid-break: clear the way for the next attempt
+                    _unlink_if_same(self.paths.hardlink_breaker, dead_breaker.seen)
+                return
+            try:
+                if _unlink_if_same(self.path, stale.seen):
+                    log.warning("broke the experiment lock %s: %s", self.path, stale.reason)
+                    if stale.token is not None:
+                        self.paths.hardlink_claim(stale.token).unlink(missing_ok=True)
+            finally:
+                _unlink_if_same(self.paths.hardlink_breaker, os.stat(breaker))
+        finally:
+            breaker.unlink(missing_ok=True)
+
+    def _stale(self, path: Path) -> _Stale | None:
+        """Why the lock file `path` is stale (its holder is gone, or it is too old), or None if it is not."""
+        try:
+            with open(path, "rb") as handle:
+                seen = os.fstat(handle.fileno())
+                content = json.loads(handle.read())
+            holder, token = Holder(**content["holder"]), str(content["token"])
         except FileNotFoundError:
-            return False
-        moved = os.stat(aside)
-        if (moved.st_dev, moved.st_ino) != (seen.st_dev, seen.st_ino):
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, self.path)
-            os.unlink(aside)
-            return False
-        os.unlink(aside)
-        return True
+            return None  # released meanwhile: the next attempt may win
+        except (ValueError, TypeError, KeyError, OSError):
+            holder, token = None, None  # unreadable: only its age can tell
+        if holder is not None and holder.is_gone(self.here):
+            return _Stale(seen, token, f"its holder (pid {holder.pid} on this host) is gone")
+        age = touch(self.paths.clock) - seen.st_mtime
+        if age > self.stale_after:
+            return _Stale(seen, token, f"held for {age:.0f} s (limit {self.stale_after:.0f} s)")
+        return None
 
     def _abandon(self) -> None:
         if self._mine is not None:
@@ -235,13 +273,13 @@ class HardLinkLock(ExperimentLock):
 
 
 def abandoned_claims(paths: ExperimentPaths, here: Holder, now: float, older_than: float) -> list[Path]:
-    """Unique files of hard-link lockers that died waiting (or breaking): not the lock, and their
+    """Unique files of hard-link lockers that died waiting or breaking: not linked to a lock, and their
     process is gone or they are older than any waiter waits. `now` is the filesystem's clock."""
-    try:
-        lock = os.stat(paths.hardlink_lock)
-        current = (lock.st_dev, lock.st_ino)
-    except FileNotFoundError:
-        current = None
+    held = set()
+    for lock in (paths.hardlink_lock, paths.hardlink_breaker):
+        with contextlib.suppress(FileNotFoundError):
+            seen = os.stat(lock)
+            held.add((seen.st_dev, seen.st_ino))
     found = []
     for path in paths.hardlink_claims():
         try:
@@ -251,7 +289,7 @@ def abandoned_claims(paths: ExperimentPaths, here: Holder, now: float, older_tha
             continue
         except (ValueError, TypeError, KeyError, OSError):
             holder = None
-        if (seen.st_dev, seen.st_ino) == current:
+        if (seen.st_dev, seen.st_ino) in held:
             continue
         if (holder is not None and holder.is_gone(here)) or now - seen.st_mtime > older_than:
             found.append(path)

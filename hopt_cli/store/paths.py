@@ -12,6 +12,15 @@ def safe_name(name: str) -> str:
     return cleaned[:100] or "_"
 
 
+def checkpoint_name(member: int, interval: int, token: str) -> str:
+    """A committed checkpoint's folder name; it ends with the token of the lease that trained it."""
+    return f"m{member:05d}-i{interval:05d}-{token}"
+
+
+def checkpoint_token(name: str) -> str:
+    return name.rsplit("-", 1)[-1]
+
+
 @dataclass(frozen=True)
 class ExperimentPaths:
     root: Path
@@ -75,6 +84,11 @@ class ExperimentPaths:
     def hardlink_lock(self) -> Path:
         """The hard-link lock's name; never `lock`, which the flock kind owns and nobody deletes."""
         return self.root / "lock.link"
+
+    @property
+    def hardlink_breaker(self) -> Path:
+        """A second hard-link lock, held by whoever removes a stale `hardlink_lock`."""
+        return self.root / "lock.link.break"
 
     def hardlink_claim(self, token: str) -> Path:
         """A would-be holder's unique file, hard-linked to `hardlink_lock` to take the lock."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
+from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
@@ -185,3 +186,38 @@ def test_corrupt_checkpoints_fail_their_intervals_naming_the_checkpoint(tmp_path
 
     assert f"JSONDecodeError: Expecting value: line 1 column 1 (char 0) (resuming from {store.paths.checkpoints}/m0" \
         in str(caught.value)
+
+
+# a lock that failed (flock not shared across nodes, a hard-link lock broken as stale): fencing tokens,
+# the journal's order and a careful garbage collector keep the data correct
+
+
+def test_two_claims_of_one_member_are_settled_by_the_journals_order(tmp_path):
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=1)))
+    Worker(store, "w").run()
+    claim, commit = [e for e in store.journal.read(0)[0] if e["member"] == 0 and e["type"] in ("claim", "commit")]
+    rival = {"token": "rival", "worker": "rival"}
+    events = [claim, {**claim, **rival}, commit, {**commit, **rival, "checkpoint": "m00000-i00000-rival"}]
+
+    population = Population(2, 1)
+    for event in events:
+        population.apply(event)
+
+    assert population.members[0].checkpoint == "m00000-i00000-rival"  # the later claim's commit counts
+    assert population.members[0].interval == 1 and len(population.members[0].lineage.scores) == 1
+
+
+def test_garbage_collection_with_a_stale_view_keeps_what_another_worker_just_made(tmp_path):
+    stale = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=3)))
+    stale.sync()
+    other = Store.open(stale.paths.root)
+    worker = Worker(other, "other")
+    worker.train_and_commit(worker.claim())  # committed meanwhile: the stale view has not seen it
+    in_flight = worker.claim()
+    other.paths.staging_dir(in_flight.lease.token).mkdir()
+
+    stale.collect_garbage([])  # as if it held the lock too, with the view it had before
+    stale.empty_trash()
+
+    assert {p.name for p in stale.paths.checkpoints.iterdir()} == other.sync().referenced_checkpoints()
+    assert stale.paths.staging_dir(in_flight.lease.token).is_dir()
