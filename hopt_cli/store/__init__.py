@@ -202,10 +202,10 @@ class Store:
             if reason is None:
                 live.append(info.lease)
                 continue
-            info.path.unlink(missing_ok=True)
             if reason != NOT_A_LEASE:  # only a lease of one of our members has an end to record
                 self._append({"type": "reclaim", "member": info.lease.member, "token": info.lease.token,
                               "reason": reason, "holder": info.lease.holder.worker})
+            info.path.unlink(missing_ok=True)  # after the event: a crash between leaves it to reclaim again
             self._note(f"reclaimed lease {info.path.name}: {reason}")
         return live
 
