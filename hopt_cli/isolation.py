@@ -8,8 +8,8 @@ a failed interval too.
 One child per worker, started at the first interval and reused, so an interval costs one round trip
 over a socket (well under a millisecond); a killed child is replaced at the next interval. The child
 dies with the worker (PR_SET_PDEATHSIG) and ignores the stop signals the worker handles: the worker
-decides when it ends. Only the context's plain fields cross the socket (pickled: a private pipe between
-two processes of ours, never a file); the child's `should_stop()` is always false, since an interval
+decides when it ends. Only the context's plain fields cross the socket (pickled: a private socket
+between two processes of ours, never a file); the child's `should_stop()` is always false, since an interval
 that must stop is killed rather than asked.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import fields
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 from hopt_cli.errors import HoptError
 from hopt_cli.trainable import Context, IntervalError, load_trainable
@@ -37,7 +37,7 @@ _PR_SET_PDEATHSIG = 1
 class IsolatedTrainable:
     """Calls `module:function` in a child process, killing it on timeout or when the interval must stop."""
 
-    def __init__(self, worker: str, timeout: float | None) -> None:
+    def __init__(self, worker: str, timeout: float) -> None:
         self.worker = worker
         self.timeout = timeout
         self._process: subprocess.Popen | None = None
@@ -46,26 +46,29 @@ class IsolatedTrainable:
     def __call__(self, ctx: Context) -> Any:
         conn = self._connection()
         started = time.monotonic()
-        conn.send({f.name: getattr(ctx, f.name) for f in fields(ctx) if f.name != "should_stop"})
+        try:
+            conn.send({f.name: getattr(ctx, f.name) for f in fields(ctx) if f.name != "should_stop"})
+        except OSError:  # it died between intervals
+            self._died()
         while not conn.poll(POLL_SECONDS):
             if ctx.should_stop():
                 self.close()
                 raise IntervalError("stopped: the interval was abandoned")
-            if self.timeout is not None and time.monotonic() - started > self.timeout:
+            if time.monotonic() - started > self.timeout:
                 self.close()
                 raise IntervalError(f"the interval ran longer than interval_timeout ({self.timeout:g} s) "
                                     "and was killed")
         try:
             kind, value = conn.recv()
         except (EOFError, OSError):
-            status = self._process.wait() if self._process else None
-            self.close()
-            raise IntervalError(f"the trainable's process died ({_describe(status)})") from None
+            self._died()
         if kind == "error":
             raise IntervalError(value)
         return value
 
     def _connection(self) -> Connection:
+        if self._process is not None and self._process.poll() is not None:  # died while idle: replace it
+            self.close()
         if self._conn is None:
             ours, theirs = socket.socketpair()
             with theirs:
@@ -74,6 +77,11 @@ class IsolatedTrainable:
                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
             self._conn = Connection(ours.detach())
         return self._conn
+
+    def _died(self) -> NoReturn:
+        status = self._process.wait() if self._process else None
+        self.close()
+        raise IntervalError(f"the trainable's process died ({_describe(status)})")
 
     def close(self) -> None:
         """Kill the child (if any); the next interval starts a new one."""

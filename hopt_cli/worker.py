@@ -66,8 +66,9 @@ def make_trainable(recipe: Recipe) -> Callable[[Context], Any]:
     if recipe.command is not None:
         return CommandTrainable(recipe.command, timeout=recipe.interval_timeout)
     function = load_trainable(recipe.worker, None)  # import errors surface here, before any claim
-    return function if recipe.interval_timeout is None else IsolatedTrainable(str(recipe.worker),
-                                                                               recipe.interval_timeout)
+    if recipe.interval_timeout is None:
+        return function
+    return IsolatedTrainable(str(recipe.worker), recipe.interval_timeout)
 
 
 class Worker:

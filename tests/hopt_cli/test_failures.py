@@ -83,3 +83,15 @@ def test_a_python_interval_in_a_child_costs_little(tmp_path):
         per_interval[name] = (time.perf_counter() - started) / (2 * 40 - 1)
     print("per interval (ms):", {k: round(v * 1e3, 2) for k, v in per_interval.items()})
     assert per_interval["isolated"] - per_interval["in-process"] < 0.02, per_interval  # lenient: shared CPUs
+
+
+def test_a_child_that_died_between_intervals_is_replaced(tmp_path):
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=3, interval_timeout=60)))
+    worker = Worker(store, "w")
+    worker.train_and_commit(worker.claim())
+    worker.trainable._process.kill()  # e.g. the kernel's OOM killer, while the worker was committing
+    worker.trainable._process.wait()
+
+    report = worker.run()
+
+    assert report.complete and report.failures == 0

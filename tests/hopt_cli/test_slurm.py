@@ -18,6 +18,7 @@ import pytest
 from hopt_cli.errors import HoptError
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue, submit,
                              write_sbatch)
+from tests.conftest import toy_recipe
 from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -282,3 +283,55 @@ def test_preemption_signal_reaches_python_which_requeues_itself(tmp_path: Path) 
         assert "DUE TO JOB REQUEUE" in lines[2]  # slurmstepd's stderr: the log holds both streams
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+
+
+# `hopt slurm`
+
+
+def hopt(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"PATH": path} if path else {})}
+    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.fixture
+def experiment(tmp_path: Path, write_recipe) -> Path:
+    root = tmp_path / "exp"
+    assert hopt("init", str(write_recipe(toy_recipe())), "--dir", str(root)).returncode == 0
+    return root
+
+
+def test_hopt_slurm_writes_the_script(experiment: Path) -> None:
+    result = hopt("slurm", "--dir", str(experiment), "--array", "3", "--parallel", "2", "--time", "1:00:00",
+                  "--sbatch=--qos=low", "--setup", "module load cuda", "--command", "python -m hopt_cli worker")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    expected = SbatchOptions(experiment, 3, parallelism=2, time="1:00:00", extra=["--qos=low"],
+                             setup=["module load cuda"], command="python -m hopt_cli worker", requeue=True)
+    assert (experiment / "slurm" / "worker.sbatch").read_text() == render_sbatch(expected)
+    assert f"logs go to {experiment}/logs/slurm-%A_%a.log" in result.stderr
+
+
+def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '4242;hopt'\n")
+    fake.chmod(0o755)
+
+    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--submit", path=f"{fake.parent}:/usr/bin:/bin")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "4242\n"
+
+
+def test_hopt_slurm_shows_what_sbatch_said(experiment: Path, tmp_path: Path) -> None:
+    fake_command(tmp_path, "sbatch")
+
+    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--partition", "nope", "--submit",
+                  path=f"{tmp_path}:/usr/bin:/bin")
+
+    assert result.returncode == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("hopt: error: sbatch --parsable ") and "Invalid partition" in error
+    assert "Traceback" not in result.stderr
