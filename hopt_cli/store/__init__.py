@@ -295,16 +295,16 @@ class Store:
         self._snapshot_events = self.population.events
 
     def collect_garbage(self, live: list[Lease]) -> int:
-        """Move unreferenced checkpoints and orphan staging folders to trash/; drop dead temp files.
+        """Move unreferenced checkpoints and orphan staging folders to trash/; drop crashed writers' files.
 
-        Only temp files of writes made under the lock are dropped, so none can be in flight.
         Call inside `transaction()` with the live leases; `empty_trash()` deletes outside the lock.
+        Nothing in use goes even if the lock ever failed and another worker committed or claimed
+        meanwhile: the leases are read again, then the journal (a commit appends its event before it
+        drops its lease), and an entry is kept if either still wants it.
         """
         moved = 0
         candidates = self._unwanted(live)
         if candidates:
-            # Make sure even if the lock ever failed: read the leases again, then the journal (a commit
-            # appends its event before it drops its lease), and keep whatever is still in use.
             leases = [info.lease for info in self.lease_infos() if info.lease is not None]
             self.sync()
             in_use = self._wanted(leases)
