@@ -118,9 +118,14 @@ class FlockLock(ExperimentLock):
         return True
 
     def _release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        if not _names_file(self._fd, self.path):
+            log.warning("%s was deleted or replaced while we held it (never delete it): another process may "
+                        "have locked the new file meanwhile; fencing tokens and the journal's order keep the "
+                        "data right", self.path)
+        os.close(self._fd)
+        self._fd = None
 
 
 def _names_file(fd: int, path: Path) -> bool:

@@ -94,6 +94,13 @@ def test_a_deleted_flock_file_is_recreated(tmp_path: Path) -> None:
         assert paths.lock.exists()
 
 
+def test_a_flock_file_deleted_while_held_is_reported_at_release(tmp_path: Path, caplog) -> None:
+    paths = paths_in(tmp_path)
+    with make_lock("flock", paths):
+        paths.lock.unlink()
+    assert "was deleted or replaced while we held it" in caplog.text
+
+
 def test_a_flock_file_replaced_while_locking_is_locked_again(tmp_path: Path, monkeypatch) -> None:
     """An operator deletes `lock` between a locker's open() and flock(): the locker must not keep a lock
     on the orphaned inode (a newcomer would lock the new file, and both would be inside)."""
