@@ -94,8 +94,10 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
 @click.option("--grace", default=120, show_default=True, type=int,
               help="Seconds before the time limit when SLURM sends SIGUSR1: the worker stops and requeues.")
 @click.option("--job-name", help="sbatch --job-name [default: hopt-<dir name>].")
-@click.option("--sbatch", "extra", multiple=True, help="An extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable).")
-@click.option("--setup", multiple=True, help="A shell line run before the worker, e.g. 'module load cuda' (repeatable).")
+@click.option("--sbatch", "extra", multiple=True,
+              help="An extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable).")
+@click.option("--setup", multiple=True,
+              help="A shell line run before the worker, e.g. 'module load cuda' (repeatable).")
 @click.option("--command", "command", default="hopt worker", show_default=True,
               help="How a task starts a worker, e.g. 'python -m hopt_cli worker'.")
 @click.option("--requeue/--no-requeue", "requeue_", default=True, show_default=True,

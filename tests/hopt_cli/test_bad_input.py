@@ -53,7 +53,8 @@ CASES = {
                                 recipe(policy={"name": "romul", "quantile": 2})),
     "missing worker module": Case(INIT, "worker: cannot import workers.nonexistent",
                                   recipe(worker="workers.nonexistent:train")),
-    "missing worker function": Case(INIT, "worker: workers.toys has no function nope", recipe(worker="workers.toys:nope")),
+    "missing worker function": Case(INIT, "worker: workers.toys has no function nope",
+                                    recipe(worker="workers.toys:nope")),
     "worker and command": Case(INIT, "worker: give exactly one of worker", recipe(command="python train.py")),
     "unknown placeholder": Case(INIT, "command: unknown placeholder {lr}",
                                 recipe(worker=None, command="python train.py --lr {lr} --out {out}")),
@@ -72,7 +73,8 @@ CASES = {
                                                  recipe(population=5)),
     "unwritable --dir": Case(("init", "{recipe}", "--dir", "/proc/hopt-test"), "cannot create the experiment in /proc"),
     "--dir under a file": Case(("init", "{recipe}", "--dir", "{file}/sub"), "cannot create the experiment in"),
-    "unknown option": Case(("worker", "--dir", "{exp}", "--bogus"), "No such option '--bogus'; see `hopt worker --help`"),
+    "unknown option": Case(("worker", "--dir", "{exp}", "--bogus"),
+                           "No such option '--bogus'; see `hopt worker --help`"),
     "missing --dir": Case(("status",), "Missing option '--dir'"),
     "--workers 0": Case(("run", "{recipe}", "--dir", "{new}", "--workers", "0"), "Invalid value for '--workers'"),
     "--array 0": Case(("slurm", "--dir", "{exp}", "--array", "0"), "--array must be at least 1 (got 0)"),
@@ -86,7 +88,7 @@ CASES = {
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file and folder under root with its size and mtime (folders: their entries, by name)."""
-    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns if p.is_file() else 0)
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (0, 0)
             for p in sorted(root.rglob("*"))}
 
 
@@ -114,8 +116,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, experiment, 
     before, shared = snapshot(tmp_path), snapshot(experiment)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
-    result = subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=tmp_path,
+                            env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("hopt: error: "), result.stderr
