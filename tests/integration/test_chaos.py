@@ -53,6 +53,13 @@ class Workers:
     def restart(self, index: int) -> None:
         self.processes[index] = self._start(index)
 
+    def kill_all(self) -> None:
+        """Leave no worker behind when the test fails (a frozen one would wait forever)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
 
 def lock_holder(store: Store) -> int | None:
     """The pid holding the experiment lock: a flock on `lock` in /proc/locks, or the pid in lock.link."""
@@ -131,27 +138,30 @@ def test_sigkilled_workers_lose_nothing(tmp_path, write_recipe, lock, planned, i
 
     total = RECIPE["population"] * intervals
     marks = sorted(rng.uniform(0.0, 0.85 * total) for _ in range(planned))  # kill when this much is done
-    while kills < planned and not store.sync().complete:
-        assert time.monotonic() - started < DEADLINE, f"only {kills} kills before the deadline"
-        time.sleep(0.005)
-        most_checkpoints = max(most_checkpoints, len(os.listdir(store.paths.checkpoints)))
-        if store.population.intervals_done < marks[kills]:
-            continue
-        aimed = in_critical_section(store, workers, patience=2.0) if rng.random() < 0.5 else None
-        index = rng.randrange(WORKERS) if aimed is None else aimed
-        victim = workers.processes[index]
-        if victim.poll() is not None:
-            assert victim.returncode == 0, (workers.logs / f"w{index}-{workers.starts[index]}.log").read_text()
-            continue
-        killed = freeze_and_kill(store, victim)
-        if killed is None:
-            continue
-        in_lock += killed[0]
-        leases_left |= killed[1]
-        kills += 1
-        workers.restart(index)
-    for process in workers.processes:
-        process.wait(timeout=max(1.0, DEADLINE - (time.monotonic() - started)))
+    try:
+        while kills < planned and not store.sync().complete:
+            assert time.monotonic() - started < DEADLINE, f"only {kills} kills before the deadline"
+            time.sleep(0.005)
+            most_checkpoints = max(most_checkpoints, len(os.listdir(store.paths.checkpoints)))
+            if store.population.intervals_done < marks[kills]:
+                continue
+            aimed = in_critical_section(store, workers, patience=2.0) if rng.random() < 0.5 else None
+            index = rng.randrange(WORKERS) if aimed is None else aimed
+            victim = workers.processes[index]
+            if victim.poll() is not None:
+                assert victim.returncode == 0, (logs / f"w{index}-{workers.starts[index]}.log").read_text()
+                continue
+            killed = freeze_and_kill(store, victim)
+            if killed is None:
+                continue
+            in_lock += killed[0]
+            leases_left |= killed[1]
+            kills += 1
+            workers.restart(index)
+        for process in workers.processes:
+            process.wait(timeout=max(1.0, DEADLINE - (time.monotonic() - started)))
+    finally:
+        workers.kill_all()
     elapsed = time.monotonic() - started
 
     assert [p.returncode for p in workers.processes] == [0] * WORKERS
