@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -13,14 +14,16 @@ from typing import Any
 import click
 
 from hopt_cli import schedule
+from hopt_cli.doctor import diagnose
 from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import SCHEMA, Best, Experiment, Status
 from hopt_cli.history import Event
-from hopt_cli.recipe import Recipe, load_recipe
+from hopt_cli.recipe import LOCK_KINDS, Recipe, load_recipe
 from hopt_cli.replay import replay
 from hopt_cli.runner import run_local
-from hopt_cli.slurm import SlurmEnvironment, StopSignals
+from hopt_cli.slurm import SbatchOptions, SlurmEnvironment, StopSignals, requeue, submit, write_sbatch
 from hopt_cli.store import Store
+from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import load_trainable
 from hopt_cli.worker import Worker
 
@@ -56,20 +59,65 @@ def init(recipe: Path, root: Path) -> None:
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
               help="Create the experiment from this recipe first if needed (safe for many workers at once).")
 @click.option("--name", help="This worker's name in leases and logs [default: from SLURM, else host-pid].")
-def worker(root: Path, recipe: Path | None, name: str | None) -> None:
-    """Train intervals until the experiment is complete; SIGTERM/SIGUSR1 stop it cleanly."""
+@click.option("--requeue", "requeue_", is_flag=True,
+              help="When preempted, requeue this SLURM job (array task) if the experiment is not complete.")
+@click.option("--preempt-signal", type=click.Choice(["USR1", "USR2"], case_sensitive=False), default="USR1",
+              show_default=True, help="The preemption signal (sbatch --signal=B:USR1@GRACE sends it).")
+def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, preempt_signal: str) -> None:
+    """Train intervals until the experiment is complete; SIGTERM or the preemption signal stop it at once."""
+    env = SlurmEnvironment.from_env()
+    if requeue_ and env.requeue_target is None:
+        raise HoptError("--requeue needs a SLURM job (no SLURM_JOB_ID here); drop --requeue outside SLURM")
     store = _create(recipe, root) if recipe else Store.open(root)
-    name = name or SlurmEnvironment.from_env().worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    name = name or env.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     _log_to_stderr(name)
-    signals = StopSignals()
+    log = logging.getLogger("hopt")
+    signals = StopSignals(signal.Signals[f"SIG{preempt_signal.upper()}"])
     signals.install()
     try:
         report = Worker(store, name, stop=signals).run()
     finally:
         signals.restore()
     how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"
-    logging.getLogger("hopt").info("%s: %d intervals committed, %d failed, %d discarded", how, report.commits,
-                                   report.failures, report.fenced)
+    log.info("%s: %d intervals committed, %d failed, %d discarded", how, report.commits, report.failures,
+             report.fenced)
+    if signals.preempted and requeue_ and not report.complete:
+        log.info("preempted with work left: requeueing SLURM job %s", env.requeue_target)
+        requeue(env)
+
+
+@cli.command()
+@DIR
+@click.option("--array", required=True, type=int, help="Worker tasks in the array (one worker each).")
+@click.option("--parallel", "parallelism", type=int, help="At most this many tasks at once (sbatch's %k).")
+@click.option("--partition", help="sbatch --partition.")
+@click.option("--time", "time_limit", help="sbatch --time per task, e.g. 04:00:00.")
+@click.option("--gres", help="sbatch --gres, e.g. gpu:1.")
+@click.option("--cpus-per-task", type=int, help="sbatch --cpus-per-task.")
+@click.option("--mem", help="sbatch --mem, e.g. 32G.")
+@click.option("--grace", default=120, show_default=True, type=int,
+              help="Seconds before the time limit when SLURM sends SIGUSR1: the worker stops and requeues.")
+@click.option("--job-name", help="sbatch --job-name [default: hopt-<dir name>].")
+@click.option("--sbatch", "extra", multiple=True,
+              help="An extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable).")
+@click.option("--setup", multiple=True,
+              help="A shell line run before the worker, e.g. 'module load cuda' (repeatable).")
+@click.option("--command", "command", default="hopt worker", show_default=True,
+              help="How a task starts a worker, e.g. 'python -m hopt_cli worker'.")
+@click.option("--requeue/--no-requeue", "requeue_", default=True, show_default=True,
+              help="Preempted workers requeue their own task while work remains.")
+@click.option("--submit", "submit_", is_flag=True, help="Submit the script with sbatch and print the job id.")
+def slurm(root: Path, array: int, parallelism: int | None, partition: str | None, time_limit: str | None,
+          gres: str | None, cpus_per_task: int | None, mem: str | None, grace: int, job_name: str | None,
+          extra: tuple[str, ...], setup: tuple[str, ...], command: str, requeue_: bool, submit_: bool) -> None:
+    """Write D/slurm/worker.sbatch for a worker array (and submit it): requeue, appended logs, preemption."""
+    options = SbatchOptions(root, array, parallelism, partition, time_limit, gres, cpus_per_task, mem, grace,
+                            job_name, extra, setup, command, requeue_)
+    Store.open(root)  # every task opens it: refuse a --dir that is not an experiment now, not in the queue
+    script = write_sbatch(options)
+    click.echo(f"wrote {script}; logs go to {options.paths.slurm_log_pattern}", err=True)
+    if submit_:
+        click.echo(submit(script))
 
 
 @cli.command()
@@ -285,6 +333,23 @@ def _event_text(e: Event) -> str:
     return f"{where}: {e.reason}"
 
 
+@cli.command()
+@DIR
+@click.option("--lock", "lock_kind", type=click.Choice(LOCK_KINDS),
+              help="The lock kind to test [default: the experiment's, else flock].")
+@click.option("--min-free-gb", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Fail when less space than this is free.")
+def doctor(root: Path, lock_kind: str | None, min_free_gb: float) -> None:
+    """Check the filesystem under --dir: lock exclusion, atomic replace, fsync, clock skew, free space."""
+    if lock_kind is None:
+        lock_kind = Store.open(root).recipe.lock if ExperimentPaths(root).experiment.is_file() else "flock"
+    checks = diagnose(root, lock_kind, min_free_gb)
+    for check in checks:
+        click.echo(check.line())
+    if not all(check.ok for check in checks):
+        sys.exit(1)
+
+
 def _log_to_stderr(name: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
@@ -296,10 +361,18 @@ def _log_to_stderr(name: str) -> None:
 def main() -> None:
     """Entry point: a user's mistake is one line on stderr and its exit status, never a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="hopt", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.UsageError as err:
+        hint = f"; see `{err.ctx.command_path} --help`" if err.ctx is not None else ""
+        message = " ".join(err.format_message().split()).rstrip(".")
+        click.echo(f"hopt: error: {message}{hint}", err=True)
+        sys.exit(err.exit_code)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)

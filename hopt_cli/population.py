@@ -102,6 +102,7 @@ class MemberState:
     failures: int = 0
     claims: int = 0
     last_error: str | None = None
+    token: str | None = None  # of the latest claim; only its lease may end it
 
 
 @dataclass
@@ -185,9 +186,19 @@ class Population:
             handler(self, event)
         self.events += 1
 
+    def _current(self, event: dict[str, Any]) -> MemberState | None:
+        """The member an end-of-lease event is about, or None if a later claim superseded its lease.
+
+        Under the lock that never happens; if a lock ever fails and two workers claim the same member,
+        the journal's order settles it: only the latest claim's commit, failure or release counts.
+        """
+        member = self.members[event["member"]]
+        return member if event["token"] == member.token else None
+
     def _on_claim(self, event: dict[str, Any]) -> None:
         member = self.members[event["member"]]
         member.claims += 1
+        member.token = event["token"]
         decision = event["decision"]
         if decision["action"] == "exploit":
             self.pending[member.member] = copy.deepcopy(self.members[decision["parent"]].lineage)
@@ -195,7 +206,9 @@ class Population:
             self.pending.pop(member.member, None)
 
     def _on_commit(self, event: dict[str, Any]) -> None:
-        member = self.members[event["member"]]
+        member = self._current(event)
+        if member is None:
+            return
         decision = Decision.from_dict(event["decision"])
         lineage = self.pending.pop(member.member, None) if decision.action == "exploit" else None
         if lineage is not None:
@@ -222,7 +235,9 @@ class Population:
         self._record_best(member)
 
     def _on_fail(self, event: dict[str, Any]) -> None:
-        member = self.members[event["member"]]
+        member = self._current(event)
+        if member is None:
+            return
         self.pending.pop(member.member, None)
         member.failures += 1
         member.last_error = event["error"]
@@ -231,7 +246,8 @@ class Population:
                            f"{event['error']}; fix the trainable or the recipe, then run again")
 
     def _on_end_of_lease(self, event: dict[str, Any]) -> None:
-        self.pending.pop(event["member"], None)
+        if self._current(event) is not None:
+            self.pending.pop(event["member"], None)
 
     def _record_best(self, member: MemberState) -> None:
         score = member.lineage.scores[-1]

@@ -17,8 +17,9 @@ from hopt_cli.space import SearchSpace
 
 FORMAT = 1
 CONTEXT_PLACEHOLDERS = ("parent", "out", "interval", "steps", "member", "seed")
+LOCK_KINDS = ("flock", "hardlink")
 _TOP_KEYS = {"name", "seed", "objective", "population", "intervals", "steps", "policy", "worker", "command",
-             "space", "lease", "keep_best", "max_failures", "format"}
+             "space", "lease", "keep_best", "max_failures", "interval_timeout", "lock", "format"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Recipe:
     lease: LeaseSettings = LeaseSettings()
     keep_best: int = 3
     max_failures: int = 3
+    interval_timeout: float | None = None  # seconds; a longer interval is killed and fails
+    lock: str = "flock"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -74,6 +77,8 @@ class Recipe:
         data["lease"] = {"timeout": self.lease.timeout, "heartbeat": self.lease.heartbeat}
         data["keep_best"] = self.keep_best
         data["max_failures"] = self.max_failures
+        data["interval_timeout"] = self.interval_timeout
+        data["lock"] = self.lock
         return data
 
     @classmethod
@@ -105,6 +110,8 @@ class Recipe:
             lease=_lease(data.get("lease", {})),
             keep_best=_integer(data, "keep_best", 3, low=1),
             max_failures=_integer(data, "max_failures", 3, low=1),
+            interval_timeout=_interval_timeout(data.get("interval_timeout")),
+            lock=_lock(data.get("lock", "flock")),
         )
 
 
@@ -176,6 +183,21 @@ def _lease(value: Any) -> LeaseSettings:
     if numbers["heartbeat"] * 2 > numbers["timeout"]:
         raise RecipeError("lease.heartbeat", "must be at most half of lease.timeout, or live workers look dead")
     return LeaseSettings(**numbers)
+
+
+def _interval_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise RecipeError("interval_timeout", f"must be a number of seconds > 0, or left out (got {value!r})")
+    return float(value)
+
+
+def _lock(value: Any) -> str:
+    if value not in LOCK_KINDS:
+        raise RecipeError("lock", f"must be one of {', '.join(LOCK_KINDS)} (got {value!r}); "
+                                  "`hopt doctor --dir D` tells whether flock works on your filesystem")
+    return value
 
 
 def _policy(value: Any) -> tuple[str, Policy]:

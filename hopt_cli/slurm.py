@@ -19,7 +19,7 @@ from typing import Any
 
 from hopt_cli.errors import HoptError
 from hopt_cli.store.fsio import write_atomic
-from hopt_cli.store.paths import safe_name
+from hopt_cli.store.paths import ExperimentPaths, safe_name
 
 COMMAND_TIMEOUT = 120.0  # seconds; sbatch and scontrol retry for a while when slurmctld is slow
 
@@ -108,16 +108,8 @@ class SbatchOptions:
                 raise HoptError(f"{line!r} spans several lines; give one line per option")
 
     @property
-    def slurm_dir(self) -> Path:
-        return self.directory / "slurm"
-
-    @property
-    def script_path(self) -> Path:
-        return self.slurm_dir / "worker.sbatch"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.slurm_dir / "logs"
+    def paths(self) -> ExperimentPaths:
+        return ExperimentPaths(self.directory)
 
     @property
     def name(self) -> str:
@@ -126,15 +118,13 @@ class SbatchOptions:
 
 def render_sbatch(options: SbatchOptions) -> str:
     """The sbatch script of a worker array; the same options always give the same text."""
-    logs = options.log_dir
     array = f"0-{options.array - 1}" + (f"%{options.parallelism}" if options.parallelism else "")
     directives = [
         f"--job-name={options.name}",
         f"--array={array}",
         "--requeue",
         "--open-mode=append",
-        f"--output={shlex.quote(str(logs / '%A_%a.out'))}",
-        f"--error={shlex.quote(str(logs / '%A_%a.err'))}",
+        f"--output={shlex.quote(str(options.paths.slurm_log_pattern))}",  # stderr too: one log per worker
         f"--signal=B:USR1@{options.grace}",
     ]
     optional = {"partition": options.partition, "time": options.time, "gres": options.gres,
@@ -157,9 +147,11 @@ def render_sbatch(options: SbatchOptions) -> str:
 
 def write_sbatch(options: SbatchOptions) -> Path:
     """Write `<dir>/slurm/worker.sbatch` atomically (executable as far as the umask allows) and make logs/."""
-    path = options.script_path
+    paths = options.paths
+    path = paths.sbatch_script
     try:
-        options.log_dir.mkdir(parents=True, exist_ok=True)
+        paths.slurm.mkdir(parents=True, exist_ok=True)
+        paths.logs.mkdir(exist_ok=True)
         write_atomic(path, render_sbatch(options).encode(), mode=0o777)
     except OSError as err:
         raise HoptError(f"cannot write {path}: {err.strerror}; choose a --dir you can write to") from None

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +52,27 @@ class Outcome:
     error: str | None = None
 
 
-class CommandFailed(Exception):
-    """A command trainable exited non-zero or wrote no usable metrics.json."""
+class IntervalError(Exception):
+    """An interval failed in a way its message already describes in full (no exception type needed)."""
+
+
+class CommandFailed(IntervalError):
+    """A command trainable exited non-zero, ran past its timeout, or wrote no usable metrics.json."""
+
+
+TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a command must stop
 
 
 @dataclass(frozen=True)
 class CommandTrainable:
-    """Runs a shell command per interval; placeholders come from hparams and the context."""
+    """Runs a shell command per interval; placeholders come from hparams and the context.
+
+    The command runs in its own process group. A stop request (should_stop) or `timeout` sends the
+    group SIGTERM, then SIGKILL after TERM_GRACE seconds; a timed-out interval fails.
+    """
 
     template: str
+    timeout: float | None = None
     poll_seconds: float = 0.2
 
     def render(self, ctx: Context) -> str:
@@ -73,19 +86,31 @@ class CommandTrainable:
         tail: list[str] = []
         reader = threading.Thread(target=_tee, args=(process.stderr, tail), daemon=True)
         reader.start()
-        signalled = False
+        started = time.monotonic()
+        timed_out = False
         while process.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=self.poll_seconds)
-            if ctx.should_stop() and not signalled and process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                signalled = True
-        reader.join()
+            timed_out = self.timeout is not None and time.monotonic() - started > self.timeout
+            if (ctx.should_stop() or timed_out) and process.poll() is None:
+                _stop_group(process)
+        reader.join(timeout=TERM_GRACE)  # a grandchild that left the group may hold stderr open
+        if timed_out:
+            raise CommandFailed(f"the command ran longer than interval_timeout ({self.timeout:g} s) and was killed")
         if process.returncode != 0:
             detail = "; ".join(line.strip() for line in tail if line.strip())[-500:]
             raise CommandFailed(f"command exited with status {process.returncode}" + (f": {detail}" if detail else ""))
         return _read_metrics(ctx.out / "metrics.json")
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the command's process group; SIGKILL it if it is still there after TERM_GRACE."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=TERM_GRACE)
+            return
 
 
 def _tee(stream: Any, tail: list[str]) -> None:
@@ -132,7 +157,8 @@ def run_interval(trainable: Callable[[Context], Any], ctx: Context, metric: str)
     try:
         result = trainable(ctx)
     except Exception as err:  # the trainable is user code: every failure is a failed interval
-        return Outcome(None, {}, f"{type(err).__name__}: {err}")
+        error = str(err) if isinstance(err, IntervalError) else f"{type(err).__name__}: {err}"
+        return Outcome(None, {}, error + (f" (resuming from {ctx.parent})" if ctx.parent else ""))
     metrics = dict(result) if isinstance(result, Mapping) else {metric: result}
     score = metrics.get(metric)
     if score is None:

@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hopt_cli.errors import ExperimentFailed
+from hopt_cli.isolation import IsolatedTrainable
 from hopt_cli.planning import plan_next
 from hopt_cli.policies import trainable_seed
 from hopt_cli.population import Decision
+from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease
-from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval
+from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainable, run_interval
 
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
+STOPPED = Outcome(None, {}, "stop requested before training")
 
 
 class StopRequest(Protocol):
@@ -55,6 +58,17 @@ class WorkerReport:
     failures: int = 0
     fenced: int = 0
     stopped: bool = False
+    complete: bool = False
+
+
+def make_trainable(recipe: Recipe) -> Callable[[Context], Any]:
+    """The recipe's trainable; with `interval_timeout`, a Python one runs in a killable child process."""
+    if recipe.command is not None:
+        return CommandTrainable(recipe.command, timeout=recipe.interval_timeout)
+    function = load_trainable(recipe.worker, None)  # import errors surface here, before any claim
+    if recipe.interval_timeout is None:
+        return function
+    return IsolatedTrainable(str(recipe.worker), recipe.interval_timeout)
 
 
 class Worker:
@@ -64,18 +78,27 @@ class Worker:
         self.recipe = store.recipe
         self.holder = Holder.this_process(name)
         self.stop = stop or NeverStop()
-        self.trainable = trainable or load_trainable(self.recipe.worker, self.recipe.command)
+        self.trainable = trainable or make_trainable(self.recipe)
         self.report = WorkerReport()
 
     def run(self) -> WorkerReport:
         """Train intervals until the experiment is complete or a stop is requested."""
-        while not self.stop.requested:
-            claim = self.claim()
-            if claim is None:
-                break
-            self.train_and_commit(claim)
+        try:
+            while not self.stop.requested:
+                claim = self.claim()
+                if claim is None:
+                    break
+                self.train_and_commit(claim)
+        finally:
+            self.close()
         self.report.stopped = self.stop.requested
+        self.report.complete = self.store.population.complete
         return self.report
+
+    def close(self) -> None:
+        """End the trainable's child process, if it has one."""
+        if isinstance(self.trainable, IsolatedTrainable):
+            self.trainable.close()
 
     def claim(self) -> Claim | None:
         """The next member to train and its decision; None when the experiment is complete or we stop."""
@@ -90,14 +113,19 @@ class Worker:
         with self.store.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
-            if population.complete:
-                return None
             live = self.store.reclaim(self.holder)
-            plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
-                             self.recipe.seed)
-            if plan is None:
-                return False
-            lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
+            complete = population.complete
+            if complete:  # leave nothing behind: the leases and checkpoints of workers that died
+                self.store.collect_garbage(live)
+            else:
+                plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
+                                 self.recipe.seed)
+                if plan is None:
+                    return False
+                lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
+        if complete:
+            self.store.empty_trash()
+            return None
         decision = plan.decision
         log.info("claim member %d interval %d: %s%s %s", plan.member, decision.interval, decision.action,
                  f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(plan.hparams))
@@ -107,15 +135,18 @@ class Worker:
         staging = self.store.paths.staging_dir(claim.lease.token)
         staging.mkdir()
         started = time.monotonic()
-        outcome, fenced = self._train(claim, staging)
+        outcome, fenced = (STOPPED, False) if self.stop.requested else self._train(claim, staging)
         with self.store.transaction() as population:
             if self.stop.requested:
                 self.store.release(claim.lease, "stop requested", staging)
-                result = "released (stop requested)"
+                result = "released at once (stop requested)"
             elif outcome.error is not None:
-                self.store.fail(claim.lease, outcome.error, staging)
-                self.report.failures += 1
-                result = f"FAILED: {outcome.error}"
+                if self.store.fail(claim.lease, outcome.error, staging):
+                    self.report.failures += 1
+                    result = f"FAILED: {outcome.error}"
+                else:
+                    self.report.fenced += 1
+                    result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
             else:
                 name = self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score,
                                          outcome.metrics, staging)
@@ -125,24 +156,27 @@ class Worker:
                 else:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
-            moved = self.store.collect_garbage(self.store.reclaim(self.holder))
+            self.store.collect_garbage(self.store.reclaim(self.holder))
             done = population.intervals_done
-        if moved:
-            self.store.empty_trash()
+        self.store.empty_trash()
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
                  claim.decision.interval, result, time.monotonic() - started, done,
                  self.recipe.population * self.recipe.intervals, " [lease lost while training]" if fenced else "")
 
     def _train(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
         """Run the trainable with a heartbeat thread keeping the lease alive."""
+        decision = claim.decision
+        parent = self.store.paths.checkpoint(decision.checkpoint) if decision.checkpoint else None
+        if parent is not None and not parent.is_dir():
+            return Outcome(None, {}, f"checkpoint {parent} is missing (deleted outside hopt?); restore it from "
+                                     "a backup: hopt never deletes a checkpoint that is still referenced"), False
         lost = threading.Event()
         finished = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(claim.lease, lost, finished), daemon=True)
         beat.start()
-        decision = claim.decision
         ctx = Context(
             hparams=claim.hparams,
-            parent=self.store.paths.checkpoint(decision.checkpoint) if decision.checkpoint else None,
+            parent=parent,
             out=staging,
             interval=decision.interval,
             steps=self.recipe.steps,

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.slurm_cluster import cluster  # noqa: F401 - the fixture of every test marked slurm
+
 REPO = Path(__file__).resolve().parent.parent
 
 

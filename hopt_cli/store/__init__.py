@@ -26,10 +26,11 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch, write_json_atomic
 from hopt_cli.store.journal import Journal
 from hopt_cli.store.leases import Holder, Lease
-from hopt_cli.store.locking import ExperimentLock
-from hopt_cli.store.paths import ExperimentPaths
+from hopt_cli.store.locking import abandoned_claims, make_lock
+from hopt_cli.store.paths import ExperimentPaths, checkpoint_name, checkpoint_token
 
-SNAPSHOT_FORMAT = 1
+NOT_A_LEASE = "not a valid lease file"
+SNAPSHOT_FORMAT = 2  # 2: members record their latest claim's token
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Store:
         self.paths = ExperimentPaths(root)
         self.recipe = recipe
         self.journal = Journal(self.paths.journal)
-        self.lock = ExperimentLock(self.paths.lock)
+        self.lock = make_lock(recipe.lock, self.paths)
         self.population = self._empty_population()
         self.offset = 0
         self._loaded = False
@@ -90,6 +91,10 @@ class Store:
         return store
 
     def _ensure_layout(self) -> None:
+        if not self.paths.journal.exists() and (self.paths.state.exists() or _any_entry(self.paths.checkpoints)):
+            raise CorruptFile(self.paths.journal, "is missing, but state.json or checkpoints show the experiment ran",
+                              "restore it from a backup (hopt will not start this experiment over on its own), "
+                              "or start again in a new --dir")
         try:
             for folder in self.paths.folders:
                 if not folder.is_dir():
@@ -114,7 +119,13 @@ class Store:
             self._loaded = True
         events, self.offset = self.journal.read(self.offset)
         for event in events:
-            self.population.apply(event)
+            try:
+                self.population.apply(event)
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                raise CorruptFile(self.paths.journal, f"event {self.population.events + 1} ({event.get('type')} of "
+                                  f"member {event.get('member')}) cannot be applied: {err}",
+                                  "restore the file from a backup, or cut the journal before that event and "
+                                  "delete state.json") from None
         return self.population
 
     def _load_snapshot(self) -> None:
@@ -123,6 +134,7 @@ class Store:
             data = json.loads(self.paths.state.read_bytes())
             offset = int(data["offset"])
             population = Population.from_dict(data["population"])
+            self._check_journal_reaches(offset)
             if data["format"] != SNAPSHOT_FORMAT or not self._is_line_boundary(offset):
                 raise ValueError("snapshot does not match the journal")
         except FileNotFoundError:
@@ -131,6 +143,14 @@ class Store:
             self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
             return
         self.population, self.offset, self._snapshot_events = population, offset, population.events
+
+    def _check_journal_reaches(self, offset: int) -> None:
+        """A journal shorter than the snapshot lost committed events: never replay it as if nothing happened."""
+        size = self.paths.journal.stat().st_size
+        if offset > size:
+            raise CorruptFile(self.paths.journal, f"is shorter than state.json records ({size} < {offset} bytes): "
+                              "it was truncated or replaced, so committed intervals would be lost",
+                              "restore it from a backup; or, to accept the loss, delete state.json")
 
     def _is_line_boundary(self, offset: int) -> bool:
         if offset == 0:
@@ -190,18 +210,18 @@ class Store:
             if reason is None:
                 live.append(info.lease)
                 continue
-            info.path.unlink(missing_ok=True)
-            if info.lease is not None:
+            if reason != NOT_A_LEASE:  # only a lease of one of our members has an end to record
                 self._append({"type": "reclaim", "member": info.lease.member, "interval": info.lease.interval,
                               "token": info.lease.token, "reason": reason, "holder": info.lease.holder.worker,
                               "by": here.worker})
+            info.path.unlink(missing_ok=True)  # after the event: a crash between leaves it to reclaim again
             self._note(f"reclaimed lease {info.path.name}: {reason}")
         return live
 
     def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
         lease = info.lease
         if lease is None or not 0 <= lease.member < self.recipe.population:
-            return "not a valid lease file"
+            return NOT_A_LEASE
         if self.population.members[lease.member].interval > lease.interval:
             return "its interval is already committed"
         if info.age > self.recipe.lease.timeout:
@@ -232,7 +252,7 @@ class Store:
         if not self.holds(lease):
             self._discard(staging)
             return None
-        name = f"m{lease.member:05d}-i{lease.interval:05d}-{lease.token}"
+        name = checkpoint_name(lease.member, lease.interval, lease.token)
         os.rename(staging, self.paths.checkpoint(name))
         fsync_dir(self.paths.checkpoints)
         self._append({"type": "commit", "member": lease.member, "interval": lease.interval, "token": lease.token,
@@ -284,24 +304,58 @@ class Store:
         self._snapshot_events = self.population.events
 
     def collect_garbage(self, live: list[Lease]) -> int:
-        """Move unreferenced checkpoints and orphan staging folders to trash/; drop dead temp files.
+        """Move unreferenced checkpoints and orphan staging folders to trash/; drop crashed writers' files.
 
-        Only temp files of writes made under the lock are dropped, so none can be in flight.
         Call inside `transaction()` with the live leases; `empty_trash()` deletes outside the lock.
+        Nothing in use goes even if the lock ever failed and another worker committed or claimed
+        meanwhile: the leases are read again, then the journal (a commit appends its event before it
+        drops its lease), and an entry is kept if either still wants it.
         """
-        keep = self.population.referenced_checkpoints() | {l.parent_checkpoint for l in live if l.parent_checkpoint}
-        tokens = {l.token for l in live}
         moved = 0
-        for folder, wanted in ((self.paths.checkpoints, keep), (self.paths.staging, tokens)):
-            for entry in os.scandir(folder):
-                if entry.name not in wanted:
-                    os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
-                    moved += 1
-        for folder, prefix in ((self.paths.root, f".{self.paths.state.name}"), (self.paths.leases, ".")):
-            for entry in os.scandir(folder):
-                if is_temporary(entry.name) and entry.name.startswith(prefix):
-                    os.unlink(entry.path)
+        candidates = self._unwanted(live)
+        if candidates:
+            leases = [info.lease for info in self.lease_infos() if info.lease is not None]
+            self.sync()
+            in_use = self._wanted(leases)
+            for entry in candidates:
+                if entry.name not in in_use and checkpoint_token(entry.name) not in in_use:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
+                        moved += 1
+        self._drop_leftovers()
         return moved
+
+    def _wanted(self, live: list[Lease]) -> set[str]:
+        """Names of checkpoints and staging folders in use: referenced, resumed or trained by a lease."""
+        return (self.population.referenced_checkpoints() | {l.parent_checkpoint for l in live if l.parent_checkpoint}
+                | {l.token for l in live})
+
+    def _unwanted(self, live: list[Lease]) -> list[os.DirEntry]:
+        wanted = self._wanted(live)
+        return [entry for folder in (self.paths.checkpoints, self.paths.staging) for entry in os.scandir(folder)
+                if entry.name not in wanted]
+
+    def _drop_leftovers(self) -> None:
+        """Delete temporary files and hard-lock claims that crashed writers left behind.
+
+        Temp files of writes made under the lock (state.json, leases) cannot be in flight; others (of
+        experiment.yaml, the sbatch script) are dropped once older than the lease timeout, as are claims
+        of hard-link lockers that died waiting.
+        """
+        now = touch(self.paths.clock)
+        old = self.recipe.lease.timeout
+        under_lock = f".{self.paths.state.name}"
+        for folder in (self.paths.root, self.paths.leases, self.paths.slurm):
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(folder):
+                    if not is_temporary(entry.name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if (folder == self.paths.leases or entry.name.startswith(under_lock)
+                                or now - entry.stat().st_mtime > old):
+                            os.unlink(entry.path)
+        for claim in abandoned_claims(self.paths, Holder.this_process("gc"), now, self.lock.timeout):
+            claim.unlink(missing_ok=True)
 
     def empty_trash(self) -> None:
         for entry in os.scandir(self.paths.trash):
@@ -315,6 +369,13 @@ class Store:
 
     def _note(self, message: str) -> None:
         logging.getLogger("hopt").warning(message)
+
+
+def _any_entry(folder: Path) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    return False
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

@@ -30,6 +30,20 @@ class Holder:
     def this_process(cls, worker: str) -> Holder:
         return cls(worker, socket.gethostname(), os.getpid(), pid_namespace())
 
+    def is_gone(self, here: Holder) -> bool:
+        """True only when this holder ran on `here`'s host and pid namespace and its process is gone."""
+        if (self.host, self.pidns) != (here.host, here.pidns) or self.pidns is None:
+            return False
+        if self.pid == here.pid:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -45,7 +59,16 @@ class Lease:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lease:
-        return cls(**{**data, "holder": Holder(**data["holder"])})
+        """The lease in `data`; TypeError when a field has the wrong type (a file edited by hand)."""
+        lease = cls(**{**data, "holder": Holder(**data["holder"])})
+        h = lease.holder
+        typed = (_is_int(lease.member) and _is_int(lease.interval) and isinstance(lease.token, str)
+                 and isinstance(lease.since, (int, float)) and isinstance(lease.parent_checkpoint, (str, type(None)))
+                 and isinstance(h.worker, str) and isinstance(h.host, str) and _is_int(h.pid)
+                 and (h.pidns is None or _is_int(h.pidns)))
+        if not typed:
+            raise TypeError("a lease field has the wrong type")
+        return lease
 
     @classmethod
     def read(cls, path: Path) -> Lease | None:
@@ -56,15 +79,8 @@ class Lease:
             return None
 
     def holder_is_gone(self, here: Holder) -> bool:
-        """True only when the holder ran on this host in this pid namespace and its process is gone."""
-        if (self.holder.host, self.holder.pidns) != (here.host, here.pidns) or self.holder.pidns is None:
-            return False
-        if self.holder.pid == here.pid:
-            return False
-        try:
-            os.kill(self.holder.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return self.holder.is_gone(here)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

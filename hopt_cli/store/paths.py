@@ -12,6 +12,15 @@ def safe_name(name: str) -> str:
     return cleaned[:100] or "_"
 
 
+def checkpoint_name(member: int, interval: int, token: str) -> str:
+    """A committed checkpoint's folder name; it ends with the token of the lease that trained it."""
+    return f"m{member:05d}-i{interval:05d}-{token}"
+
+
+def checkpoint_token(name: str) -> str:
+    return name.rsplit("-", 1)[-1]
+
+
 @dataclass(frozen=True)
 class ExperimentPaths:
     root: Path
@@ -56,6 +65,41 @@ class ExperimentPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def slurm(self) -> Path:
+        """What `hopt slurm` writes: the worker array's sbatch script."""
+        return self.root / "slurm"
+
+    @property
+    def sbatch_script(self) -> Path:
+        return self.slurm / "worker.sbatch"
+
+    @property
+    def slurm_log_pattern(self) -> Path:
+        """sbatch's --output for an array task: `%A_%a` expands to the name `log()` gives its worker."""
+        return self.logs / "slurm-%A_%a.log"
+
+    @property
+    def hardlink_lock(self) -> Path:
+        """The hard-link lock's name; never `lock`, which the flock kind owns and nobody deletes."""
+        return self.root / "lock.link"
+
+    @property
+    def hardlink_breaker(self) -> Path:
+        """A second hard-link lock, held by whoever removes a stale `hardlink_lock`."""
+        return self.root / "lock.link.break"
+
+    def hardlink_claim(self, token: str) -> Path:
+        """A would-be holder's unique file, hard-linked to `hardlink_lock` to take the lock."""
+        return self.root / f".lock.link-{safe_name(token)}"
+
+    def hardlink_claims(self) -> list[Path]:
+        return sorted(self.root.glob(".lock.link-*"))
+
+    def doctor_scratch(self, token: str) -> Path:
+        """`hopt doctor`'s probe folder, removed when it is done."""
+        return self.root / f".hopt-doctor-{safe_name(token)}"
 
     @property
     def folders(self) -> tuple[Path, ...]:

@@ -1,12 +1,10 @@
 """hopt_cli.slurm: environment, sbatch text (golden files), atomic script writes, SLURM errors, signals.
 
-The `slurm` tests submit real jobs to a running cluster (tests/slurm/start-cluster.sh); they skip
-when none answers, and fail instead when CI=true.
+The `slurm` tests submit real jobs to a running cluster (the `cluster` fixture of tests/conftest.py).
 """
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import stat
@@ -20,11 +18,11 @@ import pytest
 from hopt_cli.errors import HoptError
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue, submit,
                              write_sbatch)
+from tests.conftest import toy_recipe
+from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED"}
 
 FULL = SbatchOptions(
     directory=Path("/scratch/runs/exp1"), array=8, parallelism=4, partition="gpu", time="04:00:00",
@@ -58,7 +56,8 @@ def test_render_quotes_paths_and_makes_them_absolute(tmp_path: Path, monkeypatch
     text = render_sbatch(SbatchOptions(Path("my runs/../my exp"), array=1))
     expected = tmp_path / "my exp"
     assert f"exec hopt worker --dir {shlex.quote(str(expected))}\n" in text
-    assert f"#SBATCH --output={shlex.quote(str(expected / 'slurm/logs/%A_%a.out'))}\n" in text
+    assert f"#SBATCH --output={shlex.quote(str(expected / 'logs/slurm-%A_%a.log'))}\n" in text
+    assert "--error" not in text  # stderr joins stdout: one log per worker, named as paths.log() names it
     assert "#SBATCH --job-name=hopt-my_exp\n" in text
     assert "#SBATCH --array=0-0\n" in text
 
@@ -115,7 +114,7 @@ def test_write_sbatch_is_executable_within_the_umask(tmp_path: Path, umask: int,
         os.umask(old)
     assert path == tmp_path / "exp" / "slurm" / "worker.sbatch"
     assert stat.S_IMODE(path.stat().st_mode) == mode
-    assert (tmp_path / "exp" / "slurm" / "logs").is_dir()
+    assert (tmp_path / "exp" / "logs").is_dir()
 
 
 def test_write_sbatch_replaces_atomically(tmp_path: Path) -> None:
@@ -124,7 +123,7 @@ def test_write_sbatch_replaces_atomically(tmp_path: Path) -> None:
     second = write_sbatch(SbatchOptions(tmp_path, array=3))
     assert second == first and second.stat().st_ino != inode  # a new file renamed over, not rewritten
     assert second.read_text() == render_sbatch(SbatchOptions(tmp_path, array=3))
-    assert sorted(p.name for p in second.parent.iterdir()) == ["logs", "worker.sbatch"]  # no temp files left
+    assert sorted(p.name for p in second.parent.iterdir()) == ["worker.sbatch"]  # no temp files left
 
 
 def test_write_sbatch_unwritable_dir_is_a_hopt_error(tmp_path: Path) -> None:
@@ -228,44 +227,6 @@ def test_signal_is_forwarded_to_the_child() -> None:
 # a real cluster
 
 
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    """Skip unless a SLURM cluster answers (asked once); with CI=true a missing cluster is a failure."""
-    try:
-        answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=15)
-        reason = None if answer.returncode == 0 and "up" in answer.stdout.split() else answer.stderr.strip()
-    except (FileNotFoundError, subprocess.TimeoutExpired) as err:
-        reason = str(err)
-    if reason is not None:
-        message = (f"no SLURM cluster answers sinfo ({reason or 'no partition up'}); "
-                   "run tests/slurm/start-cluster.sh")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def job_states(job_id: str) -> list[str]:
-    """The states of every task of a job; [] once SLURM has forgotten it, ["UNKNOWN"] if scontrol failed."""
-    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
-                           timeout=15)
-    if shown.returncode != 0:
-        return [] if "Invalid job id" in shown.stderr else ["UNKNOWN"]
-    return re.findall(r"\bJobState=(\S+)", shown.stdout)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # noqa: ANN001 - any zero-argument predicate
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def wait_until_finished(job_id: str, timeout: float) -> None:
-    wait_for(lambda: all(state in FINAL_STATES for state in job_states(job_id)), timeout,
-             f"job {job_id} to finish")
-
-
 @pytest.mark.slurm
 @pytest.mark.usefixtures("cluster")
 def test_array_runs_on_a_real_cluster(tmp_path: Path) -> None:
@@ -276,9 +237,8 @@ def test_array_runs_on_a_real_cluster(tmp_path: Path) -> None:
         wait_until_finished(job_id, timeout=120)
         assert set(job_states(job_id)) <= {"COMPLETED"}
         for task in range(3):
-            out = options.log_dir / f"{job_id}_{task}.out"
+            out = options.paths.log(f"slurm-{job_id}_{task}")
             assert out.read_text() == f"ran --dir {options.directory}\n"
-            assert (options.log_dir / f"{job_id}_{task}.err").exists()
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
 
@@ -315,9 +275,63 @@ def test_preemption_signal_reaches_python_which_requeues_itself(tmp_path: Path) 
         wait_for((options.directory / "ready").exists, 120, "the first run to start")
         # What --signal=B:USR1@grace does near the time limit, now: signal the batch shell, i.e. the worker.
         subprocess.run(["scancel", "--batch", "--signal=USR1", task], check=True, timeout=15)
-        wait_for(lambda: "run 1 as" in (options.log_dir / f"{task}.out").read_text(), 240, "the requeued run")
+        log = options.paths.log(f"slurm-{task}")
+        wait_for(lambda: "run 1 as" in log.read_text(), 240, "the requeued run")
         wait_until_finished(job_id, timeout=60)
-        lines = (options.log_dir / f"{task}.out").read_text().splitlines()
-        assert lines == [f"run 0 as slurm-{task}", "got SIGUSR1", f"run 1 as slurm-{task}"]
+        lines = log.read_text().splitlines()
+        assert lines[:2] == [f"run 0 as slurm-{task}", "got SIGUSR1"] and lines[-1] == f"run 1 as slurm-{task}"
+        assert "DUE TO JOB REQUEUE" in lines[2]  # slurmstepd's stderr: the log holds both streams
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
+
+
+# `hopt slurm`
+
+
+def hopt(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"PATH": path} if path else {})}
+    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.fixture
+def experiment(tmp_path: Path, write_recipe) -> Path:
+    root = tmp_path / "exp"
+    assert hopt("init", str(write_recipe(toy_recipe())), "--dir", str(root)).returncode == 0
+    return root
+
+
+def test_hopt_slurm_writes_the_script(experiment: Path) -> None:
+    result = hopt("slurm", "--dir", str(experiment), "--array", "3", "--parallel", "2", "--time", "1:00:00",
+                  "--sbatch=--qos=low", "--setup", "module load cuda", "--command", "python -m hopt_cli worker")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    expected = SbatchOptions(experiment, 3, parallelism=2, time="1:00:00", extra=["--qos=low"],
+                             setup=["module load cuda"], command="python -m hopt_cli worker", requeue=True)
+    assert (experiment / "slurm" / "worker.sbatch").read_text() == render_sbatch(expected)
+    assert f"logs go to {experiment}/logs/slurm-%A_%a.log" in result.stderr
+
+
+def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '4242;hopt'\n")
+    fake.chmod(0o755)
+
+    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--submit", path=f"{fake.parent}:/usr/bin:/bin")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "4242\n"
+
+
+def test_hopt_slurm_shows_what_sbatch_said(experiment: Path, tmp_path: Path) -> None:
+    fake_command(tmp_path, "sbatch")
+
+    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--partition", "nope", "--submit",
+                  path=f"{tmp_path}:/usr/bin:/bin")
+
+    assert result.returncode == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("hopt: error: sbatch --parsable ") and "Invalid partition" in error
+    assert "Traceback" not in result.stderr

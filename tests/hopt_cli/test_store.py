@@ -18,8 +18,14 @@ from hopt_cli.worker import Worker
 from tests.conftest import toy_recipe
 
 
-def make_store(root: Path, **overrides) -> Store:
-    return Store.create(root, Recipe.from_dict(toy_recipe(**overrides)))
+@pytest.fixture(params=["flock", "hardlink"])
+def make_store(request):
+    """Create a toy experiment with each lock kind in turn: every store test runs against both."""
+
+    def make(root: Path, **overrides) -> Store:
+        return Store.create(root, Recipe.from_dict(toy_recipe(lock=request.param, **overrides)))
+
+    return make
 
 
 def claim_one(store: Store, worker: Worker):
@@ -31,133 +37,136 @@ def claim_one(store: Store, worker: Worker):
     return claim, staging
 
 
-def test_torn_last_journal_line_is_ignored_then_cut(tmp_path):
-    store = make_store(tmp_path / "exp", population=2, intervals=2)
-    Worker(store, "w").run()
-    events, end = store.journal.read(0)
-    with open(store.paths.journal, "ab") as journal:
-        journal.write(b'{"type": "commit", "member": 0, "inter')
+class TestStoreProtocol:
+    """The protocol under each lock kind (the `make_store` fixture is parametrized by kind)."""
 
-    again, offset = store.journal.read(0)
-    assert again == events and offset == end
-    with store.transaction():
-        pass
-    assert store.paths.journal.stat().st_size == end
-    assert store.paths.journal.read_bytes().endswith(b"\n")
+    def test_torn_last_journal_line_is_ignored_then_cut(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        Worker(store, "w").run()
+        events, end = store.journal.read(0)
+        with open(store.paths.journal, "ab") as journal:
+            journal.write(b'{"type": "commit", "member": 0, "inter')
 
-
-def test_a_corrupt_line_in_the_middle_names_the_file_and_byte(tmp_path):
-    store = make_store(tmp_path / "exp", population=2, intervals=1)
-    Worker(store, "w").run()
-    lines = store.paths.journal.read_bytes().splitlines(keepends=True)
-    store.paths.journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
-
-    with pytest.raises(HoptError, match=rf"journal.jsonl: the line at byte {len(lines[0])} is not a journal event"):
-        Store.open(store.paths.root).sync()
+        again, offset = store.journal.read(0)
+        assert again == events and offset == end
+        with store.transaction():
+            pass
+        assert store.paths.journal.stat().st_size == end
+        assert store.paths.journal.read_bytes().endswith(b"\n")
 
 
-def test_snapshot_plus_tail_equals_a_full_replay(tmp_path):
-    store = make_store(tmp_path / "exp", population=4, intervals=5)
-    worker = Worker(store, "w")
-    for _ in range(7):  # stop mid-run so the snapshot lags the journal
-        worker.train_and_commit(worker.claim())
+    def test_a_corrupt_line_in_the_middle_names_the_file_and_byte(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=2, intervals=1)
+        Worker(store, "w").run()
+        lines = store.paths.journal.read_bytes().splitlines(keepends=True)
+        store.paths.journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
 
-    state = json.loads(store.paths.state.read_text())
-    assert 0 < state["offset"] < store.paths.journal.stat().st_size
-    reader = Store.open(store.paths.root)
-    assert reader.sync().to_dict() == reader.rebuild().to_dict() == store.population.to_dict()
+        with pytest.raises(HoptError, match=rf"journal.jsonl: the line at byte {len(lines[0])} is not a journal event"):
+            Store.open(store.paths.root).sync()
 
 
-def test_garbage_state_json_is_rebuilt_from_the_journal(tmp_path):
-    store = make_store(tmp_path / "exp", population=3, intervals=3)
-    Worker(store, "w").run()
-    expected = store.population.to_dict()
-    store.paths.state.write_text("{not json")
+    def test_snapshot_plus_tail_equals_a_full_replay(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=4, intervals=5)
+        worker = Worker(store, "w")
+        for _ in range(7):  # stop mid-run so the snapshot lags the journal
+            worker.train_and_commit(worker.claim())
 
-    assert Store.open(store.paths.root).sync().to_dict() == expected
-
-
-def test_a_commit_with_a_stale_token_is_a_no_op(tmp_path):
-    store = make_store(tmp_path / "exp", population=2, intervals=2)
-    slow, fast = Worker(store, "slow"), Worker(store, "fast")
-    claim, staging = claim_one(store, slow)
-    store.paths.lease(claim.member).unlink()  # the lease expired and was reclaimed...
-    retry = fast.claim()  # ...and another worker took the member
-    assert retry.member == claim.member and retry.lease.token != claim.lease.token
-    size = store.paths.journal.stat().st_size
-
-    with store.transaction():
-        name = store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging)
-
-    assert name is None
-    assert store.paths.journal.stat().st_size == size
-    assert not staging.exists()
-    assert not any(p.name.startswith(f"m{claim.member:05d}") for p in store.paths.checkpoints.iterdir())
-    assert store.holds(retry.lease)
+        state = json.loads(store.paths.state.read_text())
+        assert 0 < state["offset"] < store.paths.journal.stat().st_size
+        reader = Store.open(store.paths.root)
+        assert reader.sync().to_dict() == reader.rebuild().to_dict() == store.population.to_dict()
 
 
-def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(tmp_path):
-    store = make_store(tmp_path / "exp", population=3, intervals=2, lease={"timeout": 30, "heartbeat": 5})
-    expired, _ = claim_one(store, Worker(store, "a"))
-    live, _ = claim_one(store, Worker(store, "b"))
-    old = os.stat(store.paths.lease(expired.member)).st_mtime - 31
-    os.utime(store.paths.lease(expired.member), (old, old))
+    def test_garbage_state_json_is_rebuilt_from_the_journal(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=3, intervals=3)
+        Worker(store, "w").run()
+        expected = store.population.to_dict()
+        store.paths.state.write_text("{not json")
 
-    with store.transaction():
-        kept = store.reclaim(Holder.this_process("c"))
-
-    assert [lease.token for lease in kept] == [live.lease.token]
-    assert not store.paths.lease(expired.member).exists()
-    last = store.journal.read(0)[0][-1]
-    assert last["type"] == "reclaim" and last["member"] == expired.member and "no heartbeat" in last["reason"]
+        assert Store.open(store.paths.root).sync().to_dict() == expected
 
 
-def test_a_lease_of_a_dead_local_process_is_reclaimed_at_once(tmp_path):
-    store = make_store(tmp_path / "exp", population=2, intervals=2)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    ghost = Holder("ghost", Holder.this_process("x").host, int(dead.stdout), Holder.this_process("x").pidns)
-    with store.transaction() as population:
-        decision = Recipe.from_dict(toy_recipe()).policy.decide(
-            population.view(), 0, store.recipe.space, __import__("numpy").random.default_rng(0))
-        store.claim(0, decision, store.recipe.space.decode(decision.coords), ghost)
+    def test_a_commit_with_a_stale_token_is_a_no_op(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        slow, fast = Worker(store, "slow"), Worker(store, "fast")
+        claim, staging = claim_one(store, slow)
+        store.paths.lease(claim.member).unlink()  # the lease expired and was reclaimed...
+        retry = fast.claim()  # ...and another worker took the member
+        assert retry.member == claim.member and retry.lease.token != claim.lease.token
+        size = store.paths.journal.stat().st_size
 
-    with store.transaction():
-        kept = store.reclaim(Holder.this_process("me"))
+        with store.transaction():
+            name = store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging)
 
-    assert kept == [] and "holder" in store.journal.read(0)[0][-1]["reason"]
-
-
-def test_a_hand_edited_lease_is_reclaimed_and_fences_its_holder(tmp_path):
-    store = make_store(tmp_path / "exp", population=2, intervals=2)
-    claim, staging = claim_one(store, Worker(store, "a"))
-    store.paths.lease(claim.member).write_text("I edited this")
-
-    with store.transaction():
-        assert store.reclaim(Holder.this_process("b")) == []
-        assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging) is None
+        assert name is None
+        assert store.paths.journal.stat().st_size == size
+        assert not staging.exists()
+        assert not any(p.name.startswith(f"m{claim.member:05d}") for p in store.paths.checkpoints.iterdir())
+        assert store.holds(retry.lease)
 
 
-def test_garbage_collection_keeps_every_referenced_checkpoint(tmp_path):
-    store = make_store(tmp_path / "exp", population=4, intervals=6, keep_best=2)
-    worker = Worker(store, "w")
-    for _ in range(14):
-        worker.train_and_commit(worker.claim())
-    in_flight, _ = claim_one(store, worker)
-    orphan = store.paths.checkpoints / "m00009-i00000-orphan"
-    orphan.mkdir()
+    def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=3, intervals=2, lease={"timeout": 30, "heartbeat": 5})
+        expired, _ = claim_one(store, Worker(store, "a"))
+        live, _ = claim_one(store, Worker(store, "b"))
+        old = os.stat(store.paths.lease(expired.member)).st_mtime - 31
+        os.utime(store.paths.lease(expired.member), (old, old))
 
-    with store.transaction() as population:
-        live = store.reclaim(worker.holder)
-        store.collect_garbage(live)
-        referenced = population.referenced_checkpoints()
-    store.empty_trash()
+        with store.transaction():
+            kept = store.reclaim(Holder.this_process("c"))
 
-    on_disk = {p.name for p in store.paths.checkpoints.iterdir()}
-    parent = in_flight.decision.checkpoint
-    assert on_disk == referenced | ({parent} if parent else set())
-    assert len(population.best) == 2 and {b.checkpoint for b in population.best} <= on_disk
-    assert store.paths.staging_dir(in_flight.lease.token).exists()
-    assert not list(store.paths.trash.iterdir())
+        assert [lease.token for lease in kept] == [live.lease.token]
+        assert not store.paths.lease(expired.member).exists()
+        last = store.journal.read(0)[0][-1]
+        assert last["type"] == "reclaim" and last["member"] == expired.member and "no heartbeat" in last["reason"]
+
+
+    def test_a_lease_of_a_dead_local_process_is_reclaimed_at_once(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        ghost = Holder("ghost", Holder.this_process("x").host, int(dead.stdout), Holder.this_process("x").pidns)
+        with store.transaction() as population:
+            decision = Recipe.from_dict(toy_recipe()).policy.decide(
+                population.view(), 0, store.recipe.space, __import__("numpy").random.default_rng(0))
+            store.claim(0, decision, store.recipe.space.decode(decision.coords), ghost)
+
+        with store.transaction():
+            kept = store.reclaim(Holder.this_process("me"))
+
+        assert kept == [] and "holder" in store.journal.read(0)[0][-1]["reason"]
+
+
+    def test_a_hand_edited_lease_is_reclaimed_and_fences_its_holder(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        claim, staging = claim_one(store, Worker(store, "a"))
+        store.paths.lease(claim.member).write_text("I edited this")
+
+        with store.transaction():
+            assert store.reclaim(Holder.this_process("b")) == []
+            assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging) is None
+
+
+    def test_garbage_collection_keeps_every_referenced_checkpoint(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=4, intervals=6, keep_best=2)
+        worker = Worker(store, "w")
+        for _ in range(14):
+            worker.train_and_commit(worker.claim())
+        in_flight, _ = claim_one(store, worker)
+        orphan = store.paths.checkpoints / "m00009-i00000-orphan"
+        orphan.mkdir()
+
+        with store.transaction() as population:
+            live = store.reclaim(worker.holder)
+            store.collect_garbage(live)
+            referenced = population.referenced_checkpoints()
+        store.empty_trash()
+
+        on_disk = {p.name for p in store.paths.checkpoints.iterdir()}
+        parent = in_flight.decision.checkpoint
+        assert on_disk == referenced | ({parent} if parent else set())
+        assert len(population.best) == 2 and {b.checkpoint for b in population.best} <= on_disk
+        assert store.paths.staging_dir(in_flight.lease.token).exists()
+        assert not list(store.paths.trash.iterdir())
 
 
 def _create_in_child(args: tuple[str, dict]) -> str:
@@ -178,7 +187,7 @@ def test_many_processes_creating_the_same_experiment_agree(tmp_path):
     assert [p.name for p in Path(root).glob("*experiment.yaml*")] == ["experiment.yaml"]
 
 
-def test_a_different_recipe_in_an_existing_experiment_is_refused(tmp_path):
+def test_a_different_recipe_in_an_existing_experiment_is_refused(make_store, tmp_path):
     make_store(tmp_path / "exp", population=4)
     with pytest.raises(HoptError, match=r"already holds a different experiment \(recipe differs at population\)"):
         make_store(tmp_path / "exp", population=5)
@@ -190,12 +199,22 @@ def test_opening_a_directory_that_is_no_experiment_says_how_to_create_one(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_files_respect_the_umask(tmp_path):
+def test_files_respect_the_umask(make_store, tmp_path):
+    """A team shares a directory by its group and umask: hopt never forces a mode of its own."""
     previous = os.umask(0o027)
     try:
-        store = make_store(tmp_path / "exp", population=2, intervals=1)
-        Worker(store, "w").run()
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        worker = Worker(store, "w")
+        worker.train_and_commit(worker.claim())
+        in_flight = worker.claim()
+        with store.lock:
+            claims = store.paths.hardlink_claims()
+            files = [store.paths.experiment, store.paths.journal, store.paths.state, store.paths.lock,
+                     store.paths.lease(in_flight.member), *claims]
+            modes = {path: path.stat().st_mode & 0o777 for path in files}
     finally:
         os.umask(previous)
-    for path in (store.paths.experiment, store.paths.journal, store.paths.state):
-        assert path.stat().st_mode & 0o777 == 0o640, path
+    assert set(modes.values()) == {0o640}, modes
+    assert len(claims) == (store.recipe.lock == "hardlink")
+    for folder in (*store.paths.folders, *store.paths.checkpoints.iterdir()):
+        assert folder.stat().st_mode & 0o777 == 0o750, folder

@@ -1,7 +1,8 @@
-"""Trainables the tests need beyond the toys: one that blocks mid-interval, one that fails."""
+"""Trainables the tests need beyond the toys: ones that block, sleep, fail in every way, or hang."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,3 +33,55 @@ def slow_quadratic(ctx: Any) -> dict[str, float]:
     """T1 taking a fifth of a second per interval, long enough to send a signal in the middle of a run."""
     time.sleep(0.2)
     return pbt_quadratic(ctx)
+
+
+def sleepy_quadratic(ctx: Any) -> dict[str, float]:
+    """T1 taking HOPT_TEST_SLEEP seconds per interval (default 0.03): long enough to be killed inside."""
+    time.sleep(float(os.environ.get("HOPT_TEST_SLEEP", "0.03")))
+    return pbt_quadratic(ctx)
+
+
+def _announce(ctx: Any) -> None:
+    """Write this process's pid to HOPT_TEST_MARKER: the test now knows the interval is in flight."""
+    marker = Path(os.environ["HOPT_TEST_MARKER"])
+    temp = marker.with_name(f"{marker.name}.{os.getpid()}")
+    temp.write_text(str(os.getpid()))
+    temp.rename(marker)
+
+
+def blocks_until_stopped(ctx: Any) -> dict[str, float]:
+    """Announces itself, then trains until should_stop() (as a well-behaved trainable does)."""
+    _announce(ctx)
+    while not ctx.should_stop():
+        time.sleep(0.01)
+    return pbt_quadratic(ctx)
+
+
+def blocks_ignoring_stop(ctx: Any) -> dict[str, float]:
+    """Announces itself, then never returns and never looks at should_stop()."""
+    _announce(ctx)
+    while True:
+        time.sleep(1)
+
+
+def _member_0_fails(failure: Any) -> Any:
+    def trainable(ctx: Any) -> Any:
+        return failure(ctx) if ctx.member == 0 else pbt_quadratic(ctx)
+
+    return trainable
+
+
+def _raise(ctx: Any) -> Any:
+    raise RuntimeError("boom")
+
+
+def _hang(ctx: Any) -> Any:
+    while True:
+        time.sleep(1)
+
+
+raises = _member_0_fails(_raise)
+scores_inf = _member_0_fails(lambda ctx: {**pbt_quadratic(ctx), "score": float("inf")})
+misses_metric = _member_0_fails(lambda ctx: {"loss": 1.0})
+hangs = _member_0_fails(_hang)
+dies = _member_0_fails(lambda ctx: os.kill(os.getpid(), signal.SIGKILL))  # as the kernel's OOM killer does

@@ -1,0 +1,144 @@
+"""Python trainables in a child process, so that an interval can be killed without killing the worker.
+
+Used when the recipe sets `interval_timeout`: an interval that runs longer is killed and fails, and a
+stop request (a stop signal, or our lease taken away) abandons the interval at once instead of waiting
+for the trainable to look at `should_stop()`. A crash of the trainable (segfault, out of memory) becomes
+a failed interval too.
+
+One child per worker, started at the first interval and reused, so an interval costs one round trip
+over a socket (well under a millisecond); a killed child is replaced at the next interval. The child
+dies with the worker (PR_SET_PDEATHSIG) and ignores the stop signals the worker handles: the worker
+decides when it ends. Only the context's plain fields cross the socket (pickled: a private socket
+between two processes of ours, never a file); the child's `should_stop()` is always false, since an interval
+that must stop is killed rather than asked.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+from hopt_cli.errors import HoptError
+from hopt_cli.trainable import Context, IntervalError, load_trainable
+
+POLL_SECONDS = 0.05
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+_PR_SET_PDEATHSIG = 1
+
+
+class IsolatedTrainable:
+    """Calls `module:function` in a child process, killing it on timeout or when the interval must stop."""
+
+    def __init__(self, worker: str, timeout: float) -> None:
+        self.worker = worker
+        self.timeout = timeout
+        self._process: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+
+    def __call__(self, ctx: Context) -> Any:
+        conn = self._connection()
+        started = time.monotonic()
+        try:
+            conn.send({f.name: getattr(ctx, f.name) for f in fields(ctx) if f.name != "should_stop"})
+        except OSError:  # it died between intervals
+            self._died()
+        while not conn.poll(POLL_SECONDS):
+            if ctx.should_stop():
+                self.close()
+                raise IntervalError("stopped: the interval was abandoned")
+            if time.monotonic() - started > self.timeout:
+                self.close()
+                raise IntervalError(f"the interval ran longer than interval_timeout ({self.timeout:g} s) "
+                                    "and was killed")
+        try:
+            kind, value = conn.recv()
+        except (EOFError, OSError):
+            self._died()
+        if kind == "error":
+            raise IntervalError(value)
+        return value
+
+    def _connection(self) -> Connection:
+        if self._process is not None and self._process.poll() is not None:  # died while idle: replace it
+            self.close()
+        if self._conn is None:
+            ours, theirs = socket.socketpair()
+            with theirs:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "hopt_cli.isolation", str(theirs.fileno()), self.worker, str(os.getpid())],
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            self._conn = Connection(ours.detach())
+        return self._conn
+
+    def _died(self) -> NoReturn:
+        status = self._process.wait() if self._process else None
+        self.close()
+        raise IntervalError(f"the trainable's process died ({_describe(status)})")
+
+    def close(self) -> None:
+        """Kill the child (if any); the next interval starts a new one."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "no status"
+    if status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL us when the worker dies, however it dies (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the worker died before we asked
+        os._exit(1)
+
+
+def serve(fd: int, worker: str, parent: int) -> None:
+    """The child's loop: receive a context, run one interval, send back ("ok", result) or ("error", text)."""
+    _die_with_parent(parent)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        function = load_trainable(worker, None)
+        broken = None
+    except HoptError as err:
+        function, broken = None, str(err)
+    while True:
+        try:
+            values = conn.recv()
+        except EOFError:
+            return
+        if function is None:
+            conn.send(("error", broken))
+            continue
+        try:
+            reply = ("ok", function(Context(**values)))
+        except Exception as err:  # user code: every failure is reported, the child lives on
+            reply = ("error", f"{type(err).__name__}: {err}")
+        try:
+            conn.send(reply)
+        except Exception as err:  # the result could not be pickled
+            conn.send(("error", f"the trainable returned something that cannot be sent back ({err})"))
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))

@@ -1,0 +1,97 @@
+"""Training failures of every kind: a journaled failed interval with the error, bounded retries, one final message."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hopt_cli.errors import ExperimentFailed
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.worker import Worker
+from tests.conftest import toy_recipe
+
+METRICS = """printf '{{"score": 1}}' > {out}/metrics.json"""
+
+
+def command(member_0_does: str) -> dict:
+    """A command trainable: member 0 does `member_0_does`, the others write a good metrics.json."""
+    return {"worker": None, "command": f"if test {{member}} = 0; then {member_0_does}; fi; {METRICS}"}
+
+
+CASES = {
+    "exception": ({"worker": "tests.hopt_cli.trainables:raises"}, "RuntimeError: boom"),
+    "nan score": ({"worker": "tests.hopt_cli.trainables:nan_for_member_1"}, "metric 'score' is nan"),
+    "inf score": ({"worker": "tests.hopt_cli.trainables:scores_inf"}, "metric 'score' is inf"),
+    "missing metric": ({"worker": "tests.hopt_cli.trainables:misses_metric"},
+                       "metric 'score' missing from the result (got loss)"),
+    "hang past interval_timeout": ({"worker": "tests.hopt_cli.trainables:hangs", "interval_timeout": 0.5},
+                                   "the interval ran longer than interval_timeout (0.5 s) and was killed"),
+    "process killed (OOM)": ({"worker": "tests.hopt_cli.trainables:dies", "interval_timeout": 30},
+                             "the trainable's process died (killed by SIGKILL)"),
+    "command exit status": (command("echo 'CUDA error: out of memory' >&2; exit 3"),
+                            "command exited with status 3: CUDA error: out of memory"),
+    "command without metrics.json": (command("exit 0"), "the command wrote no metrics.json into {out}"),
+    "command nan metric": (command("""printf '{{"score": NaN}}' > {out}/metrics.json; exit 0"""),
+                           "metric 'score' is nan"),
+    "command hang past interval_timeout": ({**command("sleep 60"), "interval_timeout": 0.5},
+                                           "the command ran longer than interval_timeout (0.5 s) and was killed"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "error"), CASES.values(), ids=CASES.keys())
+def test_a_failing_member_is_journaled_retried_a_bounded_number_of_times_then_stops(tmp_path, overrides, error):
+    recipe = toy_recipe(population=2, intervals=3, max_failures=2, **overrides)
+    store = Store.create(tmp_path / "exp", Recipe.from_dict({k: v for k, v in recipe.items() if v is not None}))
+    failing = 1 if "nan_for_member_1" in str(overrides.get("worker")) else 0
+
+    with pytest.raises(ExperimentFailed) as caught:
+        Worker(store, "w").run()
+
+    message = str(caught.value)
+    assert message.startswith(f"member {failing} failed 2 times in a row; last error: {error}")
+    assert "\n" not in message
+    fails = [e for e in store.journal.read(0)[0] if e["type"] == "fail"]
+    assert [e["member"] for e in fails] == [failing, failing]
+    assert all(error in e["error"] for e in fails)
+    assert not list(store.paths.leases.iterdir()) and not list(store.paths.staging.iterdir())
+
+
+def test_a_worker_started_on_a_failed_experiment_stops_at_once(tmp_path):
+    recipe = Recipe.from_dict(toy_recipe(population=2, intervals=3, max_failures=1,
+                                         worker="tests.hopt_cli.trainables:raises"))
+    store = Store.create(tmp_path / "exp", recipe)
+    with pytest.raises(ExperimentFailed):
+        Worker(store, "first").run()
+    size = store.paths.journal.stat().st_size
+
+    with pytest.raises(ExperimentFailed, match="member 0 failed 1 times in a row"):
+        Worker(Store.open(tmp_path / "exp"), "second").run()
+    assert store.paths.journal.stat().st_size == size
+
+
+def test_a_python_interval_in_a_child_costs_little(tmp_path):
+    """interval_timeout moves Python intervals into a child process; a round trip must stay cheap."""
+    base = toy_recipe(population=2, intervals=40)
+    per_interval = {}
+    for name, extra in (("in-process", {}), ("isolated", {"interval_timeout": 60})):
+        store = Store.create(tmp_path / name, Recipe.from_dict({**base, **extra}))
+        worker = Worker(store, name)
+        worker.train_and_commit(worker.claim())  # the child starts here: not part of the per-interval cost
+        started = time.perf_counter()
+        worker.run()
+        per_interval[name] = (time.perf_counter() - started) / (2 * 40 - 1)
+    print("per interval (ms):", {k: round(v * 1e3, 2) for k, v in per_interval.items()})
+    assert per_interval["isolated"] - per_interval["in-process"] < 0.02, per_interval  # lenient: shared CPUs
+
+
+def test_a_child_that_died_between_intervals_is_replaced(tmp_path):
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=3, interval_timeout=60)))
+    worker = Worker(store, "w")
+    worker.train_and_commit(worker.claim())
+    worker.trainable._process.kill()  # e.g. the kernel's OOM killer, while the worker was committing
+    worker.trainable._process.wait()
+
+    report = worker.run()
+
+    assert report.complete and report.failures == 0

@@ -1,0 +1,87 @@
+"""A worker array on a real SLURM cluster: `hopt slurm --submit`, then mid-interval one task is cancelled,
+one requeued by the operator and one preempted (it requeues itself); the experiment completes with every
+invariant. Needs the cluster of tests/slurm/start-cluster.sh (HOPT_SLURM_CPUS=4 runs all four at once)."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hopt_cli.store import Store
+from tests.conftest import REPO, toy_recipe
+from tests.invariants import check_finished_experiment
+from tests.slurm_cluster import job_states, wait_for, wait_until_finished
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("cluster")]
+
+TIMEOUT = 120.0  # seconds for the whole array; a requeued task waits ~15 s before it starts again
+
+
+def hopt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+def training(store: Store, worker: str) -> bool:
+    """Whether `worker` holds a lease, i.e. is inside an interval."""
+    return any(info.lease is not None and info.lease.holder.worker == worker for info in store.lease_infos())
+
+
+def run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_worker_array_survives_cancel_requeue_and_preemption(tmp_path, write_recipe):
+    root = tmp_path / "exp"
+    recipe = toy_recipe(population=4, intervals=20, worker="tests.hopt_cli.trainables:sleepy_quadratic")
+    assert hopt("init", str(write_recipe(recipe)), "--dir", str(root)).returncode == 0
+    store = Store.open(root)
+    started = time.monotonic()
+
+    submitted = hopt("slurm", "--dir", str(root), "--array", "4", "--time", "00:10:00", "--grace", "60",
+                     "--setup", f"cd {shlex.quote(str(REPO))}", "--setup", "export HOPT_TEST_SLEEP=0.3",
+                     "--command", f"{shlex.quote(sys.executable)} -m hopt_cli worker", "--submit")
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    task = {i: f"{job}_{i}" for i in range(4)}
+    timings = {}
+    try:
+        wait_for(lambda: training(store, f"slurm-{task[0]}"), 60, "task 0 to train", poll=0.05)
+        timings["first interval"] = time.monotonic() - started
+        run("scancel", task[0])  # the operator cancels: SIGTERM, the worker releases and exits
+        wait_for(lambda: training(store, f"slurm-{task[1]}"), 60, "task 1 to train", poll=0.05)
+        run("scontrol", "requeue", task[1])  # the operator requeues: SIGTERM now, the task runs again later
+        wait_for(lambda: training(store, f"slurm-{task[2]}"), 60, "task 2 to train", poll=0.05)
+        run("scancel", "--batch", "--signal=USR1", task[2])  # what --signal=B:USR1@grace does before the limit
+        timings["acted"] = time.monotonic() - started
+
+        wait_for(lambda: store.sync().complete, TIMEOUT, "the experiment to complete")
+        timings["complete"] = time.monotonic() - started
+        wait_until_finished(job, TIMEOUT)
+        timings["array finished"] = time.monotonic() - started
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    print("\nslurm:", ", ".join(f"{k} at {v:.1f} s" for k, v in timings.items()))
+
+    summary = check_finished_experiment(root)
+    assert summary.failures == 0
+    events = store.journal.read(0)[0]
+    released = {e["worker"] for e in events if e["type"] == "release" and e["reason"] == "stop requested"}
+    assert {f"slurm-{task[i]}" for i in range(3)} <= released
+    log = {i: store.paths.log(f"slurm-{task[i]}").read_text() for i in range(4)}
+    assert "stopped by SIGTERM" in log[0] and "DUE TO JOB REQUEUE" not in log[0]
+    assert "stopped by SIGTERM" in log[1] and "DUE TO JOB REQUEUE" in log[1]
+    assert "stopped by SIGUSR1" in log[2] and f"preempted with work left: requeueing SLURM job {task[2]}" in log[2]
+    for i in (1, 2, 3):  # the requeued tasks came back and ended with the experiment
+        assert log[i].rstrip().splitlines()[-1].endswith(" committed, 0 failed, 0 discarded"), log[i]
+        assert "experiment complete" in log[i]
+    assert "Traceback" not in "".join(log.values())
+    states = job_states(job)
+    assert states == [] or sorted(states) == ["CANCELLED", "COMPLETED", "COMPLETED", "COMPLETED"], states
+    assert json.loads((root / "state.json").read_text())["population"]["failed"] is None
