@@ -335,6 +335,16 @@ def _event_text(e: Event) -> str:
 
 @cli.command()
 @DIR
+def retry(root: Path) -> None:
+    """After fixing what made a member fail too often: let the workers try the experiment again."""
+    if Store.open(root).retry():
+        click.echo(f"{root}: failure counts cleared; start the workers again")
+    else:
+        click.echo(f"{root}: the experiment has not failed; nothing to do")
+
+
+@cli.command()
+@DIR
 @click.option("--lock", "lock_kind", type=click.Choice(LOCK_KINDS),
               help="The lock kind to test [default: the experiment's, else flock].")
 @click.option("--min-free-gb", default=1.0, show_default=True, type=click.FloatRange(min=0),

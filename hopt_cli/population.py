@@ -243,7 +243,14 @@ class Population:
         member.last_error = event["error"]
         if member.failures >= self.max_failures and self.failed is None:
             self.failed = (f"member {member.member} failed {member.failures} times in a row; last error: "
-                           f"{event['error']}; fix the trainable or the recipe, then run again")
+                           f"{event['error']}; fix the trainable, then run `hopt retry` on the experiment and start "
+                           "the workers again")
+
+    def _on_retry(self, event: dict[str, Any]) -> None:
+        """The user fixed what failed: every member gets its full budget of failures again."""
+        for member in self.members:
+            member.failures = 0
+        self.failed = None
 
     def _on_end_of_lease(self, event: dict[str, Any]) -> None:
         if self._current(event) is not None:
@@ -276,6 +283,7 @@ _HANDLERS = {
     "fail": Population._on_fail,
     "release": Population._on_end_of_lease,
     "reclaim": Population._on_end_of_lease,
+    "retry": Population._on_retry,
 }
 
 

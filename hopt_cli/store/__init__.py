@@ -282,6 +282,14 @@ class Store:
         self.paths.lease(lease.member).unlink()
         return True
 
+    def retry(self) -> bool:
+        """Clear a failed experiment so workers try again; False if it had not failed."""
+        with self.transaction() as population:
+            if population.failed is None:
+                return False
+            self._append({"type": "retry"})
+            return True
+
     def heartbeat(self, lease: Lease) -> bool:
         """Refresh our lease's age without the lock; False once the lease is no longer ours."""
         if not self.holds(lease):
