@@ -1,7 +1,6 @@
 """Training failures of every kind: a journaled failed interval with the error, bounded retries, one final message."""
 from __future__ import annotations
 
-
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
