@@ -1,0 +1,161 @@
+"""CIFAR trainables on tiny datasets written in the real pickle format: learning, resume, errors."""
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.workers.conftest import assert_same_tensors, load_state
+from workers import cifar
+
+AUGMENTED = {"lr": 0.05, "crop_flip": "on", "magnitude": 0.5, "cutout": 8, "mixup": 0.4,
+             "label_smoothing": 0.1}
+
+
+def _images(rng: np.random.Generator, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Learnable toy images: a per-class colour plus noise, as N x 3072 uint8 rows (R, G, B planes)."""
+    colours = np.random.default_rng(123).integers(30, 225, size=(classes, 3))
+    noise = rng.normal(0, 25, size=(len(labels), 3, 1024))
+    return np.clip(colours[labels][:, :, None] + noise, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
+
+
+def _dump(path: Path, content: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(content, f)
+
+
+def write_cifar10(folder: Path, per_batch: int = 40) -> None:
+    """data_batch_1..5, test_batch and batches.meta, as the CIFAR-10 python release has them."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, per_batch)
+        _dump(folder / name, {b"batch_label": name.encode(), b"labels": labels.tolist(),
+                              b"data": _images(rng, labels, 10), b"filenames": [b"x.png"] * per_batch})
+    _dump(folder / "batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)],
+                                    b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+
+
+def write_cifar100(folder: Path, n: int = 120) -> None:
+    """train, test and meta, as the CIFAR-100 python release has them."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("train", "test"):
+        fine = rng.integers(0, 100, n)
+        _dump(folder / name, {b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(),
+                              b"data": _images(rng, fine, 100)})
+    _dump(folder / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]})
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """CIFAR-10 under the standard subfolder of $CIFAR_DIR, a narrow ResNet, batch 16, no workers."""
+    write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+    monkeypatch.setenv("CIFAR_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HOPT_CIFAR_WIDTH", "4")
+    monkeypatch.setenv("HOPT_CIFAR_BATCH", "16")
+    monkeypatch.setenv("HOPT_DATA_WORKERS", "0")
+    monkeypatch.setenv("HOPT_DEVICE", "cpu")
+    return tmp_path / "data"
+
+
+def test_training_reduces_the_loss(tiny, make_ctx, monkeypatch):
+    monkeypatch.setattr(cifar, "WARMUP_STEPS", 1)
+    start = make_ctx({"lr": 0.02}, steps=10)
+    first = cifar.cifar10(start)
+    later = cifar.cifar10(make_ctx({"lr": 0.02}, parent=start.out, steps=50))
+    assert later["train_loss"] < 0.8 * first["train_loss"]
+    assert later["val_loss"] < first["val_loss"]
+    assert later["step"] == 60 and all(math.isfinite(v) for v in later.values())
+
+
+def test_resume_is_exact_with_every_augmentation(tiny, make_ctx):
+    whole = make_ctx(AUGMENTED, steps=6)
+    first = make_ctx(AUGMENTED, steps=3)
+    m_whole, _ = cifar.cifar10(whole), cifar.cifar10(first)
+    second = make_ctx(AUGMENTED, parent=first.out, steps=3)
+    m_split = cifar.cifar10(second)
+    assert (m_whole["val_acc"], m_whole["val_loss"]) == (m_split["val_acc"], m_split["val_loss"])
+    assert_same_tensors(load_state(whole.out)["model"], load_state(second.out)["model"])
+
+
+def test_dataloader_workers_give_the_same_training(tiny, make_ctx, monkeypatch):
+    in_process = make_ctx(AUGMENTED, steps=3)
+    cifar.cifar10(in_process)
+    monkeypatch.setenv("HOPT_DATA_WORKERS", "2")
+    with_workers = make_ctx(AUGMENTED, steps=3)
+    cifar.cifar10(with_workers)
+    assert_same_tensors(load_state(in_process.out)["model"], load_state(with_workers.out)["model"])
+
+
+def test_learning_rate_warms_up_with_the_global_step(tiny, make_ctx):
+    first = make_ctx({"lr": 0.2}, steps=3)
+    cifar.cifar10(first)
+    second = make_ctx({"lr": 0.1, "weight_decay": 1e-3}, parent=first.out, steps=2)
+    cifar.cifar10(second)
+    group = load_state(second.out)["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(0.1 * 5 / cifar.WARMUP_STEPS)
+    assert group["weight_decay"] == 1e-3 and group["nesterov"]
+
+
+def test_cifar100_uses_the_fine_labels(tmp_path, make_ctx, monkeypatch):
+    write_cifar100(tmp_path / "c100")
+    for name, value in {"CIFAR_DIR": str(tmp_path / "c100"), "HOPT_CIFAR_WIDTH": "4", "HOPT_CIFAR_BATCH": "8",
+                        "HOPT_DEVICE": "cpu"}.items():
+        monkeypatch.setenv(name, value)
+    ctx = make_ctx({"crop_flip": False}, steps=2)
+    metrics = cifar.cifar100(ctx)
+    assert math.isfinite(metrics["val_loss"]) and 0 <= metrics["val_acc"] <= 1
+    assert load_state(ctx.out)["model"]["fc.weight"].shape == (100, 32)
+    assert math.isfinite(cifar.evaluate_test(ctx.out, "cifar100")["test_loss"])
+
+
+def test_should_stop_ends_after_the_current_step(tiny, make_ctx):
+    ctx = make_ctx(steps=50, should_stop=lambda: True)
+    assert cifar.cifar10(ctx)["step"] == 1
+    assert load_state(ctx.out)["samples_seen"] == 16
+
+
+def test_test_set_evaluation_of_a_checkpoint(tiny, make_ctx):
+    ctx = make_ctx(steps=1)
+    cifar.cifar10(ctx)
+    result = cifar.evaluate_test(ctx.out)
+    assert 0 <= result["test_acc"] <= 1 and math.isfinite(result["test_loss"])
+
+
+def test_missing_setting_names_the_variable(make_ctx, monkeypatch):
+    monkeypatch.delenv("CIFAR_DIR", raising=False)
+    with pytest.raises(ValueError, match="CIFAR_DIR.*data_batch_1"):
+        cifar.cifar10(make_ctx())
+
+
+def test_wrong_folder_names_the_path_and_the_files(tmp_path, make_ctx, monkeypatch):
+    monkeypatch.setenv("CIFAR_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"CIFAR_DIR=.*nowhere.*train, test, meta"):
+        cifar.cifar100(make_ctx())
+
+
+def test_crop_flip_must_be_on_off_or_bool(tiny, make_ctx):
+    with pytest.raises(ValueError, match="crop_flip"):
+        cifar.cifar10(make_ctx({"crop_flip": "maybe"}))
+
+
+def test_crop_flip_moves_pixels_without_inventing_them():
+    x = torch.rand(8, 3, 32, 32)
+    out = cifar.crop_flip(x)
+    assert out.shape == x.shape
+    kept = set(x.flatten().tolist()) | {0.0}
+    assert set(out.flatten().tolist()) <= kept
+
+
+def test_cutout_zeroes_one_square_and_jitter_zero_is_identity():
+    torch.manual_seed(0)
+    x = torch.ones(16, 3, 32, 32)
+    holes = (cifar.cutout(x, 6) == 0).sum(dim=(1, 2, 3))
+    assert holes.max() == 3 * 36 and holes.min() > 0
+    assert torch.allclose(cifar.jitter(x * 0.5, 0.0), x * 0.5)

@@ -1,0 +1,92 @@
+"""The quickstart trainable (and the shared torch helpers it runs on) really trains and resumes."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tests.workers.conftest import assert_same_tensors, load_state
+from workers import digits
+from workers.torch_common import ShuffledBatches, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+def _train(make_ctx, hparams, intervals, steps=100, parent=None, member=0):
+    """Chain `intervals` intervals from `parent`; return (last metrics, last checkpoint folder)."""
+    metrics = {}
+    for i in range(intervals):
+        ctx = make_ctx(hparams, parent=parent, steps=steps, member=member, interval=i)
+        metrics = digits.train_interval(ctx)
+        parent = ctx.out
+    return metrics, parent
+
+
+def test_good_hparams_learn_the_digits(make_ctx):
+    metrics, _ = _train(make_ctx, {"lr": 0.05, "dropout": 0.1, "augment": 0.1}, intervals=3)
+    assert metrics["val_acc"] > 0.9
+    assert metrics["step"] == 300
+    assert all(math.isfinite(metrics[k]) for k in ("val_loss", "train_loss"))
+
+
+def test_tiny_learning_rate_stays_near_chance(make_ctx):
+    metrics, _ = _train(make_ctx, {"lr": 1e-4}, intervals=3)
+    assert metrics["val_acc"] < 0.3
+
+
+def test_resume_is_exact(make_ctx):
+    hp = {"lr": 0.03, "dropout": 0.3, "augment": 0.5}
+    whole, whole_dir = _train(make_ctx, hp, intervals=1, steps=60)
+    split, split_dir = _train(make_ctx, hp, intervals=2, steps=30)
+    for key in ("val_acc", "val_loss", "step"):
+        assert whole[key] == split[key], key
+    assert_same_tensors(load_state(whole_dir)["model"], load_state(split_dir)["model"])
+
+
+def test_an_exploit_by_another_member_draws_fresh_noise(make_ctx):
+    hp = {"dropout": 0.5, "augment": 0.5}
+    _, parent = _train(make_ctx, hp, intervals=1, steps=20)
+    _, same = _train(make_ctx, hp, intervals=1, steps=20, parent=parent)
+    _, again = _train(make_ctx, hp, intervals=1, steps=20, parent=parent)
+    _, other = _train(make_ctx, hp, intervals=1, steps=20, parent=parent, member=1)
+    assert_same_tensors(load_state(same)["model"], load_state(again)["model"])
+    assert not torch.equal(load_state(same)["model"]["fc2.weight"], load_state(other)["model"]["fc2.weight"])
+    assert load_state(other)["member"] == 1
+
+
+def test_hparams_changed_between_intervals_are_applied(make_ctx):
+    _, parent = _train(make_ctx, {"lr": 0.05}, intervals=1, steps=5)
+    _, child = _train(make_ctx, {"lr": 0.01, "weight_decay": 3e-3}, intervals=1, steps=5, parent=parent)
+    group = load_state(child)["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["weight_decay"]) == (0.01, 3e-3)
+
+
+def test_should_stop_ends_the_interval_after_the_current_step(make_ctx):
+    ctx = make_ctx(steps=100, should_stop=lambda: True)
+    metrics = digits.train_interval(ctx)
+    assert metrics["step"] == 1 and math.isfinite(metrics["val_acc"])
+    assert load_checkpoint(ctx.out)["step"] == 1
+
+
+def test_unknown_hparam_is_a_clear_error(make_ctx):
+    with pytest.raises(ValueError, match="learning_rate"):
+        digits.train_interval(make_ctx({"learning_rate": 0.1}))
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.randn()
+    save_checkpoint(tmp_path, rng=rng_state())
+    expected = (random.random(), random.gauss(0, 1), np.random.randn(), torch.rand(3))
+    set_rng_state(load_checkpoint(tmp_path)["rng"])
+    actual = (random.random(), random.gauss(0, 1), np.random.randn(), torch.rand(3))
+    assert expected[:3] == actual[:3] and torch.equal(expected[3], actual[3])
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_shuffled_batches_cover_each_epoch_and_resume_anywhere():
+    stream = iter(ShuffledBatches(10, 4, seed=7))
+    first = torch.cat([next(stream) for _ in range(5)])
+    assert sorted(first[:10].tolist()) == list(range(10)) == sorted(first[10:20].tolist())
+    assert torch.equal(next(iter(ShuffledBatches(10, 4, seed=7, start=8))), first[8:12])

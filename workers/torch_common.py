@@ -1,0 +1,191 @@
+"""Shared helpers for the torch trainables: device, seeding, RNG capture, atomic checkpoints, batches.
+
+Every trainable keeps its whole state in one file, `checkpoint.pt`, loadable with
+`torch.load(..., weights_only=True)`: tensors and plain Python values only. The RNG states travel in
+it too, so an interval resumed from a checkpoint continues exactly as if training had never stopped.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from hopt_cli.trainable import Context
+
+CHECKPOINT = "checkpoint.pt"
+DEVICE_ENV = "HOPT_DEVICE"
+
+
+def device() -> torch.device:
+    """CUDA when available, else CPU; the env var HOPT_DEVICE (e.g. `cpu`) overrides the choice."""
+    wanted = os.environ.get(DEVICE_ENV)
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed mixed from several integers (e.g. seed and epoch), well spread and stable."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (all CUDA devices included)."""
+    random.seed(seed)
+    np.random.seed(derive_seed(seed))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states as tensors and plain values, so a weights-only load restores them."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what rng_state() captured (CUDA states only when CUDA is present now)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def save_checkpoint(out: Path, **state: Any) -> Path:
+    """Write `state` to out/checkpoint.pt atomically (unique temp name, fsync, os.replace)."""
+    out = Path(out)
+    path = out / CHECKPOINT
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(out)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (best effort: some filesystems refuse to fsync a directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(parent: Path) -> dict[str, Any]:
+    """Load parent/checkpoint.pt weights-only onto the current device."""
+    return torch.load(Path(parent) / CHECKPOINT, map_location=device(), weights_only=True)
+
+
+def resume(ctx: Context, build: Callable[[dict[str, Any] | None], torch.nn.Module]
+           ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """Build the model and load ctx.parent into it (None: fresh start), then set the global RNGs.
+
+    `build` gets the checkpoint (None on a fresh start) to read any saved model configuration.
+    Fresh start: seed from ctx.seed before building. Same member continuing: restore the saved RNG
+    states after building, so splitting training into intervals changes nothing. Another member's
+    checkpoint (an exploit): reseed from (ctx.seed, global step), so members that copy one parent
+    do not share their noise. Returns (model, checkpoint or None).
+    """
+    if ctx.parent is None:
+        seed_everything(ctx.seed)
+        return build(None), None
+    state = load_checkpoint(ctx.parent)
+    model = build(state)
+    model.load_state_dict(state["model"])
+    if state["member"] == ctx.member:
+        set_rng_state(state["rng"])
+    else:
+        seed_everything(derive_seed(ctx.seed, state["step"]))
+    return model, state
+
+
+def finish(ctx: Context, **state: Any) -> Path:
+    """Save the interval's checkpoint into ctx.out with the member id and the RNG states."""
+    return save_checkpoint(ctx.out, member=ctx.member, rng=rng_state(), **state)
+
+
+def train_steps(ctx: Context, step: Callable[[], torch.Tensor]) -> tuple[int, float]:
+    """Run up to ctx.steps calls of `step` (each returns its detached loss), polling should_stop.
+
+    Returns (steps done, mean loss); the loss is summed on the device so no step waits for the GPU.
+    """
+    total: torch.Tensor | None = None
+    done = 0
+    for _ in range(ctx.steps):
+        loss = step()
+        total = loss if total is None else total + loss
+        done += 1
+        if ctx.should_stop():
+            break
+    return done, (float(total) / done if total is not None else float("nan"))
+
+
+def merge_hparams(defaults: Mapping[str, Any], given: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The defaults overridden by `given`; an unknown name (a typo in a recipe) is a ValueError."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"{name}: unknown hyperparameter(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+class ShuffledBatches:
+    """Endless batches of indices over epochs of seeded permutations, resumable from a sample count.
+
+    The batch that starts at sample `start` is a pure function of (n, seed, start): resuming needs
+    only the count, and prefetching loaders cannot disturb the order.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0) -> None:
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The permutation of epoch `epoch` (cached: batches walk through epochs in order)."""
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=generator)
+        return self._perm
+
+    def batch(self, start: int) -> torch.Tensor:
+        """Indices of the batch whose first sample is sample number `start` of the endless stream."""
+        parts, pos, end = [], start, start + self.batch_size
+        while pos < end:
+            epoch, offset = divmod(pos, self.n)
+            take = min(end - pos, self.n - offset)
+            parts.append(self._order(epoch)[offset:offset + take])
+            pos += take
+        return torch.cat(parts)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        pos = self.start
+        while True:
+            yield self.batch(pos)
+            pos += self.batch_size
