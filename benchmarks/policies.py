@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import multiprocessing
 import os
 import platform
@@ -81,6 +82,18 @@ def run_hopt(jobs: list[Job], processes: int) -> list[Run]:
     return runs
 
 
+def ray_runs(args: argparse.Namespace) -> list[Run]:
+    """Ray Tune's PBT rows; Ray is imported only here, and only its absence is turned into a message."""
+    try:
+        from benchmarks.ray_pbt import run_ray
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
+        raise SystemExit(f"{RAY} needs Ray Tune, which hopt does not depend on: run the benchmark from an "
+                         "environment with `pip install \"ray[tune]\" matplotlib numpy pyyaml click filelock`")
+    return run_ray(args.toys, args.seeds, args.intervals, args.population, args.workers, args.processes)
+
+
 def machine() -> str:
     """The CPU model and core count, for the results file."""
     model = platform.processor() or platform.machine()
@@ -122,11 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds) for toy in args.toys for policy in args.policies if policy != RAY]
     runs = run_hopt(jobs, args.processes) if jobs else []
     if RAY in args.policies:
-        from benchmarks.ray_pbt import run_ray
-
-        runs += run_ray(args.toys, args.seeds, args.intervals, args.population, args.processes)
+        runs += ray_runs(args)
     command = "python -m benchmarks.policies " + shlex.join(argv if argv is not None else sys.argv[1:])
-    invocation = Invocation(tuple(args.policies), tuple(args.toys), args.seeds, command.strip(), machine(),
+    where = machine() + (f", Ray {importlib.metadata.version('ray')}" if RAY in args.policies else "")
+    invocation = Invocation(tuple(args.policies), tuple(args.toys), args.seeds, command.strip(), where,
                             round(time.perf_counter() - started, 1), round(sum(r.seconds for r in runs), 1))
     merge(args.out, runs, invocation)
     print(f"{len(runs)} runs in {invocation.wall_seconds:.0f} s; table in {args.out / 'table.md'}", file=sys.stderr)
