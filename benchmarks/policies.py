@@ -19,28 +19,38 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from benchmarks.report import LABELS, TOYS, Invocation, Run, best_curve, merge
+from hopt_cli.errors import RecipeError
 from hopt_cli.policies import Policy, make_policy
 from hopt_cli.recipe import Recipe, load_recipe
 from hopt_cli.simulator import simulate
 
 REPO = Path(__file__).resolve().parent.parent
 SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None  # checkpoints in memory: 5x faster than disk
-ROMUL = make_policy("romul")
-POLICIES: dict[str, Policy] = {
-    "romul": ROMUL,
-    "pbt": make_policy("pbt"),
-    "de": make_policy("de"),
-    "random": make_policy("random"),
-    "romul-no-ready": dataclasses.replace(ROMUL, wait=False),
-    "romul-no-equal-time": dataclasses.replace(ROMUL, equal_time=False),
-    "romul-last-score": dataclasses.replace(ROMUL, robust=False),
-    "romul-pbt-select": dataclasses.replace(ROMUL, rank_select=False),
-    "romul-fixed-step": dataclasses.replace(ROMUL, adapt=False),
-    "romul-pbt-move": dataclasses.replace(ROMUL, de_move=False),
-    "romul-no-explorers": dataclasses.replace(ROMUL, explorers=0.0),
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "romul-no-ready": {"wait": False},
+    "romul-no-equal-time": {"equal_time": False},
+    "romul-last-score": {"robust": False},
+    "romul-pbt-select": {"rank_select": False},
+    "romul-fixed-step": {"adapt": False},
+    "romul-pbt-move": {"de_move": False},
+    "romul-no-explorers": {"explorers": 0.0},
 }
+
+
+def registry(romul_settings: dict[str, Any] | None = None) -> dict[str, Policy]:
+    """Every benchmarked hopt policy; `romul_settings` override ROMUL's defaults in romul and its ablations."""
+    romul = make_policy("romul", romul_settings)
+    baselines = {name: make_policy(name) for name in ("pbt", "de", "random")}
+    return {"romul": romul, **baselines,
+            **{name: dataclasses.replace(romul, **change) for name, change in ABLATIONS.items()}}
+
+
+POLICIES = registry()
 RAY = "ray-pbt"
 assert set(POLICIES) | {RAY} == set(LABELS)
 
@@ -119,7 +129,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--intervals", type=int, default=40)
     parser.add_argument("--processes", type=int, default=2, help="local processes running the simulations")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--romul", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override ROMUL's defaults (in romul and its ablations), e.g. explorers=0.125")
     args = parser.parse_args(argv)
+    try:
+        args.romul = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.romul)}
+        POLICIES.update(registry(args.romul))
+    except (RecipeError, yaml.YAMLError) as err:
+        parser.error(f"--romul: {err}")
     args.toys = args.toys.split(",")
     args.policies = args.policies.split(",") + ([RAY] if args.ray and RAY not in args.policies else [])
     unknown = [t for t in args.toys if t not in TOYS] + [p for p in args.policies if p not in LABELS]

@@ -159,17 +159,27 @@ def compare(romul: Summary, other: Summary) -> str:
 
 
 def render_table(finals: list[dict], provenance: list[Invocation]) -> str:
+    """The markdown results: the table, ROMUL against each baseline, and how the numbers were produced."""
     stats = summaries(finals)
     toys = [t for t in TOYS if any(k[0] == t for k in stats)]
-    policies = sorted({k[1] for k in stats}, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     seeds = sorted({s.n for s in stats.values()})
     lines = ["# Search policies on the toys of ROMUL.md", "",
              f"Each cell: median [first quartile, third quartile] over seeds ({', '.join(map(str, seeds))} per "
              f"cell; a cell with another count says so) of {METRIC}. Higher is better; population 16, 40 "
              "intervals, asynchronous workers. Bold: the best median of the main policies on that toy.", "",
-             "| policy | " + " | ".join(TOYS[t].title for t in toys) + " |",
-             "|---|" + "---|" * len(toys)]
+             *_results(stats, toys, seeds), "",
+             "ROMUL against each baseline (median ahead or behind; IQRs apart or overlapping):", "",
+             *_verdicts(stats, toys), "", "## How these numbers were produced", ""]
+    for p in provenance:
+        lines.append(f"- `{p.command}`: {', '.join(p.policies)} on {', '.join(p.toys)}, {p.seeds} seeds; "
+                     f"{p.wall_seconds:.0f} s wall ({p.cpu_seconds:.0f} s of runs) on {p.machine}.")
+    return "\n".join(lines) + "\n"
+
+
+def _results(stats: dict[tuple[str, str], Summary], toys: list[str], seeds: list[int]) -> list[str]:
+    policies = sorted({k[1] for k in stats}, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
     main = [p for p in policies if p in BASELINES or p == "romul"]
+    lines = ["| policy | " + " | ".join(TOYS[t].title for t in toys) + " |", "|---|" + "---|" * len(toys)]
     for policy in policies:
         cells = []
         for toy in toys:
@@ -181,18 +191,17 @@ def render_table(finals: list[dict], provenance: list[Invocation]) -> str:
             top = max(stats[(toy, p)].median for p in main if (toy, p) in stats)
             cells.append(f"**{cell}**" if policy in main and s.median == top else cell)
         lines.append(f"| {LABELS.get(policy, policy)} | " + " | ".join(cells) + " |")
-    lines += ["", "ROMUL against each baseline (median ahead or behind; IQRs apart or overlapping):", "",
-              "| toy | " + " | ".join(b for b in BASELINES if any(k[1] == b for k in stats)) + " |",
-              "|---|" + "---|" * sum(any(k[1] == b for k in stats) for b in BASELINES)]
+    return lines
+
+
+def _verdicts(stats: dict[tuple[str, str], Summary], toys: list[str]) -> list[str]:
+    present = [b for b in BASELINES if any(k[1] == b for k in stats)]
+    lines = ["| toy | " + " | ".join(LABELS[b] for b in present) + " |", "|---|" + "---|" * len(present)]
     for toy in toys:
-        row = [compare(stats[(toy, "romul")], stats[(toy, b)]) if (toy, b) in stats and (toy, "romul") in stats
-               else "" for b in BASELINES if any(k[1] == b for k in stats)]
+        row = [compare(stats[(toy, "romul")], stats[(toy, b)]) if {(toy, "romul"), (toy, b)} <= stats.keys()
+               else "" for b in present]
         lines.append(f"| {TOYS[toy].title} | " + " | ".join(row) + " |")
-    lines += ["", "## How these numbers were produced", ""]
-    for p in provenance:
-        lines.append(f"- `{p.command}`: {', '.join(p.policies)} on {', '.join(p.toys)}, {p.seeds} seeds; "
-                     f"{p.wall_seconds:.0f} s wall ({p.cpu_seconds:.0f} s of runs) on {p.machine}.")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(curves: list[dict], path: Path) -> None:
@@ -205,8 +214,12 @@ def plot(curves: list[dict], path: Path) -> None:
     data = {(r["toy"], r["policy"], r["stat"]): np.array([float(v) for v in r["curve"].split()]) for r in curves}
     toys = [t for t in TOYS if any(k[0] == t for k in data)]
     shown = [p for p in ("romul", *BASELINES) if any(k[1] == p for k in data)]
-    fig, axes = plt.subplots(1, len(toys), figsize=(4.2 * len(toys), 3.9), squeeze=False)
-    for ax, toy in zip(axes[0], toys):
+    columns = min(2, len(toys))
+    rows = -(-len(toys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows + 0.6), squeeze=False)
+    for ax in axes.flat[len(toys):]:
+        ax.set_visible(False)
+    for ax, toy in zip(axes.flat, toys):
         for policy in shown:
             if (toy, policy, "median") not in data:
                 continue
@@ -217,12 +230,13 @@ def plot(curves: list[dict], path: Path) -> None:
                             alpha=0.15, lw=0)
         ax.set_title(TOYS[toy].title)
         ax.set_xlabel("interval (training time)")
+        ax.set_ylabel("best member's true score")
         ax.set_ylim(*_zoom([data[(toy, p, s)] for p in shown for s in STATS if (toy, p, s) in data]))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("best member's true score (median, IQR)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(shown), frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.suptitle("Median over seeds (shaded: interquartile range); y axes zoomed on the last 3/4 of training")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
