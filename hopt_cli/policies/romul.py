@@ -27,13 +27,10 @@ class Romul:
     sigma_min: float = 0.005
     sigma_max: float = 0.5
     ready: int = 2
-    quantile: float = 0.25
+    quantile: float = 0.375  # tuned from 0.25 (benchmarks/results/tuning-log.md)
     F: float = 0.5
     resample: float = 0.2
-    CR: float = 0.5
-    warmup: float = 0.0  # step 5: the bottom quantile grows from none to `quantile` over this fraction of training
-    trend: float = 0.0  # step 4: plus trend x (intervals left) x the lineage's recent slope
-    wander: float = 0.0  # step 5: a ready member outside the bottom moves on from its own checkpoint this often
+    CR: float = 0.3  # tuned from 0.5 (benchmarks/results/tuning-log.md)
     # Ablation switches (benchmarks/policies.py): turning one off removes its step or puts PBT's in its place.
     wait: bool = True  # step 2: wait `ready` intervals after a change
     equal_time: bool = True  # step 3: peers compared at m's training time (off: at their latest)
@@ -54,10 +51,8 @@ class Romul:
         found = common.peers(view, me)
         if not common.enough_peers(view, found):
             return common.keep(me)
-        score = {p.member: self._score(p, me.interval, view.intervals) for p in [me, *found]}
+        score = {p.member: self._score(p, me.interval) for p in [me, *found]}
         parent = self._select(me, found, score, view.intervals, rng)
-        if parent is None and self.wander and rng.random() < self.wander:
-            parent = me
         if parent is None:
             return common.keep(me)
         sigma = self._step(parent, rng)
@@ -67,24 +62,17 @@ class Romul:
         coords = self._move(parent, best, found, sigma, space, rng)
         return common.exploit(me, parent, coords, sigma)
 
-    def _score(self, peer: MemberView, t: int, intervals: int) -> float:
+    def _score(self, peer: MemberView, t: int) -> float:
         """Steps 3-4: the lineage's mean over the last `ready` intervals, at training time `t`."""
         at = t if self.equal_time else len(peer.scores)
-        window = self.ready if self.robust else 1
-        score = peer.robust_at(at, window)
-        if self.trend and min(at, len(peer.scores)) > window:
-            slope = (score - peer.robust_at(min(at, len(peer.scores)) - window, window)) / window
-            score += self.trend * (intervals - t) * slope
-        return score
+        return peer.robust_at(at, self.ready if self.robust else 1)
 
     def _select(self, me: MemberView, found: list[MemberView], score: dict[int, float], intervals: int,
                 rng: np.random.Generator) -> MemberView | None:
         """Step 5: the parent `me` continues from if it is in the non-explorers' bottom; None to keep going."""
         everyone = [me, *found]
         rivals = [p for p in everyone if not p.explorer] if self.rank_select else everyone
-        warming = self.warmup and me.interval < self.warmup * intervals
-        quantile = self.quantile * me.interval / (self.warmup * intervals) if warming else self.quantile
-        if int(quantile * len(rivals)) == 0 and warming or not common.in_bottom(me, rivals, score, quantile):
+        if not common.in_bottom(me, rivals, score, self.quantile):
             return None
         candidates = common.top(everyone, score, self.quantile, me, intervals)
         if not candidates:
