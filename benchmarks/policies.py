@@ -134,7 +134,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.romul = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.romul)}
-        POLICIES.update(registry(args.romul))
+        POLICIES.update(registry(args.romul))  # module state, so the pool's forked processes see it
     except (RecipeError, yaml.YAMLError) as err:
         parser.error(f"--romul: {err}")
     args.toys = args.toys.split(",")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,7 @@ def merge(out: Path, runs: list[Run], invocation: Invocation) -> None:
     _write_csv(out / CURVES, ["toy", "policy", "stat", "curve"], curves)
     provenance = [p for p in _read_provenance(out) if set(p.policies) != set(invocation.policies)]
     provenance.append(invocation)
-    (out / PROVENANCE).write_text(json.dumps([p.__dict__ for p in provenance], indent=1) + "\n")
+    (out / PROVENANCE).write_text(json.dumps([asdict(p) for p in provenance], indent=1) + "\n")
     (out / TABLE).write_text(render_table(finals, provenance))
     plot(curves, out / PLOT)
 
