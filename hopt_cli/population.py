@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -302,6 +303,27 @@ def _lineage_from_dict(data: dict[str, Any]) -> Lineage:
 
 def _member_from_dict(data: dict[str, Any]) -> MemberState:
     return MemberState(**{**data, "lineage": _lineage_from_dict(data["lineage"])})
+
+
+def claim_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, attempt: int,
+                origin: Mapping[str, Any]) -> dict[str, Any]:
+    """A claim as the journal records it; `origin` names the claimer (worker, host, pid)."""
+    return {"type": "claim", "member": member, "interval": decision.interval, "token": token, "attempt": attempt,
+            **origin, "decision": decision.to_dict(), "hparams": hparams}
+
+
+def commit_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, checkpoint: str,
+                 score: float, metrics: dict[str, Any], worker: str) -> dict[str, Any]:
+    """A committed interval as the journal records it: everything needed to replay the decision."""
+    return {"type": "commit", "member": member, "interval": decision.interval, "token": token,
+            "checkpoint": checkpoint, "score": score, "metrics": finite_metrics(metrics), "hparams": hparams,
+            "decision": decision.to_dict(), "worker": worker}
+
+
+def fail_event(member: int, interval: int, token: str, error: str, worker: str) -> dict[str, Any]:
+    """A failed interval as the journal records it (the error's tail only)."""
+    return {"type": "fail", "member": member, "interval": interval, "token": token, "error": error[-2000:],
+            "worker": worker}
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -36,9 +36,10 @@ class Pbt:
         if not candidates:
             return common.keep(me)
         parent = candidates[rng.integers(len(candidates))]
-        return common.exploit(me, parent, self._perturb(parent, space, rng), parent.sigma)
+        return common.exploit(me, parent, self.perturb(parent, space, rng), parent.sigma)
 
-    def _perturb(self, parent: MemberView, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+    def perturb(self, parent: MemberView, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
+        """PBT's explore step on the parent's hyperparameters, as unit-cube coordinates."""
         values = space.decode(parent.coords)
         coords = [self._perturb_one(p, values[p.name], rng) for p in space.params]
         return np.array(coords, dtype=float)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hopt_cli.policies import common
+from hopt_cli.policies.pbt import Pbt
 from hopt_cli.population import Decision, MemberView, PopulationView
 from hopt_cli.space import SearchSpace
 
@@ -26,11 +27,17 @@ class Romul:
     sigma_min: float = 0.005
     sigma_max: float = 0.5
     ready: int = 2
-    quantile: float = 0.25
+    quantile: float = 0.375  # tuned from 0.25 (benchmarks/results/tuning-log.md)
     F: float = 0.5
     resample: float = 0.2
-    CR: float = 0.5
-    adapt: bool = True
+    CR: float = 0.3  # tuned from 0.5 (benchmarks/results/tuning-log.md)
+    # Ablation switches (benchmarks/policies.py): turning one off removes its step or puts PBT's in its place.
+    wait: bool = True  # step 2: wait `ready` intervals after a change
+    equal_time: bool = True  # step 3: peers compared at m's training time (off: at their latest)
+    robust: bool = True  # step 4: mean of the last `ready` scores (off: the last score)
+    rank_select: bool = True  # step 5 (off: PBT truncation over everyone, parent drawn uniformly)
+    adapt: bool = True  # step 6: rescale the inherited sigma (off: sigma stays sigma0)
+    de_move: bool = True  # step 7 (off: PBT's x0.8 / x1.2 perturbation or resampling)
 
     def explorer_count(self, size: int) -> int:
         return round(self.explorers * size)
@@ -39,23 +46,39 @@ class Romul:
         me = view.members[member]
         if me.checkpoint is None:
             return common.start(space, rng, self.sigma0, member < self.explorer_count(view.size))
-        if me.explorer or me.interval - me.last_change < self.ready:
+        if me.explorer or (self.wait and me.interval - me.last_change < self.ready):
             return common.keep(me)
         found = common.peers(view, me)
         if not common.enough_peers(view, found):
             return common.keep(me)
-        robust = {p.member: p.robust_at(me.interval, self.ready) for p in [me, *found]}
-        non_explorers = [p for p in [me, *found] if not p.explorer]
-        if not common.in_bottom(me, non_explorers, robust, self.quantile):
+        score = {p.member: self._score(p, me.interval) for p in [me, *found]}
+        parent = self._select(me, found, score, view.intervals, rng)
+        if parent is None:
             return common.keep(me)
-        candidates = common.top([me, *found], robust, self.quantile, me, view.intervals)
-        if not candidates:
-            return common.keep(me)
-        parent = candidates[_rank_weighted(len(candidates), rng)]
         sigma = self._step(parent, rng)
-        best = common.ranked(found, robust)[0]
+        if not self.de_move:
+            return common.exploit(me, parent, Pbt().perturb(parent, space, rng), sigma)
+        best = common.ranked(found, score)[0]
         coords = self._move(parent, best, found, sigma, space, rng)
         return common.exploit(me, parent, coords, sigma)
+
+    def _score(self, peer: MemberView, t: int) -> float:
+        """Steps 3-4: the lineage's mean over the last `ready` intervals, at training time `t`."""
+        at = t if self.equal_time else len(peer.scores)
+        return peer.robust_at(at, self.ready if self.robust else 1)
+
+    def _select(self, me: MemberView, found: list[MemberView], score: dict[int, float], intervals: int,
+                rng: np.random.Generator) -> MemberView | None:
+        """Step 5: the parent `me` continues from if it is in the non-explorers' bottom; None to keep going."""
+        everyone = [me, *found]
+        rivals = [p for p in everyone if not p.explorer] if self.rank_select else everyone
+        if not common.in_bottom(me, rivals, score, self.quantile):
+            return None
+        candidates = common.top(everyone, score, self.quantile, me, intervals)
+        if not candidates:
+            return None
+        index = _rank_weighted(len(candidates), rng) if self.rank_select else int(rng.integers(len(candidates)))
+        return candidates[index]
 
     def _step(self, parent: MemberView, rng: np.random.Generator) -> float:
         if not self.adapt:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from hopt_cli.errors import CorruptFile, HoptError, RecipeError
-from hopt_cli.population import Decision, Population, finite_metrics
+from hopt_cli.population import Decision, Population, claim_event, commit_event, fail_event
 from hopt_cli.recipe import Recipe
 from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch, write_json_atomic
 from hopt_cli.store.journal import Journal
@@ -234,10 +234,9 @@ class Store:
         """Record a claim and hand out a lease with a fresh fencing token. Call inside `transaction()`."""
         lease = Lease(member, decision.interval, secrets.token_hex(8), holder, touch(self.paths.clock),
                       decision.checkpoint)
-        self._append({"type": "claim", "member": member, "interval": decision.interval, "token": lease.token,
-                      "attempt": self.population.members[member].claims, "worker": holder.worker,
-                      "host": holder.host, "pid": holder.pid, "decision": decision.to_dict(),
-                      "hparams": hparams})
+        origin = {"worker": holder.worker, "host": holder.host, "pid": holder.pid}
+        self._append(claim_event(member, decision, hparams, lease.token, self.population.members[member].claims,
+                                 origin))
         write_json_atomic(self.paths.lease(member), lease.to_dict())
         return lease
 
@@ -255,9 +254,8 @@ class Store:
         name = checkpoint_name(lease.member, lease.interval, lease.token)
         os.rename(staging, self.paths.checkpoint(name))
         fsync_dir(self.paths.checkpoints)
-        self._append({"type": "commit", "member": lease.member, "interval": lease.interval, "token": lease.token,
-                      "checkpoint": name, "score": score, "metrics": finite_metrics(metrics),
-                      "hparams": hparams, "decision": decision.to_dict(), "worker": lease.holder.worker})
+        self._append(commit_event(lease.member, decision, hparams, lease.token, name, score, metrics,
+                                  lease.holder.worker))
         self.paths.lease(lease.member).unlink()
         self._maybe_snapshot()
         return name
@@ -267,8 +265,7 @@ class Store:
         self._discard(staging)
         if not self.holds(lease):
             return False
-        self._append({"type": "fail", "member": lease.member, "interval": lease.interval, "token": lease.token,
-                      "error": error[-2000:], "worker": lease.holder.worker})
+        self._append(fail_event(lease.member, lease.interval, lease.token, error, lease.holder.worker))
         self.paths.lease(lease.member).unlink()
         return True
 
