@@ -52,11 +52,12 @@ def init(recipe: Path, root: Path) -> None:
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
               help="Create the experiment from this recipe first if needed (safe for many workers at once).")
 @click.option("--name", help="This worker's name in leases and logs [default: from SLURM, else host-pid].")
-def worker(root: Path, recipe: Path | None, name: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Also log what each claim and commit cost: lock wait and hold.")
+def worker(root: Path, recipe: Path | None, name: str | None, verbose: bool) -> None:
     """Train intervals until the experiment is complete; SIGTERM/SIGUSR1 stop it cleanly."""
     store = _create(recipe, root) if recipe else Store.open(root)
     name = name or SlurmEnvironment.from_env().worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    _log_to_stderr(name)
+    _log_to_stderr(name, logging.DEBUG if verbose else logging.INFO)
     signals = StopSignals()
     signals.install()
     try:
@@ -163,12 +164,12 @@ def best(root: Path, out: Path | None, as_json: bool) -> None:
         click.echo(f"exported to {out}: checkpoint/, schedule.yaml, scores.csv")
 
 
-def _log_to_stderr(name: str) -> None:
+def _log_to_stderr(name: str, level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
     logger = logging.getLogger("hopt")
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ POLL_SECONDS = 0.001
 
 
 class ExperimentLock:
-    """A blocking, non-reentrant, inter-process lock on `path`; records how long it waited and held."""
+    """A blocking, non-reentrant, inter-process lock on `path`; records how long it last waited and held."""
 
     def __init__(self, path: Path, timeout: float = 600.0) -> None:
         self.path = path
@@ -25,6 +25,7 @@ class ExperimentLock:
         self._lock = filelock.UnixFileLock(str(path), timeout=timeout, thread_local=False)
         self.waited = 0.0
         self.held_since = 0.0
+        self.held = 0.0
 
     def __enter__(self) -> ExperimentLock:
         started = time.perf_counter()
@@ -40,3 +41,4 @@ class ExperimentLock:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._lock.release()
+        self.held = time.perf_counter() - self.held_since
