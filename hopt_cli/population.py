@@ -5,7 +5,6 @@ journal order; nothing here does I/O, so the state after any prefix of the journ
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -68,9 +67,12 @@ class Decision:
         return cls(**{**data, "coords": tuple(data["coords"])})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Segment:
-    """A run of intervals a lineage trained with one hyperparameter setting by one member."""
+    """A run of intervals a lineage trained with one hyperparameter setting by one member.
+
+    Frozen, and never changed after it is appended: lineages copied from one another share them.
+    """
 
     start: int
     member: int
@@ -85,6 +87,10 @@ class Lineage:
 
     scores: list[float] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
+
+    def copy(self) -> Lineage:
+        """An independent lineage sharing the (immutable) scores and segments: O(length), not a deep copy."""
+        return Lineage(list(self.scores), list(self.segments))
 
 
 @dataclass
@@ -190,7 +196,7 @@ class Population:
         member.claims += 1
         decision = event["decision"]
         if decision["action"] == "exploit":
-            self.pending[member.member] = copy.deepcopy(self.members[decision["parent"]].lineage)
+            self.pending[member.member] = self.members[decision["parent"]].lineage.copy()
         else:
             self.pending.pop(member.member, None)
 
@@ -238,7 +244,7 @@ class Population:
         if len(self.best) >= self.keep_best and self.normalized(score) <= self.normalized(self.best[-1].score):
             return
         self.best.append(BestEntry(score, member.checkpoint, member.member, member.interval - 1,
-                                   dict(member.hparams), dict(member.metrics), copy.deepcopy(member.lineage)))
+                                   dict(member.hparams), dict(member.metrics), member.lineage.copy()))
         self.best.sort(key=lambda b: -self.normalized(b.score))
         del self.best[self.keep_best:]
 
