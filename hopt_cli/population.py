@@ -251,14 +251,6 @@ class Population:
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Population:
-        data = dict(data)
-        data["members"] = [_member_from_dict(m) for m in data["members"]]
-        data["pending"] = {int(k): _lineage_from_dict(v) for k, v in data["pending"].items()}
-        data["best"] = [BestEntry(**{**b, "lineage": _lineage_from_dict(b["lineage"])}) for b in data["best"]]
-        return cls(**data)
-
 
 _HANDLERS = {
     "claim": Population._on_claim,
@@ -276,14 +268,6 @@ def _extend_schedule(lineage: Lineage, decision: Decision, member: int, hparams:
     copied = decision.parent if decision.action == "exploit" else None
     lineage.segments.append(Segment(decision.interval, member, dict(hparams), copied,
                                     decision.checkpoint if copied is not None else None))
-
-
-def _lineage_from_dict(data: dict[str, Any]) -> Lineage:
-    return Lineage(list(data["scores"]), [Segment(**s) for s in data["segments"]])
-
-
-def _member_from_dict(data: dict[str, Any]) -> MemberState:
-    return MemberState(**{**data, "lineage": _lineage_from_dict(data["lineage"])})
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,7 @@ from hopt_cli.store.journal import Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import ExperimentLock
 from hopt_cli.store.paths import ExperimentPaths
-
-SNAPSHOT_FORMAT = 1
+from hopt_cli.store.snapshot import decode, encode
 
 
 @dataclass(frozen=True)
@@ -118,10 +117,8 @@ class Store:
     def _load_snapshot(self) -> None:
         """Start from state.json when it is valid; otherwise from an empty population (full replay)."""
         try:
-            data = json.loads(self.paths.state.read_bytes())
-            offset = int(data["offset"])
-            population = Population.from_dict(data["population"])
-            if data["format"] != SNAPSHOT_FORMAT or not self._is_line_boundary(offset):
+            population, offset = decode(json.loads(self.paths.state.read_bytes()))
+            if not self._is_line_boundary(offset):
                 raise ValueError("snapshot does not match the journal")
         except FileNotFoundError:
             return
@@ -270,8 +267,7 @@ class Store:
             self.write_snapshot()
 
     def write_snapshot(self) -> None:
-        write_json_atomic(self.paths.state, {"format": SNAPSHOT_FORMAT, "offset": self.offset,
-                                             "population": self.population.to_dict()})
+        write_json_atomic(self.paths.state, encode(self.population, self.offset))
         self._snapshot_events = self.population.events
 
     def collect_garbage(self, live: list[Lease]) -> int:

@@ -1,0 +1,78 @@
+"""state.json: the population at a journal offset, in a form that stays fast at a million intervals.
+
+Plain JSON with two exceptions that keep it small and quick at scale. Lineages copied from one another
+share their (immutable) segments in memory, so the snapshot stores each segment once, in a table the
+lineages index into, and reading it back shares them again. Lineage scores are float64 arrays in
+base64: formatting and parsing a million floats as text takes seconds, as bytes milliseconds, and the
+values round-trip exactly.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import sys
+from array import array
+from typing import Any
+
+from hopt_cli.population import BestEntry, Lineage, MemberState, Population, Segment
+
+FORMAT = 2
+_LISTS = ("members", "pending", "best")
+
+
+class _Writer:
+    """Encodes lineages, numbering each distinct segment object once."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[int, int] = {}
+        self.segments: list[dict[str, Any]] = []
+
+    def lineage(self, lineage: Lineage) -> dict[str, Any]:
+        return {"scores": _pack(lineage.scores), "segments": [self._number(s) for s in lineage.segments]}
+
+    def _number(self, segment: Segment) -> int:
+        number = self.numbers.get(id(segment))
+        if number is None:
+            number = self.numbers[id(segment)] = len(self.segments)
+            self.segments.append(vars(segment))
+        return number
+
+
+def encode(population: Population, offset: int) -> dict[str, Any]:
+    """The snapshot document of `population`, the state after the journal's first `offset` bytes."""
+    writer = _Writer()
+    data = {f.name: getattr(population, f.name) for f in dataclasses.fields(population) if f.name not in _LISTS}
+    data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage)} for m in population.members]
+    data["pending"] = {str(member): writer.lineage(lineage) for member, lineage in population.pending.items()}
+    data["best"] = [{**vars(b), "lineage": writer.lineage(b.lineage)} for b in population.best]
+    return {"format": FORMAT, "offset": offset, "segments": writer.segments, "population": data}
+
+
+def decode(document: dict[str, Any]) -> tuple[Population, int]:
+    """The population and journal offset a snapshot document holds; ValueError if it is not one."""
+    if document.get("format") != FORMAT:
+        raise ValueError(f"snapshot format {document.get('format')!r}, not {FORMAT}")
+    segments = [Segment(**s) for s in document["segments"]]
+
+    def lineage(data: dict[str, Any]) -> Lineage:
+        return Lineage(_unpack(data["scores"]), [segments[i] for i in data["segments"]])
+
+    data = dict(document["population"])
+    data["members"] = [MemberState(**{**m, "lineage": lineage(m["lineage"])}) for m in data["members"]]
+    data["pending"] = {int(k): lineage(v) for k, v in data["pending"].items()}
+    data["best"] = [BestEntry(**{**b, "lineage": lineage(b["lineage"])}) for b in data["best"]]
+    return Population(**data), int(document["offset"])
+
+
+def _pack(scores: list[float]) -> str:
+    packed = array("d", scores)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> list[float]:
+    packed = array("d", base64.b64decode(text, validate=True))
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()

@@ -1,0 +1,49 @@
+"""state.json's codec: exact round trips, each shared segment stored once, old formats rebuilt."""
+from __future__ import annotations
+
+import json
+
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.store.snapshot import decode, encode
+from hopt_cli.worker import Worker
+from tests.conftest import toy_recipe
+
+
+def _finished(tmp_path) -> Store:
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=8, intervals=10)))
+    Worker(store, "w").run()
+    return store
+
+
+def test_a_population_round_trips_exactly_through_json(tmp_path):
+    population = _finished(tmp_path).population
+    population.members[0].lineage.scores[0] = 0.1 + 0.2  # a float whose shortest repr is long
+
+    document = json.loads(json.dumps(encode(population, 1234)))
+    again, offset = decode(document)
+
+    assert offset == 1234
+    assert again.to_dict() == population.to_dict()
+
+
+def test_each_shared_segment_is_stored_once_and_shared_again_when_read(tmp_path):
+    population = _finished(tmp_path).population
+    lineages = [m.lineage for m in population.members] + [b.lineage for b in population.best]
+    distinct = {id(s) for lineage in lineages for s in lineage.segments}
+    assert len(distinct) < sum(len(lineage.segments) for lineage in lineages), "the run should have exploited"
+
+    document = encode(population, 0)
+    again, _ = decode(json.loads(json.dumps(document)))
+
+    assert len(document["segments"]) == len(distinct)
+    read = [m.lineage for m in again.members] + [b.lineage for b in again.best]
+    assert len({id(s) for lineage in read for s in lineage.segments}) == len(distinct)
+
+
+def test_a_snapshot_in_an_older_format_is_rebuilt_from_the_journal(tmp_path):
+    store = _finished(tmp_path)
+    expected = store.population.to_dict()
+    store.paths.state.write_text(json.dumps({"format": 1, "offset": store.offset, "population": expected}))
+
+    assert Store.open(store.paths.root).sync().to_dict() == expected
