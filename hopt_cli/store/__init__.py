@@ -109,9 +109,7 @@ class Store:
         if not self._loaded:
             self._load_snapshot()
             self._loaded = True
-        events, self.offset = self.journal.read(self.offset)
-        for event in events:
-            self.population.apply(event)
+        self.offset = self.journal.replay(self.offset, self.population.apply)
         return self.population
 
     def _load_snapshot(self) -> None:
@@ -137,8 +135,7 @@ class Store:
     def rebuild(self) -> Population:
         """The population replayed from the whole journal, ignoring the snapshot."""
         population = self._empty_population()
-        for event in self.journal.read(0)[0]:
-            population.apply(event)
+        self.journal.replay(0, population.apply)
         return population
 
     def lease_infos(self) -> list[LeaseInfo]:
