@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.noop import noop
 from workers.toys import pbt_quadratic
 
 
@@ -26,3 +27,9 @@ def nan_for_member_1(ctx: Any) -> dict[str, float]:
     """T1, except member 1 always scores NaN: a broken setup that must stop, not loop."""
     result = pbt_quadratic(ctx)
     return {**result, "score": float("nan")} if ctx.member == 1 else result
+
+
+def sleepy_noop(ctx: Any) -> float:
+    """workers/noop.py, 20 ms slower: long enough that a worker killed at random holds a lease."""
+    time.sleep(0.02)
+    return noop(ctx)
