@@ -1,6 +1,6 @@
 """The experiment lock: short critical sections around claim and commit.
 
-flock through filelock by default: the kernel drops it when its holder dies, even on SIGKILL.
+flock (store/flock.py) by default: the kernel drops it when its holder dies, even on SIGKILL.
 The lock file is never deleted (deleting it would split waiters across two inodes).
 """
 from __future__ import annotations
@@ -9,11 +9,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import filelock
-
 from hopt_cli.errors import HoptError
-
-POLL_SECONDS = 0.001
+from hopt_cli.store.flock import Flock
 
 
 class ExperimentLock:
@@ -22,18 +19,16 @@ class ExperimentLock:
     def __init__(self, path: Path, timeout: float = 600.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._lock = filelock.UnixFileLock(str(path), timeout=timeout, thread_local=False)
+        self._lock = Flock(path)
         self.waited = 0.0
         self.held_since = 0.0
         self.held = 0.0
 
     def __enter__(self) -> ExperimentLock:
         started = time.perf_counter()
-        try:
-            self._lock.acquire(poll_interval=POLL_SECONDS)
-        except filelock.Timeout:
+        if not self._lock.acquire(self.timeout):
             raise HoptError(f"{self.path}: could not take the experiment lock in {self.timeout:.0f} s; "
-                            "a process may hang inside a critical section (check `hopt status`)") from None
+                            "a process may hang inside a critical section (check `hopt status`)")
         self.held_since = time.perf_counter()
         self.waited = self.held_since - started
         return self
