@@ -28,7 +28,7 @@ from hopt_cli.store.journal import Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import ExperimentLock
 from hopt_cli.store.paths import ExperimentPaths
-from hopt_cli.store.snapshot import decode, encode
+from hopt_cli.store.snapshot import decode, encode, events_in
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ class Store:
         self.population = self._empty_population()
         self.offset = 0
         self._loaded = False
-        self._snapshot_events = 0
 
     @classmethod
     def create(cls, root: str | Path, recipe: Recipe) -> Store:
@@ -123,7 +122,7 @@ class Store:
         except (ValueError, TypeError, KeyError, AttributeError):
             self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
             return
-        self.population, self.offset, self._snapshot_events = population, offset, population.events
+        self.population, self.offset = population, offset
 
     def _is_line_boundary(self, offset: int) -> bool:
         if offset == 0:
@@ -258,14 +257,13 @@ class Store:
     # snapshot and garbage
 
     def _maybe_snapshot(self) -> None:
-        """Refresh state.json once the tail since the last one reaches the population size, and at the end."""
-        pending = self.population.events - self._snapshot_events
+        """Refresh state.json once the tail since it (whoever wrote it) reaches the population size, and at the end."""
+        pending = self.population.events - events_in(self.paths.state)
         if pending >= self.recipe.population or self.population.complete:
             self.write_snapshot()
 
     def write_snapshot(self) -> None:
         write_json_atomic(self.paths.state, encode(self.population, self.offset))
-        self._snapshot_events = self.population.events
 
     def collect_garbage(self, live: list[Lease]) -> int:
         """Move unreferenced checkpoints and orphan staging folders to trash/; drop dead temp files.

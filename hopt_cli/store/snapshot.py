@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import sys
 from array import array
+from pathlib import Path
 from typing import Any
 
 from hopt_cli.population import BestEntry, Lineage, MemberState, Population, Segment
 
 FORMAT = 2
 _LISTS = ("members", "pending", "best")
+_HEAD = re.compile(rb'\{"format":(\d+),"offset":\d+,"events":(\d+),')  # as write_json_atomic writes it
 
 
 class _Writer:
@@ -45,7 +48,8 @@ def encode(population: Population, offset: int) -> dict[str, Any]:
     data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage)} for m in population.members]
     data["pending"] = {str(member): writer.lineage(lineage) for member, lineage in population.pending.items()}
     data["best"] = [{**vars(b), "lineage": writer.lineage(b.lineage)} for b in population.best]
-    return {"format": FORMAT, "offset": offset, "segments": writer.segments, "population": data}
+    return {"format": FORMAT, "offset": offset, "events": population.events, "segments": writer.segments,
+            "population": data}
 
 
 def decode(document: dict[str, Any]) -> tuple[Population, int]:
@@ -62,6 +66,19 @@ def decode(document: dict[str, Any]) -> tuple[Population, int]:
     data["pending"] = {int(k): lineage(v) for k, v in data["pending"].items()}
     data["best"] = [BestEntry(**{**b, "lineage": lineage(b["lineage"])}) for b in data["best"]]
     return Population(**data), int(document["offset"])
+
+
+def events_in(path: Path) -> int:
+    """How many journal events the snapshot at `path` reflects (0 if none), from its first bytes only.
+
+    Tells every worker when the snapshot is due, whoever wrote the last one, without parsing it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = _HEAD.match(handle.read(100))
+    except FileNotFoundError:
+        return 0
+    return int(head[2]) if head and int(head[1]) == FORMAT else 0
 
 
 def _pack(scores: list[float]) -> str:

@@ -5,7 +5,8 @@ import json
 
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.store.snapshot import decode, encode
+from hopt_cli.store.fsio import write_json_atomic
+from hopt_cli.store.snapshot import decode, encode, events_in
 from hopt_cli.worker import Worker
 from tests.conftest import toy_recipe
 
@@ -47,3 +48,25 @@ def test_a_snapshot_in_an_older_format_is_rebuilt_from_the_journal(tmp_path):
     store.paths.state.write_text(json.dumps({"format": 1, "offset": store.offset, "population": expected}))
 
     assert Store.open(store.paths.root).sync().to_dict() == expected
+
+
+def test_workers_share_one_snapshot_per_population_of_events_whoever_writes_it(tmp_path, monkeypatch):
+    recipe = Recipe.from_dict(toy_recipe(population=4, intervals=6))
+    stores = [Store.create(tmp_path / "exp", recipe) for _ in range(3)]  # three workers' views, as processes have
+    writes = []
+    monkeypatch.setattr(Store, "write_snapshot", lambda self: (writes.append(self.population.events),
+                                                               _write_snapshot(self)))
+    workers = [Worker(store, f"w{i}") for i, store in enumerate(stores)]
+    turn = 0
+    while (claim := workers[turn % 3].claim()) is not None:  # the workers take turns, one interval each
+        workers[turn % 3].train_and_commit(claim)
+        turn += 1
+
+    events = stores[0].sync().events
+    assert len(writes) <= events // 4 + 1
+    assert all(later - earlier >= 4 for earlier, later in zip(writes, writes[1:-1]))
+    assert events_in(stores[0].paths.state) == events
+
+
+def _write_snapshot(store: Store) -> None:
+    write_json_atomic(store.paths.state, encode(store.population, store.offset))
