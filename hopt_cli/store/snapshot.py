@@ -1,10 +1,11 @@
 """state.json: the population at a journal offset, in a form that stays fast at a million intervals.
 
 Plain JSON with two exceptions that keep it small and quick at scale. Lineages copied from one another
-share their (immutable) segments in memory, so the snapshot stores each segment once, in a table the
-lineages index into, and reading it back shares them again. Lineage scores are float64 arrays in
-base64: formatting and parsing a million floats as text takes seconds, as bytes milliseconds, and the
-values round-trip exactly.
+share their (immutable) segments, and a segment always follows the same one in every lineage that
+holds it (copies take whole prefixes), so the segments form a tree: the snapshot stores each segment
+once with the index of the one before it, and a lineage as the index of its last segment. Reading it
+back shares them again. Lineage scores are float64 arrays in base64: formatting and parsing a million
+floats as text takes seconds, as bytes milliseconds, and the values round-trip exactly.
 """
 from __future__ import annotations
 
@@ -24,20 +25,24 @@ _HEAD = re.compile(rb'\{"format":(\d+),"offset":\d+,"events":(\d+),')  # as writ
 
 
 class _Writer:
-    """Encodes lineages, numbering each distinct segment object once."""
+    """Encodes lineages, numbering each distinct segment once, after the segment before it."""
 
     def __init__(self) -> None:
         self.numbers: dict[int, int] = {}
-        self.segments: list[dict[str, Any]] = []
+        self.segments: list[tuple[int | None, dict[str, Any]]] = []
 
     def lineage(self, lineage: Lineage) -> dict[str, Any]:
-        return {"scores": _pack(lineage.scores), "segments": [self._number(s) for s in lineage.segments]}
+        return {"scores": _pack(lineage.scores), "last": self._number(lineage.segments)}
 
-    def _number(self, segment: Segment) -> int:
-        number = self.numbers.get(id(segment))
-        if number is None:
-            number = self.numbers[id(segment)] = len(self.segments)
-            self.segments.append(vars(segment))
+    def _number(self, segments: list[Segment]) -> int | None:
+        """The number of the last segment, numbering the ones not seen yet (a lineage's new tail)."""
+        known = len(segments)
+        while known and id(segments[known - 1]) not in self.numbers:
+            known -= 1
+        number = self.numbers[id(segments[known - 1])] if known else None
+        for segment in segments[known:]:
+            self.segments.append((number, vars(segment)))
+            number = self.numbers[id(segment)] = len(self.segments) - 1
         return number
 
 
@@ -56,10 +61,17 @@ def decode(document: dict[str, Any]) -> tuple[Population, int]:
     """The population and journal offset a snapshot document holds; ValueError if it is not one."""
     if document.get("format") != FORMAT:
         raise ValueError(f"snapshot format {document.get('format')!r}, not {FORMAT}")
-    segments = [Segment(**s) for s in document["segments"]]
+    rows = document["segments"]
+    if any(before is not None and not 0 <= before < number for number, (before, _) in enumerate(rows)):
+        raise ValueError("a segment does not follow an earlier one")  # which also rules out cycles
+    segments = [Segment(**fields) for _, fields in rows]
 
     def lineage(data: dict[str, Any]) -> Lineage:
-        return Lineage(_unpack(data["scores"]), [segments[i] for i in data["segments"]])
+        path, number = [], data["last"]
+        while number is not None:
+            path.append(segments[number])
+            number = rows[number][0]
+        return Lineage(_unpack(data["scores"]), path[::-1])
 
     data = dict(document["population"])
     data["members"] = [MemberState(**{**m, "lineage": lineage(m["lineage"])}) for m in data["members"]]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.fsio import write_json_atomic
@@ -70,3 +72,12 @@ def test_workers_share_one_snapshot_per_population_of_events_whoever_writes_it(t
 
 def _write_snapshot(store: Store) -> None:
     write_json_atomic(store.paths.state, encode(store.population, store.offset))
+
+
+def test_a_snapshot_whose_segments_loop_is_refused(tmp_path):
+    store = _finished(tmp_path)
+    document = encode(store.population, store.offset)
+    document["segments"][0] = [len(document["segments"]) - 1, document["segments"][0][1]]
+
+    with pytest.raises(ValueError, match="does not follow an earlier one"):
+        decode(json.loads(json.dumps(document)))
