@@ -143,6 +143,7 @@ class Population:
         if not self.members:
             self.members = [MemberState(m) for m in range(self.size)]
         self._views: dict[int, MemberView] = {}
+        self._view: PopulationView | None = None  # only commits change what policies see
 
     @property
     def complete(self) -> bool:
@@ -157,7 +158,9 @@ class Population:
         return score if self.maximize else -score
 
     def view(self) -> PopulationView:
-        return PopulationView(tuple(self._member_view(m) for m in self.members), self.intervals)
+        if self._view is None:
+            self._view = PopulationView(tuple(self._member_view(m) for m in self.members), self.intervals)
+        return self._view
 
     def _member_view(self, state: MemberState) -> MemberView:
         cached = self._views.get(state.member)
@@ -226,6 +229,7 @@ class Population:
         member.failures = member.claims = 0
         member.last_error = None
         self._views.pop(member.member, None)
+        self._view = None
         self._record_best(member)
 
     def _on_fail(self, event: dict[str, Any]) -> None:
