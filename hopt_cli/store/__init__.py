@@ -51,6 +51,7 @@ class Store:
         self.population = self._empty_population()
         self.offset = 0
         self._loaded = False
+        self._leases_read: dict[tuple[str, int, int, int], Lease | None] = {}
 
     @classmethod
     def create(cls, root: str | Path, recipe: Recipe) -> Store:
@@ -138,15 +139,25 @@ class Store:
         return population
 
     def lease_infos(self) -> list[LeaseInfo]:
-        """Every lease file and its heartbeat age, measured on the shared filesystem's clock."""
+        """Every lease file and its heartbeat age, measured on the shared filesystem's clock.
+
+        A lease file is read again only when its inode, size or mtime changed (a heartbeat changes
+        the mtime): every claim and commit lists the leases, and each worker's would otherwise be
+        parsed twice per interval by every other worker.
+        """
         now = touch(self.paths.clock)
-        infos = []
-        for path in sorted(self.paths.leases.glob("*.json")):
+        folder = self.paths.leases
+        infos, seen = [], {}
+        for name in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json")):
+            path = folder / name
             try:
-                age = now - path.stat().st_mtime
+                stat = path.stat()
             except FileNotFoundError:
                 continue
-            infos.append(LeaseInfo(path, Lease.read(path), age))
+            key = (name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            seen[key] = self._leases_read.get(key) or Lease.read(path)
+            infos.append(LeaseInfo(path, seen[key], now - stat.st_mtime))
+        self._leases_read = seen
         return infos
 
     # the critical section
