@@ -63,14 +63,16 @@ def init(recipe: Path, root: Path) -> None:
               help="When preempted, requeue this SLURM job (array task) if the experiment is not complete.")
 @click.option("--preempt-signal", type=click.Choice(["USR1", "USR2"], case_sensitive=False), default="USR1",
               show_default=True, help="The preemption signal (sbatch --signal=B:USR1@GRACE sends it).")
-def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, preempt_signal: str) -> None:
+@click.option("--verbose", is_flag=True, help="Also log what each claim and commit cost: lock wait and hold.")
+def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, preempt_signal: str,
+           verbose: bool) -> None:
     """Train intervals until the experiment is complete; SIGTERM or the preemption signal stop it at once."""
     env = SlurmEnvironment.from_env()
     if requeue_ and env.requeue_target is None:
         raise HoptError("--requeue needs a SLURM job (no SLURM_JOB_ID here); drop --requeue outside SLURM")
     store = _create(recipe, root) if recipe else Store.open(root)
     name = name or env.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    _log_to_stderr(name)
+    _log_to_stderr(name, logging.DEBUG if verbose else logging.INFO)
     log = logging.getLogger("hopt")
     signals = StopSignals(signal.Signals[f"SIG{preempt_signal.upper()}"])
     signals.install()
@@ -360,12 +362,12 @@ def doctor(root: Path, lock_kind: str | None, min_free_gb: float) -> None:
         sys.exit(1)
 
 
-def _log_to_stderr(name: str) -> None:
+def _log_to_stderr(name: str, level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
     logger = logging.getLogger("hopt")
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
 
 
 def main() -> None:

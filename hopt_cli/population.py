@@ -5,7 +5,6 @@ journal order; nothing here does I/O, so the state after any prefix of the journ
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from collections.abc import Mapping
@@ -62,16 +61,20 @@ class Decision:
     explorer: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The decision as journal events carry it (a shallow copy: asdict's deep one cost 10% of a claim)."""
+        return dict(vars(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Decision:
         return cls(**{**data, "coords": tuple(data["coords"])})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Segment:
-    """A run of intervals a lineage trained with one hyperparameter setting by one member."""
+    """A run of intervals a lineage trained with one hyperparameter setting by one member.
+
+    Frozen, and never changed after it is appended: lineages copied from one another share them.
+    """
 
     start: int
     member: int
@@ -86,6 +89,10 @@ class Lineage:
 
     scores: list[float] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
+
+    def copy(self) -> Lineage:
+        """An independent lineage sharing the (immutable) scores and segments: O(length), not a deep copy."""
+        return Lineage(list(self.scores), list(self.segments))
 
 
 @dataclass
@@ -138,6 +145,7 @@ class Population:
         if not self.members:
             self.members = [MemberState(m) for m in range(self.size)]
         self._views: dict[int, MemberView] = {}
+        self._view: PopulationView | None = None  # only commits change what policies see
 
     @property
     def complete(self) -> bool:
@@ -152,7 +160,9 @@ class Population:
         return score if self.maximize else -score
 
     def view(self) -> PopulationView:
-        return PopulationView(tuple(self._member_view(m) for m in self.members), self.intervals)
+        if self._view is None:
+            self._view = PopulationView(tuple(self._member_view(m) for m in self.members), self.intervals)
+        return self._view
 
     def _member_view(self, state: MemberState) -> MemberView:
         cached = self._views.get(state.member)
@@ -202,7 +212,7 @@ class Population:
         member.token = event["token"]
         decision = event["decision"]
         if decision["action"] == "exploit":
-            self.pending[member.member] = copy.deepcopy(self.members[decision["parent"]].lineage)
+            self.pending[member.member] = self.members[decision["parent"]].lineage.copy()
         else:
             self.pending.pop(member.member, None)
 
@@ -233,6 +243,7 @@ class Population:
         member.failures = member.claims = 0
         member.last_error = None
         self._views.pop(member.member, None)
+        self._view = None
         self._record_best(member)
 
     def _on_fail(self, event: dict[str, Any]) -> None:
@@ -262,20 +273,12 @@ class Population:
         if len(self.best) >= self.keep_best and self.normalized(score) <= self.normalized(self.best[-1].score):
             return
         self.best.append(BestEntry(score, member.checkpoint, member.member, member.interval - 1,
-                                   dict(member.hparams), dict(member.metrics), copy.deepcopy(member.lineage)))
+                                   dict(member.hparams), dict(member.metrics), member.lineage.copy()))
         self.best.sort(key=lambda b: -self.normalized(b.score))
         del self.best[self.keep_best:]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Population:
-        data = dict(data)
-        data["members"] = [_member_from_dict(m) for m in data["members"]]
-        data["pending"] = {int(k): _lineage_from_dict(v) for k, v in data["pending"].items()}
-        data["best"] = [BestEntry(**{**b, "lineage": _lineage_from_dict(b["lineage"])}) for b in data["best"]]
-        return cls(**data)
 
 
 _HANDLERS = {
@@ -295,14 +298,6 @@ def _extend_schedule(lineage: Lineage, decision: Decision, member: int, hparams:
     copied = decision.parent if decision.action == "exploit" else None
     lineage.segments.append(Segment(decision.interval, member, dict(hparams), copied,
                                     decision.checkpoint if copied is not None else None))
-
-
-def _lineage_from_dict(data: dict[str, Any]) -> Lineage:
-    return Lineage(list(data["scores"]), [Segment(**s) for s in data["segments"]])
-
-
-def _member_from_dict(data: dict[str, Any]) -> MemberState:
-    return MemberState(**{**data, "lineage": _lineage_from_dict(data["lineage"])})
 
 
 def claim_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, attempt: int,

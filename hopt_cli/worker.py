@@ -21,6 +21,7 @@ from hopt_cli.population import Decision
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease
+from hopt_cli.timing import StepTiming
 from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainable, run_interval
 
 log = logging.getLogger("hopt")
@@ -103,7 +104,9 @@ class Worker:
     def claim(self) -> Claim | None:
         """The next member to train and its decision; None when the experiment is complete or we stop."""
         while not self.stop.requested:
+            started = time.perf_counter()
             claim = self._try_claim()
+            self._log_timing("busy" if claim is False else "done" if claim is None else "claim", started)
             if claim is not False:
                 return claim
             time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
@@ -136,6 +139,7 @@ class Worker:
         staging.mkdir()
         started = time.monotonic()
         outcome, fenced = (STOPPED, False) if self.stop.requested else self._train(claim, staging)
+        committing = time.perf_counter()
         with self.store.transaction() as population:
             if self.stop.requested:
                 self.store.release(claim.lease, "stop requested", staging)
@@ -159,9 +163,16 @@ class Worker:
             self.store.collect_garbage(self.store.reclaim(self.holder))
             done = population.intervals_done
         self.store.empty_trash()
+        self._log_timing("commit", committing)
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
                  claim.decision.interval, result, time.monotonic() - started, done,
                  self.recipe.population * self.recipe.intervals, " [lease lost while training]" if fenced else "")
+
+    def _log_timing(self, step: str, started: float) -> None:
+        """One DEBUG line with the lock wait and hold of the step that just ended (see hopt_cli/timing.py)."""
+        if log.isEnabledFor(logging.DEBUG):
+            lock = self.store.lock
+            log.debug("%s", StepTiming(step, lock.waited, lock.held, time.perf_counter() - started))
 
     def _train(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
         """Run the trainable with a heartbeat thread keeping the lease alive."""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.random  # noqa: F401 (numpy imports it lazily: on a worker's first claim, under the lock)
 
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies.pbt import Pbt

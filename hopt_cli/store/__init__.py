@@ -28,9 +28,9 @@ from hopt_cli.store.journal import Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
 from hopt_cli.store.paths import ExperimentPaths, checkpoint_name, checkpoint_token
+from hopt_cli.store.snapshot import decode, encode, events_in
 
 NOT_A_LEASE = "not a valid lease file"
-SNAPSHOT_FORMAT = 2  # 2: members record their latest claim's token
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Store:
         self.population = self._empty_population()
         self.offset = 0
         self._loaded = False
-        self._snapshot_events = 0
+        self._leases_read: dict[tuple[str, int, int, int], Lease | None] = {}
 
     @classmethod
     def create(cls, root: str | Path, recipe: Recipe) -> Store:
@@ -117,32 +117,31 @@ class Store:
         if not self._loaded:
             self._load_snapshot()
             self._loaded = True
-        events, self.offset = self.journal.read(self.offset)
-        for event in events:
-            try:
-                self.population.apply(event)
-            except (ValueError, KeyError, TypeError, IndexError) as err:
-                raise CorruptFile(self.paths.journal, f"event {self.population.events + 1} ({event.get('type')} of "
-                                  f"member {event.get('member')}) cannot be applied: {err}",
-                                  "restore the file from a backup, or cut the journal before that event and "
-                                  "delete state.json") from None
+        self.offset = self.journal.replay(self.offset, self._apply)
         return self.population
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        try:
+            self.population.apply(event)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise CorruptFile(self.paths.journal, f"event {self.population.events + 1} ({event.get('type')} of "
+                              f"member {event.get('member')}) cannot be applied: {err}",
+                              "restore the file from a backup, or cut the journal before that event and "
+                              "delete state.json") from None
 
     def _load_snapshot(self) -> None:
         """Start from state.json when it is valid; otherwise from an empty population (full replay)."""
         try:
-            data = json.loads(self.paths.state.read_bytes())
-            offset = int(data["offset"])
-            population = Population.from_dict(data["population"])
+            population, offset = decode(json.loads(self.paths.state.read_bytes()))
             self._check_journal_reaches(offset)
-            if data["format"] != SNAPSHOT_FORMAT or not self._is_line_boundary(offset):
+            if not self._is_line_boundary(offset):
                 raise ValueError("snapshot does not match the journal")
         except FileNotFoundError:
             return
         except (ValueError, TypeError, KeyError, AttributeError):
             self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
             return
-        self.population, self.offset, self._snapshot_events = population, offset, population.events
+        self.population, self.offset = population, offset
 
     def _check_journal_reaches(self, offset: int) -> None:
         """A journal shorter than the snapshot lost committed events: never replay it as if nothing happened."""
@@ -162,26 +161,32 @@ class Store:
     def rebuild(self) -> Population:
         """The population replayed from the whole journal, ignoring the snapshot."""
         population = self._empty_population()
-        for event in self.journal.read(0)[0]:
-            population.apply(event)
+        self.journal.replay(0, population.apply)
         return population
 
     def lease_infos(self) -> list[LeaseInfo]:
         """Every lease file and its heartbeat age, measured on the shared filesystem's clock.
 
-        A reader without write access (a read-only mount) falls back to this host's clock.
+        A lease file is read again only when its inode, size or mtime changed (a heartbeat changes
+        the mtime): every claim and commit lists the leases, and each worker's would otherwise be
+        parsed twice per interval by every other worker.
         """
         try:
             now = touch(self.paths.clock)
-        except OSError:
+        except OSError:  # a reader without write access (a read-only mount) falls back to this host's clock
             now = time.time()
-        infos = []
-        for path in sorted(self.paths.leases.glob("*.json")):
+        folder = self.paths.leases
+        infos, seen = [], {}
+        for name in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json")):
+            path = folder / name
             try:
-                age = now - path.stat().st_mtime
+                stat = path.stat()
             except FileNotFoundError:
                 continue
-            infos.append(LeaseInfo(path, Lease.read(path), age))
+            key = (name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            seen[key] = self._leases_read.get(key) or Lease.read(path)
+            infos.append(LeaseInfo(path, seen[key], now - stat.st_mtime))
+        self._leases_read = seen
         return infos
 
     # the critical section
@@ -298,15 +303,13 @@ class Store:
     # snapshot and garbage
 
     def _maybe_snapshot(self) -> None:
-        """Refresh state.json once the tail since the last one reaches the population size, and at the end."""
-        pending = self.population.events - self._snapshot_events
+        """Refresh state.json once the tail since it (whoever wrote it) reaches the population size, and at the end."""
+        pending = self.population.events - events_in(self.paths.state)
         if pending >= self.recipe.population or self.population.complete:
             self.write_snapshot()
 
     def write_snapshot(self) -> None:
-        write_json_atomic(self.paths.state, {"format": SNAPSHOT_FORMAT, "offset": self.offset,
-                                             "population": self.population.to_dict()})
-        self._snapshot_events = self.population.events
+        write_json_atomic(self.paths.state, encode(self.population, self.offset))
 
     def collect_garbage(self, live: list[Lease]) -> int:
         """Move unreferenced checkpoints and orphan staging folders to trash/; drop crashed writers' files.

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hopt_cli.errors import CorruptFile
 from hopt_cli.store.fsio import append_line
+
+CHUNK = 1 << 22  # bytes read at a time: replaying a journal of any length needs only this much at once
 
 
 class Journal:
@@ -20,16 +23,26 @@ class Journal:
 
     def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Complete events after byte `offset`, and the offset just past the last complete line."""
+        events: list[dict[str, Any]] = []
+        return events, self.replay(offset, events.append)
+
+    def replay(self, offset: int, apply: Callable[[dict[str, Any]], None]) -> int:
+        """Call `apply` on each complete event after byte `offset`, in order, reading in chunks.
+
+        Returns the offset just past the last complete line; a torn last line is left unread.
+        """
+        position = offset
         with open(self.path, "rb") as handle:
             handle.seek(offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1
-        events = []
-        position = offset
-        for line in data[:end].splitlines(keepends=True):
-            events.append(self._parse(line, position))
-            position += len(line)
-        return events, offset + end
+            rest = b""
+            while chunk := handle.read(CHUNK):
+                data = rest + chunk
+                end = data.rfind(b"\n") + 1
+                for line in data[:end].splitlines(keepends=True):
+                    apply(self._parse(line, position))
+                    position += len(line)
+                rest = data[end:]
+        return position
 
     def _parse(self, line: bytes, position: int) -> dict[str, Any]:
         try:
@@ -48,10 +61,11 @@ class Journal:
         if size == 0:
             return 0
         with open(self.path, "rb+") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return 0
             handle.seek(max(0, size - 65536))
             tail = handle.read()
-            if tail.endswith(b"\n"):
-                return 0
             cut = tail.rfind(b"\n")
             keep = size - len(tail) + cut + 1 if cut >= 0 else self._last_newline(handle, size - len(tail))
             handle.truncate(keep)

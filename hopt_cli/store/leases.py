@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class Lease:
     parent_checkpoint: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**vars(self), "holder": dict(vars(self.holder))}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lease:

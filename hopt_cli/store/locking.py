@@ -61,6 +61,7 @@ class ExperimentLock:
         self.timeout = timeout
         self.waited = 0.0
         self.held_since = 0.0
+        self.held = 0.0
 
     def __enter__(self) -> ExperimentLock:
         started = time.perf_counter()
@@ -79,6 +80,7 @@ class ExperimentLock:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self._release()
+        self.held = time.perf_counter() - self.held_since
 
     def _try_acquire(self) -> bool:
         raise NotImplementedError

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 
@@ -23,46 +24,48 @@ def checkpoint_token(name: str) -> str:
 
 @dataclass(frozen=True)
 class ExperimentPaths:
+    """Fixed paths are computed once (cached): a claim and a commit join two dozen of them."""
+
     root: Path
 
-    @property
+    @cached_property
     def experiment(self) -> Path:
         return self.root / "experiment.yaml"
 
-    @property
+    @cached_property
     def lock(self) -> Path:
         return self.root / "lock"
 
-    @property
+    @cached_property
     def journal(self) -> Path:
         return self.root / "journal.jsonl"
 
-    @property
+    @cached_property
     def state(self) -> Path:
         return self.root / "state.json"
 
-    @property
+    @cached_property
     def clock(self) -> Path:
         """Probe file touched under the lock: its mtime is the shared filesystem's 'now'."""
         return self.root / "clock"
 
-    @property
+    @cached_property
     def leases(self) -> Path:
         return self.root / "leases"
 
-    @property
+    @cached_property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
-    @property
+    @cached_property
     def staging(self) -> Path:
         return self.root / "staging"
 
-    @property
+    @cached_property
     def trash(self) -> Path:
         return self.root / "trash"
 
-    @property
+    @cached_property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -101,7 +104,7 @@ class ExperimentPaths:
         """`hopt doctor`'s probe folder, removed when it is done."""
         return self.root / f".hopt-doctor-{safe_name(token)}"
 
-    @property
+    @cached_property
     def folders(self) -> tuple[Path, ...]:
         return (self.leases, self.checkpoints, self.staging, self.trash, self.logs)
 

@@ -74,7 +74,7 @@ CASES = {
     "unwritable --dir": Case(("init", "{recipe}", "--dir", "/proc/hopt-test"), "cannot create the experiment in /proc"),
     "--dir under a file": Case(("init", "{recipe}", "--dir", "{file}/sub"), "cannot create the experiment in"),
     "unknown option": Case(("worker", "--dir", "{exp}", "--bogus"),
-                           "No such option '--bogus'; see `hopt worker --help`"),
+                           "No such option '--bogus'"),
     "missing --dir": Case(("status",), "Missing option '--dir'"),
     "--workers 0": Case(("run", "{recipe}", "--dir", "{new}", "--workers", "0"), "Invalid value for '--workers'"),
     "--array 0": Case(("slurm", "--dir", "{exp}", "--array", "0"), "--array must be at least 1 (got 0)"),

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.noop import noop
 from workers.toys import pbt_quadratic
 
 
@@ -85,3 +86,9 @@ scores_inf = _member_0_fails(lambda ctx: {**pbt_quadratic(ctx), "score": float("
 misses_metric = _member_0_fails(lambda ctx: {"loss": 1.0})
 hangs = _member_0_fails(_hang)
 dies = _member_0_fails(lambda ctx: os.kill(os.getpid(), signal.SIGKILL))  # as the kernel's OOM killer does
+
+
+def sleepy_noop(ctx: Any) -> float:
+    """workers/noop.py, 20 ms slower: long enough that a worker killed at random holds a lease."""
+    time.sleep(0.02)
+    return noop(ctx)

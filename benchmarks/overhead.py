@@ -1,0 +1,180 @@
+"""hopt's own cost per interval: a no-op population trained by 1, 2, 4 and 8 local worker processes.
+
+    python -m benchmarks.overhead [--ray --ray-python /path/to/python-with-ray]
+
+Each run creates a fresh experiment (under $TMPDIR) of workers/noop.py, starts real `hopt worker
+--verbose` processes and waits for them. Intervals per second are counted twice: over the whole wall
+time (interpreter start-up, imports and the last worker's exit included) and over the journal's span
+from the first claim to the last commit. Claim and commit times and lock wait and hold come from the
+workers' timing lines (hopt_cli/timing.py). With --ray, the same population runs under Ray Tune's PBT
+(benchmarks/ray_noop.py, in the interpreter given) in the same invocation. Prints a markdown report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.disk import SLACK, DiskWatch
+from benchmarks.machine import REPO, Machine, load_average
+from benchmarks.processes import hopt_command, start, wait
+from benchmarks.scale import percentile
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.timing import StepTiming
+
+RAY_SCRIPT = REPO / "benchmarks" / "ray_noop.py"
+DISK_EVERY = 0.01  # seconds between samples of checkpoints/: rarely enough to leave the CPUs to the workers
+
+
+def noop_recipe(population: int, intervals: int) -> Recipe:
+    return Recipe.from_dict({
+        "name": "noop", "seed": 0, "population": population, "intervals": intervals, "steps": 1,
+        "policy": {"name": "romul"}, "worker": "workers.noop:noop",
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}, "lease": {"timeout": 60, "heartbeat": 10},
+    })
+
+
+@dataclass
+class Runs:
+    """Every run of one configuration: rates per run, timings pooled."""
+
+    wall: list[float] = field(default_factory=list)
+    span: list[float] = field(default_factory=list)
+    intervals: list[int] = field(default_factory=list)
+    timings: list[StepTiming] = field(default_factory=list)
+    disk_excess: list[int] = field(default_factory=list)  # checkpoints beyond population + leases + keep_best
+
+    def rate(self) -> float:
+        """Median intervals per second over the whole wall time."""
+        return statistics.median(n / w for n, w in zip(self.intervals, self.wall))
+
+    def steady_rate(self) -> float:
+        """Median intervals per second from the first claim to the last commit."""
+        return statistics.median(n / s for n, s in zip(self.intervals, self.span))
+
+    def totals(self, step: str) -> list[float]:
+        return [t.total for t in self.timings if t.step == step]
+
+
+def run_hopt(population: int, intervals: int, workers: int, runs: Runs) -> None:
+    """One complete no-op experiment with `workers` worker processes, added to `runs`."""
+    with tempfile.TemporaryDirectory(prefix="hopt-overhead-") as temp:
+        root = Path(temp) / "exp"
+        logs = [Path(temp) / f"worker-{i}.log" for i in range(workers)]
+        started = time.perf_counter()
+        store = Store.create(root, noop_recipe(population, intervals))
+        with DiskWatch(root, DISK_EVERY) as watch:
+            processes = []
+            for index, log in enumerate(logs):
+                with open(log, "wb") as sink:
+                    processes.append(start(hopt_command("worker", "--dir", str(root), "--name", f"w{index}",
+                                                        "--verbose"), stdout=sink, stderr=subprocess.STDOUT))
+            failed = [m.returncode for m in (wait(p, started) for p in processes) if m.returncode != 0]
+        runs.wall.append(time.perf_counter() - started)
+        runs.disk_excess.append(watch.excess(population, store.recipe.keep_best))
+        if failed or not store.sync().complete:
+            raise SystemExit(f"a worker failed (exit statuses {failed}); see {logs[0]}")
+        events = store.journal.read(0)[0]
+        commits = [e for e in events if e["type"] == "commit"]
+        runs.intervals.append(len(commits))
+        runs.span.append(commits[-1]["time"] - events[0]["time"])
+        for log in logs:
+            runs.timings += [t for t in map(StepTiming.parse, log.read_text().splitlines()) if t is not None]
+
+
+@dataclass(frozen=True)
+class RayRun:
+    version: str
+    intervals: int
+    wall: float
+    span: float
+
+    @property
+    def rate(self) -> float:
+        return self.intervals / self.wall
+
+    @property
+    def steady_rate(self) -> float:
+        return self.intervals / self.span
+
+
+def run_ray(python: str, population: int, intervals: int) -> RayRun:
+    """The same no-op population under Ray Tune's PBT, in `python` (which must have ray[tune])."""
+    started = time.perf_counter()
+    done = subprocess.run([python, str(RAY_SCRIPT), "--population", str(population), "--intervals", str(intervals)],
+                          cwd=tempfile.gettempdir(), capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"Ray Tune run failed (exit status {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        raise SystemExit(f"{result['errors']} Ray Tune trials failed:\n{done.stderr[-3000:]}")
+    return RayRun(result["ray"], result["intervals"], wall, result["last"] - result["first"])
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{percentile(values, 50) * 1e3:.2f} / {percentile(values, 99) * 1e3:.2f}"
+
+
+def hopt_row(workers: int, runs: Runs) -> str:
+    every = runs.timings
+    return (f"| hopt | {workers} | {statistics.median(runs.intervals)} | {statistics.median(runs.wall):.2f} s "
+            f"| {runs.rate():.0f} | {runs.steady_rate():.0f} | {_ms(runs.totals('claim'))} "
+            f"| {_ms(runs.totals('commit'))} | {_ms([t.waited for t in every])} | {_ms([t.held for t in every])} "
+            f"| {max(runs.disk_excess):+d} |")
+
+
+def report(population: int, intervals: int, workers: list[int], repeats: int, ray_python: str | None) -> str:
+    lines = [f"no-op population {population} x {intervals} intervals; hopt: median of {repeats} runs per row, "
+             "timings pooled over them", "",
+             "| system | workers | intervals trained | wall | intervals/s (with start-up) | intervals/s (steady) "
+             "| claim p50 / p99 (ms) | commit p50 / p99 (ms) | lock wait p50 / p99 (ms) "
+             "| lock hold p50 / p99 (ms) | checkpoints beyond the bound |", "|---" * 11 + "|"]
+    loads = []
+    results = {}
+    for count in workers:
+        loads.append(f"{count} workers: {load_average()}")
+        runs = Runs()
+        for _ in range(repeats):
+            run_hopt(population, intervals, count, runs)
+        results[count] = runs
+        lines.append(hopt_row(count, runs))
+    if ray_python:
+        loads.append(f"Ray Tune: {load_average()}")
+        ray = run_ray(ray_python, population, intervals)
+        lines.append(f"| Ray Tune {ray.version} PBT | 1 trial per CPU | {ray.intervals} | {ray.wall:.1f} s "
+                     f"| {ray.rate:.2f} | {ray.steady_rate:.2f} | | | | | |")
+        lines += ["", "| hopt / Ray Tune | with start-up | steady |", "|---|---|---|"]
+        lines += [f"| {count} workers | {runs.rate() / ray.rate:.0f}x | {runs.steady_rate() / ray.steady_rate:.0f}x |"
+                  for count, runs in results.items()]
+    loads.append(f"end: {load_average()}")
+    notes = [f"checkpoints beyond the bound: the most ever sampled (every {DISK_EVERY * 1e3:.0f} ms) in checkpoints/ "
+             f"beyond population + live leases + keep_best; the bound allows {SLACK} (benchmarks/disk.py)",
+             "load average (1, 5, 15 min) at the start of each row: " + "; ".join(loads)]
+    return "\n".join(lines + [""] + notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument("--intervals", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ray", action="store_true", help="also run the population under Ray Tune's PBT")
+    parser.add_argument("--ray-python", default=sys.executable, help="an interpreter with ray[tune] installed")
+    args = parser.parse_args()
+    print(Machine.describe(Path(tempfile.gettempdir())).markdown(), "\n", sep="")
+    print(report(args.population, args.intervals, args.workers, args.repeats, args.ray_python if args.ray else None))
+
+
+if __name__ == "__main__":
+    main()

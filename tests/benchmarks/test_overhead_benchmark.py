@@ -1,0 +1,22 @@
+"""Smoke test of benchmarks/overhead.py: a tiny run through real workers yields a complete row."""
+from __future__ import annotations
+
+from benchmarks.overhead import Runs, hopt_row, report, run_hopt
+
+
+def test_a_tiny_run_counts_every_interval_and_times_every_step():
+    runs = Runs()
+    run_hopt(population=4, intervals=3, workers=1, runs=runs)
+
+    assert runs.intervals[0] <= 12 and runs.wall[0] > runs.span[0] > 0
+    steps = [t.step for t in runs.timings]
+    assert steps.count("claim") == steps.count("commit") == runs.intervals[0] and steps[-1] == "done"
+    assert runs.disk_excess[0] <= 2
+    assert hopt_row(1, runs).startswith("| hopt | 1 | ")
+
+
+def test_the_report_has_a_row_per_worker_count_and_no_ray_unless_asked():
+    text = report(population=4, intervals=2, workers=[1, 2], repeats=1, ray_python=None)
+
+    assert "| hopt | 1 |" in text and "| hopt | 2 |" in text
+    assert "Ray" not in text

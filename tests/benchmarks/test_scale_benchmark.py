@@ -1,0 +1,40 @@
+"""benchmarks/synthetic.py makes valid experiments; benchmarks/scale.py measures real processes on them."""
+from __future__ import annotations
+
+import json
+
+from benchmarks.scale import measure_worker, percentile
+from benchmarks.synthetic import generate
+from hopt_cli.store import Store
+
+
+def test_a_generated_experiment_is_valid_and_replays_to_its_snapshot(tmp_path):
+    generate(tmp_path / "exp", population=8, commits=500)
+
+    store = Store.open(tmp_path / "exp")
+    population = store.sync()
+    events = store.journal.read(0)[0]
+    assert sum(e["type"] == "commit" for e in events) == 500
+    assert 0 < json.loads(store.paths.state.read_text())["offset"] < store.offset
+    assert population.to_dict() == store.rebuild().to_dict()
+    assert not population.complete and population.failed is None
+    for name in population.referenced_checkpoints():
+        assert (store.paths.checkpoint(name) / "state.json").is_file()
+
+
+def test_a_real_worker_trains_on_a_generated_experiment_and_stops_on_sigterm(tmp_path):
+    generate(tmp_path / "exp", population=8, commits=200)
+
+    run = measure_worker(tmp_path / "exp", intervals=3)
+
+    assert run.measured.returncode == 0
+    assert len(run.commits) == 3 and len(run.claims) == 3 and run.startup > 0
+    store = Store.open(tmp_path / "exp")
+    assert store.sync().to_dict() == store.rebuild().to_dict()
+    assert sum(e["type"] == "commit" for e in store.journal.read(0)[0]) >= 203
+
+
+def test_percentile_is_the_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile([3.0], 99) == 3.0

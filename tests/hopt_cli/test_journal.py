@@ -1,0 +1,22 @@
+"""The journal read in chunks: the same events whatever the chunk size, a torn last line left unread."""
+from __future__ import annotations
+
+import json
+
+from hopt_cli.store import journal as journal_module
+from hopt_cli.store.journal import Journal
+
+
+def test_replay_in_small_chunks_sees_every_event_once_and_stops_before_a_torn_line(tmp_path, monkeypatch):
+    journal = Journal(tmp_path / "journal.jsonl")
+    events = [{"type": "claim", "member": i, "note": "x" * (i * 7 % 50)} for i in range(40)]
+    lines = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    journal.path.write_bytes(lines + b'{"type": "commit", "mem')
+    monkeypatch.setattr(journal_module, "CHUNK", 13)
+
+    seen: list[dict] = []
+    end = journal.replay(0, seen.append)
+
+    assert seen == events and end == len(lines)
+    middle = len(json.dumps(events[0])) + 1
+    assert journal.read(middle) == (events[1:], len(lines))

@@ -1,0 +1,30 @@
+"""The population state machine: lineages copied on exploit share storage, never history."""
+from __future__ import annotations
+
+from hopt_cli.population import Decision, Population
+
+
+def _events(member: int, action: str, parent: int | None, interval: int, checkpoint: str | None, score: float,
+            x: float) -> list[dict]:
+    decision = Decision(action, parent, checkpoint, interval, (x,), 0.1, interval, False).to_dict()
+    token = f"{member}-{interval}-{action}"
+    return [{"type": "claim", "member": member, "interval": interval, "token": token, "decision": decision},
+            {"type": "commit", "member": member, "interval": interval, "token": token, "checkpoint": token,
+             "score": score, "hparams": {"x": x}, "decision": decision}]
+
+
+def test_an_exploited_lineage_and_its_copy_grow_apart():
+    population = Population(2, 10)
+    for event in (_events(0, "start", None, 0, None, 1.0, 0.5) + _events(0, "continue", 0, 1, "0-0-start", 2.0, 0.5)
+                  + _events(1, "start", None, 0, None, 0.1, 0.9)
+                  + _events(1, "exploit", 0, 2, "0-1-continue", 3.0, 0.7)
+                  + _events(0, "continue", 0, 2, "0-1-continue", 2.5, 0.5)):
+        population.apply(event)
+
+    parent, child = population.members[0].lineage, population.members[1].lineage
+    assert parent.scores == [1.0, 2.0, 2.5]
+    assert child.scores == [1.0, 2.0, 3.0]
+    assert [(s.start, s.member, s.copied_from) for s in parent.segments] == [(0, 0, None)]
+    assert [(s.start, s.member, s.copied_from) for s in child.segments] == [(0, 0, None), (2, 1, 0)]
+    assert child.segments[0] is parent.segments[0]  # shared, which is safe because segments are frozen
+    assert population.best[0].lineage.scores == [1.0, 2.0, 3.0]
