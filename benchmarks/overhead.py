@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="also run the population under Ray Tune's PBT")
     parser.add_argument("--ray-python", default=sys.executable, help="an interpreter with ray[tune] installed")
     args = parser.parse_args()
-    print(Machine.describe(Path(tempfile.gettempdir())).markdown(), "\n", sep="")
+    machine = Machine.describe(Path(tempfile.gettempdir()))
+    print(f"command: `python -m benchmarks.overhead {' '.join(sys.argv[1:])}`", machine.markdown(), "", sep="\n")
     print(report(args.population, args.intervals, args.workers, args.repeats, args.ray_python if args.ray else None))
 
 
