@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from benchmarks.processes import hopt_command, start, wait
 from benchmarks.scale import percentile
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.timing import StepTiming
+from hopt_cli.timing import STEPS, StepTiming
 
 RAY_SCRIPT = REPO / "benchmarks" / "ray_noop.py"
 DISK_EVERY = 0.01  # seconds between samples of checkpoints/: rarely enough to leave the CPUs to the workers
@@ -43,12 +44,15 @@ def noop_recipe(population: int, intervals: int) -> Recipe:
 
 @dataclass
 class Runs:
-    """Every run of one configuration: rates per run, timings pooled."""
+    """Every run of one configuration; each statistic is taken per run, then the median over runs.
+
+    On a shared machine one disturbed run would otherwise set a pooled p99 alone.
+    """
 
     wall: list[float] = field(default_factory=list)
     span: list[float] = field(default_factory=list)
     intervals: list[int] = field(default_factory=list)
-    timings: list[StepTiming] = field(default_factory=list)
+    timings: list[list[StepTiming]] = field(default_factory=list)
     disk_excess: list[int] = field(default_factory=list)  # checkpoints beyond population + leases + keep_best
 
     def rate(self) -> float:
@@ -59,8 +63,13 @@ class Runs:
         """Median intervals per second from the first claim to the last commit."""
         return statistics.median(n / s for n, s in zip(self.intervals, self.span))
 
-    def totals(self, step: str) -> list[float]:
-        return [t.total for t in self.timings if t.step == step]
+    def percentiles(self, value: Callable[[StepTiming], float], steps: tuple[str, ...] = STEPS) -> str:
+        """p50 / p99 in ms of `value` over the steps named, per run, then the median over runs."""
+        runs = [values for values in ([value(t) for t in run if t.step in steps] for run in self.timings) if values]
+        if not runs:
+            return "-"
+        p50, p99 = (statistics.median(percentile(values, q) for values in runs) for q in (50, 99))
+        return f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f}"
 
 
 def run_hopt(population: int, intervals: int, workers: int, runs: Runs) -> None:
@@ -85,8 +94,7 @@ def run_hopt(population: int, intervals: int, workers: int, runs: Runs) -> None:
         commits = [e for e in events if e["type"] == "commit"]
         runs.intervals.append(len(commits))
         runs.span.append(commits[-1]["time"] - events[0]["time"])
-        for log in logs:
-            runs.timings += [t for t in map(StepTiming.parse, log.read_text().splitlines()) if t is not None]
+        runs.timings.append([t for log in logs for t in map(StepTiming.parse, log.read_text().splitlines()) if t])
 
 
 @dataclass(frozen=True)
@@ -119,23 +127,16 @@ def run_ray(python: str, population: int, intervals: int) -> RayRun:
     return RayRun(result["ray"], result["intervals"], wall, result["last"] - result["first"])
 
 
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{percentile(values, 50) * 1e3:.2f} / {percentile(values, 99) * 1e3:.2f}"
-
-
 def hopt_row(workers: int, runs: Runs) -> str:
-    every = runs.timings
-    return (f"| hopt | {workers} | {statistics.median(runs.intervals)} | {statistics.median(runs.wall):.2f} s "
-            f"| {runs.rate():.0f} | {runs.steady_rate():.0f} | {_ms(runs.totals('claim'))} "
-            f"| {_ms(runs.totals('commit'))} | {_ms([t.waited for t in every])} | {_ms([t.held for t in every])} "
-            f"| {max(runs.disk_excess):+d} |")
+    return (f"| hopt | {workers} | {statistics.median_low(runs.intervals)} | {statistics.median(runs.wall):.2f} s "
+            f"| {runs.rate():.0f} | {runs.steady_rate():.0f} | {runs.percentiles(lambda t: t.total, ('claim',))} "
+            f"| {runs.percentiles(lambda t: t.total, ('commit',))} | {runs.percentiles(lambda t: t.waited)} "
+            f"| {runs.percentiles(lambda t: t.held)} | {max(runs.disk_excess):+d} |")
 
 
 def report(population: int, intervals: int, workers: list[int], repeats: int, ray_python: str | None) -> str:
-    lines = [f"no-op population {population} x {intervals} intervals; hopt: median of {repeats} runs per row, "
-             "timings pooled over them", "",
+    lines = [f"no-op population {population} x {intervals} intervals; hopt: each figure is the median over "
+             f"{repeats} runs of that run's figure", "",
              "| system | workers | intervals trained | wall | intervals/s (with start-up) | intervals/s (steady) "
              "| claim p50 / p99 (ms) | commit p50 / p99 (ms) | lock wait p50 / p99 (ms) "
              "| lock hold p50 / p99 (ms) | checkpoints beyond the bound |", "|---" * 11 + "|"]
@@ -159,7 +160,8 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
     loads.append(f"end: {load_average()}")
     notes = [f"checkpoints beyond the bound: the most ever sampled (every {DISK_EVERY * 1e3:.0f} ms) in checkpoints/ "
              f"beyond population + live leases + keep_best; the bound allows {SLACK} (benchmarks/disk.py)",
-             "load average (1, 5, 15 min) at the start of each row: " + "; ".join(loads)]
+             "load average (1, 5, 15 min) at the start of each row (after the first, raised by this benchmark's own "
+             "processes): " + "; ".join(loads)]
     return "\n".join(lines + [""] + notes)
 
 
@@ -168,11 +170,12 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--intervals", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ray", action="store_true", help="also run the population under Ray Tune's PBT")
     parser.add_argument("--ray-python", default=sys.executable, help="an interpreter with ray[tune] installed")
     args = parser.parse_args()
-    print(Machine.describe(Path(tempfile.gettempdir())).markdown(), "\n", sep="")
+    machine = Machine.describe(Path(tempfile.gettempdir()))
+    print(f"command: `python -m benchmarks.overhead {' '.join(sys.argv[1:])}`", machine.markdown(), "", sep="\n")
     print(report(args.population, args.intervals, args.workers, args.repeats, args.ray_python if args.ray else None))
 
 

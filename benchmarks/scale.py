@@ -14,6 +14,7 @@ import math
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -112,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hopt-scale-") as temp:
         root = Path(temp) / "exp"
-        print(Machine.describe(Path(temp)).markdown(), "\n", sep="")
+        machine = Machine.describe(Path(temp))
+        print(f"command: `python -m benchmarks.scale {' '.join(sys.argv[1:])}`", machine.markdown(), "", sep="\n")
         print(report(args.population, args.commits, args.intervals, root))
 
 

@@ -170,7 +170,7 @@ class Population:
             cached = MemberView(
                 member=state.member,
                 interval=state.interval,
-                scores=tuple(self.normalized(s) for s in state.lineage.scores),
+                scores=tuple(state.lineage.scores) if self.maximize else tuple(-s for s in state.lineage.scores),
                 coords=tuple(state.coords),
                 sigma=state.sigma,
                 last_change=state.last_change,

@@ -28,3 +28,13 @@ def test_an_exploited_lineage_and_its_copy_grow_apart():
     assert [(s.start, s.member, s.copied_from) for s in child.segments] == [(0, 0, None), (2, 1, 0)]
     assert child.segments[0] is parent.segments[0]  # shared, which is safe because segments are frozen
     assert population.best[0].lineage.scores == [1.0, 2.0, 3.0]
+
+
+def test_a_view_turns_a_minimized_objective_so_that_higher_is_better():
+    for maximize, expected in ((True, (1.0, 2.0)), (False, (-1.0, -2.0))):
+        population = Population(2, 10, maximize=maximize)
+        for event in _events(0, "start", None, 0, None, 1.0, 0.5) + _events(0, "continue", 0, 1, "0-0-start", 2.0, 0.5):
+            population.apply(event)
+
+        assert population.view().members[0].scores == expected
+        assert population.view() is population.view()  # kept until the next commit
