@@ -52,7 +52,7 @@ class Runs:
     wall: list[float] = field(default_factory=list)
     span: list[float] = field(default_factory=list)
     intervals: list[int] = field(default_factory=list)
-    timings: list[list[StepTiming]] = field(default_factory=list)
+    timings: list[list[list[StepTiming]]] = field(default_factory=list)  # per run, per worker
     disk_excess: list[int] = field(default_factory=list)  # checkpoints beyond population + leases + keep_best
 
     def rate(self) -> float:
@@ -63,9 +63,18 @@ class Runs:
         """Median intervals per second from the first claim to the last commit."""
         return statistics.median(n / s for n, s in zip(self.intervals, self.span))
 
-    def percentiles(self, value: Callable[[StepTiming], float], steps: tuple[str, ...] = STEPS) -> str:
-        """p50 / p99 in ms of `value` over the steps named, per run, then the median over runs."""
-        runs = [values for values in ([value(t) for t in run if t.step in steps] for run in self.timings) if values]
+    def percentiles(self, value: Callable[[StepTiming], float], steps: tuple[str, ...] = STEPS,
+                    steady: bool = False) -> str:
+        """p50 / p99 in ms of `value` over the steps named, per run, then the median over runs.
+
+        `steady`: only steps that ended once every worker had made its first step (start-up over).
+        """
+        runs = []
+        for workers in self.timings:
+            since = max(w[0].at for w in workers if w) if steady else 0.0
+            values = [value(t) for w in workers for t in w if t.step in steps and t.at > since]
+            if values:
+                runs.append(values)
         if not runs:
             return "-"
         p50, p99 = (statistics.median(percentile(values, q) for values in runs) for q in (50, 99))
@@ -94,7 +103,7 @@ def run_hopt(population: int, intervals: int, workers: int, runs: Runs) -> None:
         commits = [e for e in events if e["type"] == "commit"]
         runs.intervals.append(len(commits))
         runs.span.append(commits[-1]["time"] - events[0]["time"])
-        runs.timings.append([t for log in logs for t in map(StepTiming.parse, log.read_text().splitlines()) if t])
+        runs.timings.append([[t for t in map(StepTiming.parse, log.read_text().splitlines()) if t] for log in logs])
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,8 @@ def hopt_row(workers: int, runs: Runs) -> str:
     return (f"| hopt | {workers} | {statistics.median_low(runs.intervals)} | {statistics.median(runs.wall):.2f} s "
             f"| {runs.rate():.0f} | {runs.steady_rate():.0f} | {runs.percentiles(lambda t: t.total, ('claim',))} "
             f"| {runs.percentiles(lambda t: t.total, ('commit',))} | {runs.percentiles(lambda t: t.waited)} "
-            f"| {runs.percentiles(lambda t: t.held)} | {max(runs.disk_excess):+d} |")
+            f"| {runs.percentiles(lambda t: t.held)} | {runs.percentiles(lambda t: t.held, steady=True)} "
+            f"| {max(runs.disk_excess):+d} |")
 
 
 def report(population: int, intervals: int, workers: list[int], repeats: int, ray_python: str | None) -> str:
@@ -139,7 +149,9 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
              f"{repeats} runs of that run's figure", "",
              "| system | workers | intervals trained | wall | intervals/s (with start-up) | intervals/s (steady) "
              "| claim p50 / p99 (ms) | commit p50 / p99 (ms) | lock wait p50 / p99 (ms) "
-             "| lock hold p50 / p99 (ms) | checkpoints beyond the bound |", "|---" * 11 + "|"]
+             "| lock hold p50 / p99 (ms) | lock hold p50 / p99, all workers started (ms) "
+             "| checkpoints beyond the bound |",
+             "|---" * 12 + "|"]
     loads = []
     results = {}
     for count in workers:
@@ -153,7 +165,7 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
         loads.append(f"Ray Tune: {load_average()}")
         ray = run_ray(ray_python, population, intervals)
         lines.append(f"| Ray Tune {ray.version} PBT | 1 trial per CPU | {ray.intervals} | {ray.wall:.1f} s "
-                     f"| {ray.rate:.2f} | {ray.steady_rate:.2f} | | | | | |")
+                     f"| {ray.rate:.2f} | {ray.steady_rate:.2f} | | | | | | |")
         lines += ["", "| hopt / Ray Tune | with start-up | steady |", "|---|---|---|"]
         lines += [f"| {count} workers | {runs.rate() / ray.rate:.0f}x | {runs.steady_rate() / ray.steady_rate:.0f}x |"
                   for count, runs in results.items()]

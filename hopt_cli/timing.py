@@ -21,6 +21,7 @@ class StepTiming:
     waited: float
     held: float
     total: float
+    at: float  # when the step ended (time.time()), to tell start-up from the steady state
 
     def __str__(self) -> str:
         return f"{TAG} {json.dumps(asdict(self), separators=(',', ':'))}"

@@ -172,7 +172,7 @@ class Worker:
         """One DEBUG line with the lock wait and hold of the step that just ended (see hopt_cli/timing.py)."""
         if log.isEnabledFor(logging.DEBUG):
             lock = self.store.lock
-            log.debug("%s", StepTiming(step, lock.waited, lock.held, time.perf_counter() - started))
+            log.debug("%s", StepTiming(step, lock.waited, lock.held, time.perf_counter() - started, time.time()))
 
     def _train(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
         """Run the trainable with a heartbeat thread keeping the lease alive."""

@@ -53,7 +53,7 @@ class Store:
         self.population = self._empty_population()
         self.offset = 0
         self._loaded = False
-        self._leases_read: dict[tuple[str, int, int, int], Lease | None] = {}
+        self._leases_read: dict[tuple[str, int, int, int], tuple[Path, Lease | None]] = {}
 
     @classmethod
     def create(cls, root: str | Path, recipe: Recipe) -> Store:
@@ -175,19 +175,23 @@ class Store:
             now = touch(self.paths.clock)
         except OSError:  # a reader without write access (a read-only mount) falls back to this host's clock
             now = time.time()
-        folder = self.paths.leases
+        with os.scandir(self.paths.leases) as entries:
+            found = sorted((e for e in entries if e.name.endswith(".json")), key=lambda e: e.name)
         infos, seen = [], {}
-        for name in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json")):
-            path = folder / name
+        for entry in found:
             try:
-                stat = path.stat()
+                stat = entry.stat()
             except FileNotFoundError:
                 continue
-            key = (name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            seen[key] = self._leases_read.get(key) or Lease.read(path)
-            infos.append(LeaseInfo(path, seen[key], now - stat.st_mtime))
+            key = (entry.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            path, lease = seen[key] = self._leases_read.get(key) or self._read_lease(entry.name)
+            infos.append(LeaseInfo(path, lease, now - stat.st_mtime))
         self._leases_read = seen
         return infos
+
+    def _read_lease(self, name: str) -> tuple[Path, Lease | None]:
+        path = self.paths.leases / name
+        return path, Lease.read(path)
 
     # the critical section
 

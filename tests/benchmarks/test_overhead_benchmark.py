@@ -9,7 +9,7 @@ def test_a_tiny_run_counts_every_interval_and_times_every_step():
     run_hopt(population=4, intervals=3, workers=1, runs=runs)
 
     assert runs.intervals[0] <= 12 and runs.wall[0] > runs.span[0] > 0
-    steps = [t.step for t in runs.timings[0]]
+    steps = [t.step for t in runs.timings[0][0]]
     assert steps.count("claim") == steps.count("commit") == runs.intervals[0] and steps[-1] == "done"
     assert runs.disk_excess[0] <= 2
     assert hopt_row(1, runs).startswith("| hopt | 1 | ")

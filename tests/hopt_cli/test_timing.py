@@ -11,7 +11,7 @@ from tests.conftest import toy_recipe
 
 
 def test_a_timing_line_reads_back_as_the_same_record():
-    timing = StepTiming("commit", 0.000125, 0.0021, 0.0031)
+    timing = StepTiming("commit", 0.000125, 0.0021, 0.0031, 1_800_000_000.125)
     line = f"2026-01-01 12:00:00,000 local-0 DEBUG {timing}"
 
     assert StepTiming.parse(line) == timing
