@@ -120,6 +120,7 @@ class Worker:
             complete = population.complete
             if complete:  # leave nothing behind: the leases and checkpoints of workers that died
                 self.store.collect_garbage(live)
+                self.store.drop_leftovers()
             else:
                 plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
                                  self.recipe.seed)
@@ -140,12 +141,13 @@ class Worker:
         started = time.monotonic()
         outcome, fenced = (STOPPED, False) if self.stop.requested else self._train(claim, staging)
         committing = time.perf_counter()
+        trained = staging if outcome.error is not None else self.store.publish(claim.lease, staging)
         with self.store.transaction() as population:
             if self.stop.requested:
-                self.store.release(claim.lease, "stop requested", staging)
+                self.store.release(claim.lease, "stop requested", trained)
                 result = "released at once (stop requested)"
             elif outcome.error is not None:
-                if self.store.fail(claim.lease, outcome.error, staging):
+                if self.store.fail(claim.lease, outcome.error, trained):
                     self.report.failures += 1
                     result = f"FAILED: {outcome.error}"
                 else:
@@ -153,7 +155,7 @@ class Worker:
                     result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
             else:
                 name = self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score,
-                                         outcome.metrics, staging)
+                                         outcome.metrics, trained)
                 if name is None:
                     self.report.fenced += 1
                     result = "discarded: our lease was reclaimed (presumed dead), another worker owns it"

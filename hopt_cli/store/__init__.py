@@ -246,7 +246,7 @@ class Store:
         origin = {"worker": holder.worker, "host": holder.host, "pid": holder.pid}
         self._append(claim_event(member, decision, hparams, lease.token, self.population.members[member].claims,
                                  origin))
-        write_json_atomic(self.paths.lease(member), lease.to_dict())
+        write_json_atomic(self.paths.lease(member), lease.to_dict(), sync_dir=False)
         return lease
 
     def holds(self, lease: Lease) -> bool:
@@ -254,15 +254,25 @@ class Store:
         current = Lease.read(self.paths.lease(lease.member))
         return current is not None and current.token == lease.token
 
+    def publish(self, lease: Lease, staging: Path) -> Path:
+        """Move a trained interval to its checkpoint name before `commit` records it, outside the lock.
+
+        The name ends with the lease's token, which keeps it from the garbage collector while the lease
+        lives; if the lease is lost, the folder is collected like a staging folder.
+        """
+        checkpoint = self.paths.checkpoint(checkpoint_name(lease.member, lease.interval, lease.token))
+        with contextlib.suppress(FileNotFoundError):  # collected: our lease was reclaimed, commit will say so
+            os.rename(staging, checkpoint)
+            fsync_dir(self.paths.checkpoints)
+        return checkpoint
+
     def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
-               metrics: dict[str, Any], staging: Path) -> str | None:
-        """Publish the checkpoint and record the interval; None if our token was fenced off."""
-        if not self.holds(lease):
-            self._discard(staging)
+               metrics: dict[str, Any], checkpoint: Path) -> str | None:
+        """Record the interval `publish` named; None if our token was fenced off. Call inside `transaction()`."""
+        if not self.holds(lease) or not checkpoint.is_dir():
+            self._discard(checkpoint)
             return None
-        name = checkpoint_name(lease.member, lease.interval, lease.token)
-        os.rename(staging, self.paths.checkpoint(name))
-        fsync_dir(self.paths.checkpoints)
+        name = checkpoint.name
         self._append(commit_event(lease.member, decision, hparams, lease.token, name, score, metrics,
                                   lease.holder.worker))
         self.paths.lease(lease.member).unlink()
@@ -278,9 +288,9 @@ class Store:
         self.paths.lease(lease.member).unlink()
         return True
 
-    def release(self, lease: Lease, reason: str, staging: Path) -> bool:
-        """Give a member back untrained (preemption); another worker may take it at once."""
-        self._discard(staging)
+    def release(self, lease: Lease, reason: str, trained: Path) -> bool:
+        """Give a member back untrained (preemption), discarding `trained`; another worker may take it at once."""
+        self._discard(trained)
         if not self.holds(lease):
             return False
         self._append({"type": "release", "member": lease.member, "interval": lease.interval,
@@ -311,12 +321,13 @@ class Store:
         pending = self.population.events - events_in(self.paths.state)
         if pending >= self.recipe.population or self.population.complete:
             self.write_snapshot()
+            self.drop_leftovers()  # crashes are rare: once per snapshot keeps their leftovers bounded
 
     def write_snapshot(self) -> None:
-        write_json_atomic(self.paths.state, encode(self.population, self.offset))
+        write_json_atomic(self.paths.state, encode(self.population, self.offset), sync_dir=False)
 
     def collect_garbage(self, live: list[Lease]) -> int:
-        """Move unreferenced checkpoints and orphan staging folders to trash/; drop crashed writers' files.
+        """Move unreferenced checkpoints and orphan staging folders to trash/.
 
         Call inside `transaction()` with the live leases; `empty_trash()` deletes outside the lock.
         Nothing in use goes even if the lock ever failed and another worker committed or claimed
@@ -334,7 +345,6 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
                         moved += 1
-        self._drop_leftovers()
         return moved
 
     def _wanted(self, live: list[Lease]) -> set[str]:
@@ -347,7 +357,7 @@ class Store:
         return [entry for folder in (self.paths.checkpoints, self.paths.staging) for entry in os.scandir(folder)
                 if entry.name not in wanted]
 
-    def _drop_leftovers(self) -> None:
+    def drop_leftovers(self) -> None:
         """Delete temporary files and hard-lock claims that crashed writers left behind.
 
         Temp files of writes made under the lock (state.json, leases) cannot be in flight; others (of
@@ -375,9 +385,9 @@ class Store:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(entry.path)
 
-    def _discard(self, staging: Path) -> None:
-        if staging.exists():
-            os.rename(staging, self.paths.trash / f"{staging.name}.{secrets.token_hex(4)}")
+    def _discard(self, folder: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(folder, self.paths.trash / f"{folder.name}.{secrets.token_hex(4)}")
 
     def _note(self, message: str) -> None:
         logging.getLogger("hopt").warning(message)
