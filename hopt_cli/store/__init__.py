@@ -197,11 +197,20 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Population]:
-        """Hold the lock with the journal repaired and the population current."""
+        """Hold the lock with the journal repaired and the population current.
+
+        A transaction that appended events may refresh the snapshot, after the lock is released.
+        """
         with self.lock:
             if self.journal.repair_tail():
                 self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
-            yield self.sync()
+            before = self.sync().events
+            yield self.population
+            due = self.population.events != before and self._snapshot_due()
+            if due:
+                self.drop_leftovers()  # crashes are rare: once per snapshot keeps their leftovers bounded
+        if due:
+            self.write_snapshot()
 
     def _append(self, event: dict[str, Any]) -> None:
         event = {**event, "time": round(time.time(), 3)}
@@ -276,7 +285,6 @@ class Store:
         self._append(commit_event(lease.member, decision, hparams, lease.token, name, score, metrics,
                                   lease.holder.worker))
         self.paths.lease(lease.member).unlink()
-        self._maybe_snapshot()
         return name
 
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
@@ -316,14 +324,16 @@ class Store:
 
     # snapshot and garbage
 
-    def _maybe_snapshot(self) -> None:
-        """Refresh state.json once the tail since it (whoever wrote it) reaches the population size, and at the end."""
+    def _snapshot_due(self) -> bool:
+        """Whether the tail since state.json (whoever wrote it) reaches the population size, or we are done."""
         pending = self.population.events - events_in(self.paths.state)
-        if pending >= self.recipe.population or self.population.complete:
-            self.write_snapshot()
-            self.drop_leftovers()  # crashes are rare: once per snapshot keeps their leftovers bounded
+        return pending >= self.recipe.population or self.population.complete
 
     def write_snapshot(self) -> None:
+        """Write state.json from this store's view; any process may, with or without the lock.
+
+        Two writers may race and the older snapshot win: a reader then replays a longer tail.
+        """
         write_json_atomic(self.paths.state, encode(self.population, self.offset), sync_dir=False)
 
     def collect_garbage(self, live: list[Lease]) -> int:
@@ -360,21 +370,19 @@ class Store:
     def drop_leftovers(self) -> None:
         """Delete temporary files and hard-lock claims that crashed writers left behind.
 
-        Temp files of writes made under the lock (state.json, leases) cannot be in flight; others (of
+        Temp files of leases, written under the lock, cannot be in flight; others (of state.json,
         experiment.yaml, the sbatch script) are dropped once older than the lease timeout, as are claims
-        of hard-link lockers that died waiting.
+        of hard-link lockers that died waiting. Call inside `transaction()`.
         """
         now = touch(self.paths.clock)
         old = self.recipe.lease.timeout
-        under_lock = f".{self.paths.state.name}"
         for folder in (self.paths.root, self.paths.leases, self.paths.slurm):
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(folder):
                     if not is_temporary(entry.name):
                         continue
                     with contextlib.suppress(FileNotFoundError):
-                        if (folder == self.paths.leases or entry.name.startswith(under_lock)
-                                or now - entry.stat().st_mtime > old):
+                        if folder == self.paths.leases or now - entry.stat().st_mtime > old:
                             os.unlink(entry.path)
         for claim in abandoned_claims(self.paths, Holder.this_process("gc"), now, self.lock.timeout):
             claim.unlink(missing_ok=True)

@@ -189,6 +189,17 @@ class TestStoreProtocol:
         assert not published.exists()
 
 
+    def test_a_snapshot_being_written_outside_the_lock_is_left_alone(self, make_store, tmp_path):
+        store = make_store(tmp_path / "exp", population=2, intervals=2)
+        in_flight = store.paths.root / ".state.json.tmp-999-abcd"
+        in_flight.write_text("half")
+
+        with store.transaction():
+            store.drop_leftovers()
+
+        assert in_flight.exists()
+
+
     def test_a_commit_without_its_checkpoint_records_nothing(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
         claim, staging = claim_one(store, Worker(store, "w"))
