@@ -15,13 +15,12 @@ from typing import Any
 from hopt_cli import history, schedule
 from hopt_cli.errors import HoptError
 from hopt_cli.history import Commit, Event
-from hopt_cli.population import Lineage, MemberState
+from hopt_cli.population import Lineage, MemberState, Population
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.fsio import write_atomic
 
 SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
-ETA_WINDOW = 2  # the ETA extrapolates the rate of the last ETA_WINDOW x population commits
 
 
 @dataclass(frozen=True)
@@ -116,12 +115,10 @@ class Experiment:
         window = getattr(self.recipe.policy, "ready", 2)
         members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
-        events = self._journal()
-        commits = history.commits(events)
-        started = events[0]["time"] if events else None
-        now = commits[-1].time if population.complete and commits else time.time()
+        started = population.started
+        now = population.progress[-1][0] if population.complete and population.progress else time.time()
         live = sorted({s.worker for s in leases.values() if not s.stale})
-        eta = 0.0 if population.complete else self._eta(commits, started, now) if live else None
+        eta = 0.0 if population.complete else self._eta(population, now) if live else None
         r = self.recipe
         return Status(
             r.name, r.policy_name, r.objective.metric, r.objective.mode, r.population, r.intervals,
@@ -142,13 +139,12 @@ class Experiment:
         return MemberStatus(state.member, state.interval, scores[-1] if scores else None, robust, state.hparams,
                             state.sigma, state.explorer, state.failures, state.last_error, lease)
 
-    def _eta(self, commits: list[Commit], started: float | None, now: float) -> float | None:
-        """Seconds left at the rate of the last ETA_WINDOW x population commits; None without progress."""
-        if started is None or not commits:
+    def _eta(self, population: Population, now: float) -> float | None:
+        """Seconds left at the rate of the population's recent commits; None without progress."""
+        if not population.progress:
             return None
-        points = [(started, 0), *history.progress(commits, self.recipe.intervals)]
-        since, done_then = points[max(0, len(points) - 1 - ETA_WINDOW * self.recipe.population)]
-        done = points[-1][1]
+        since, done_then = population.progress[0]
+        done = population.intervals_done
         if done <= done_then or now <= since:
             return None
         return round((self.recipe.population * self.recipe.intervals - done) * (now - since) / (done - done_then), 1)

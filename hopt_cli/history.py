@@ -104,13 +104,3 @@ def readable(events: list[dict[str, Any]]) -> list[Event]:
 def _changes(old: dict[str, Any] | None, new: dict[str, Any]) -> tuple[Change, ...]:
     old = old or {}
     return tuple(Change(name, old.get(name), value) for name, value in new.items() if old.get(name) != value)
-
-
-def progress(commits: list[Commit], intervals: int) -> list[tuple[float, int]]:
-    """(time, intervals done) after each commit; an exploit moves a member to its parent's interval."""
-    reached: dict[int, int] = {}
-    points = []
-    for c in commits:
-        reached[c.member] = min(c.interval + 1, intervals)
-        points.append((c.time, sum(reached.values())))
-    return points

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
+PROGRESS_WINDOW = 2  # commits per member of recent progress the population keeps for the ETA
 
 @dataclass(frozen=True)
 class MemberView:
@@ -140,6 +141,9 @@ class Population:
     best: list[BestEntry] = field(default_factory=list)
     failed: str | None = None
     events: int = 0
+    intervals_done: int = 0
+    started: float | None = None  # time of the first event
+    progress: list[tuple[float, int]] = field(default_factory=list)  # (time, intervals done), recent only
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -150,10 +154,6 @@ class Population:
     @property
     def complete(self) -> bool:
         return all(m.interval >= self.intervals for m in self.members)
-
-    @property
-    def intervals_done(self) -> int:
-        return sum(min(m.interval, self.intervals) for m in self.members)
 
     def normalized(self, score: float) -> float:
         """The objective turned so that higher is better."""
@@ -192,10 +192,22 @@ class Population:
 
     def apply(self, event: dict[str, Any]) -> None:
         """Advance the state by one journal event."""
+        if self.started is None and "time" in event:
+            self.started = event["time"]
+            self.progress.append((self.started, 0))
         handler = _HANDLERS.get(event["type"])
         if handler is not None:
             handler(self, event)
         self.events += 1
+
+    def _record_progress(self, event: dict[str, Any]) -> None:
+        """Keep (time, intervals done) after the last PROGRESS_WINDOW x size commits: a status's ETA
+        extrapolates them without reading the journal."""
+        if "time" in event:
+            self.progress.append((event["time"], self.intervals_done))
+            excess = len(self.progress) - PROGRESS_WINDOW * self.size - 1
+            if excess > 0:
+                del self.progress[:excess]
 
     def _current(self, event: dict[str, Any]) -> MemberState | None:
         """The member an end-of-lease event is about, or None if a later claim superseded its lease.
@@ -232,6 +244,7 @@ class Population:
         hparams = event["hparams"]
         _extend_schedule(member.lineage, decision, member.member, hparams)
         member.lineage.scores.append(event["score"])
+        self.intervals_done += min(decision.interval + 1, self.intervals) - min(member.interval, self.intervals)
         member.interval = decision.interval + 1
         member.checkpoint = event["checkpoint"]
         member.coords = list(decision.coords)
@@ -245,6 +258,7 @@ class Population:
         self._views.pop(member.member, None)
         self._view = None
         self._record_best(member)
+        self._record_progress(event)
 
     def _on_fail(self, event: dict[str, Any]) -> None:
         member = self._current(event)

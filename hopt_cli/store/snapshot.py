@@ -19,7 +19,7 @@ from typing import Any
 
 from hopt_cli.population import BestEntry, Lineage, MemberState, Population, Segment
 
-FORMAT = 3  # 3: segments stored once as a tree, scores as float64 bytes, claim tokens
+FORMAT = 4  # 3: segments stored once as a tree, scores as float64 bytes, claim tokens; 4: recent progress
 _LISTS = ("members", "pending", "best")
 _HEAD = re.compile(rb'\{"format":(\d+),"offset":\d+,"events":(\d+),')  # as write_json_atomic writes it
 
@@ -77,6 +77,7 @@ def decode(document: dict[str, Any]) -> tuple[Population, int]:
     data["members"] = [MemberState(**{**m, "lineage": lineage(m["lineage"])}) for m in data["members"]]
     data["pending"] = {int(k): lineage(v) for k, v in data["pending"].items()}
     data["best"] = [BestEntry(**{**b, "lineage": lineage(b["lineage"])}) for b in data["best"]]
+    data["progress"] = [(at, done) for at, done in data["progress"]]
     return Population(**data), int(document["offset"])
 
 

@@ -38,3 +38,20 @@ def test_a_view_turns_a_minimized_objective_so_that_higher_is_better():
 
         assert population.view().members[0].scores == expected
         assert population.view() is population.view()  # kept until the next commit
+
+
+def test_progress_counts_an_exploit_as_a_jump_and_keeps_only_recent_commits():
+    population = Population(2, 10)
+    timed = []
+    for moment, event in enumerate(
+            _events(0, "start", None, 0, None, 1.0, 0.5) + _events(0, "continue", 0, 1, "0-0-start", 2.0, 0.5)
+            + _events(0, "continue", 0, 2, "0-1-continue", 2.5, 0.5) + _events(1, "start", None, 0, None, 0.1, 0.9)
+            + _events(1, "exploit", 0, 3, "0-2-continue", 3.0, 0.7)):
+        timed.append({**event, "time": 100.0 + moment})
+        population.apply(timed[-1])
+
+    assert population.intervals_done == 3 + 4  # member 1 jumped from interval 1 to its parent's 4
+    assert population.intervals_done == sum(m.interval for m in population.members)
+    assert population.started == 100.0
+    commits = [(e["time"], done) for e, done in zip((e for e in timed if e["type"] == "commit"), (1, 2, 3, 4, 7))]
+    assert population.progress == commits  # 2 x size commits; the start point has gone
