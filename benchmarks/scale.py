@@ -35,6 +35,7 @@ class WorkerRun:
     startup: float  # spawn to the end of its first claim (open, snapshot, tail replay, first decision)
     claims: list[float]
     commits: list[float]
+    held: list[float]  # lock hold of each of those claims and commits
     measured: Measured
 
 
@@ -46,19 +47,21 @@ def measure_worker(root: Path, intervals: int) -> WorkerRun:
     started = time.perf_counter()
     process = start(hopt_command("worker", "--dir", str(root), "--name", "scale", "--verbose"),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    startup, claims, commits = 0.0, [], []
+    startup, claims, commits, held = 0.0, [], [], []
     for line in process.stderr:
         timing = StepTiming.parse(line)
-        if timing is None:
+        if timing is None or len(commits) >= intervals:
             continue
         if timing.step == "claim":
             startup = startup or time.perf_counter() - started
             claims.append(timing.total)
+            held.append(timing.held)
         elif timing.step == "commit":
             commits.append(timing.total)
+            held.append(timing.held)
             if len(commits) == intervals:
                 process.send_signal(signal.SIGTERM)
-    return WorkerRun(startup, claims[:intervals], commits[:intervals], wait(process, started))
+    return WorkerRun(startup, claims[:intervals], commits, held[:2 * intervals], wait(process, started))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +101,8 @@ def report(population: int, commits: int, intervals: int, root: Path) -> str:
         "", f"`hopt worker` on it, {len(both)} no-op intervals (worker exit status {worker.measured.returncode}):",
         "", "| | p50 | p99 | max |", "|---|---|---|---|",
         *(f"| {name} | {percentile(v, 50) * 1e3:.1f} ms | {percentile(v, 99) * 1e3:.1f} ms | {max(v) * 1e3:.1f} ms |"
-          for name, v in (("claim", worker.claims), ("commit", worker.commits), ("claim + commit", both))),
+          for name, v in (("claim", worker.claims), ("commit", worker.commits), ("claim + commit", both),
+                          ("lock hold (claims and commits)", worker.held))),
         "", f"worker start-up to its first claim: {worker.startup:.2f} s; worker peak memory "
             f"{worker.measured.peak_mb:.0f} MB",
     ]
