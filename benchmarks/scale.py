@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import statistics
 import subprocess
@@ -84,6 +85,7 @@ def report(population: int, commits: int, intervals: int, root: Path) -> str:
     started = time.perf_counter()
     store = generate(root, population, commits)
     generated = time.perf_counter() - started
+    os.sync()  # else the kernel writes the generator's gigabyte back while we measure, and every fsync waits
     journal_mb = store.paths.journal.stat().st_size / 1e6
     state_mb = sum(p.stat().st_size for p in store.paths.root.glob("state*")) / 1e6
     rows = []

@@ -199,8 +199,12 @@ class Store:
     def transaction(self) -> Iterator[Population]:
         """Hold the lock with the journal repaired and the population current.
 
-        A transaction that appended events may refresh the snapshot, after the lock is released.
+        The population catches up before the lock too (a reader needs no lock), so that inside it
+        only what others appended meanwhile is read: a new worker's first claim on a large
+        experiment otherwise held the lock while it read the snapshot. A transaction that appended
+        events may refresh the snapshot, after the lock is released.
         """
+        self.sync()
         with self.lock:
             if self.journal.repair_tail():
                 self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
