@@ -141,13 +141,15 @@ class Worker:
         started = time.monotonic()
         outcome, fenced = (STOPPED, False) if self.stop.requested else self._train(claim, staging)
         committing = time.perf_counter()
-        trained = staging if outcome.error is not None else self.store.publish(claim.lease, staging)
+        if outcome.error is None and not staging.is_dir():
+            outcome = Outcome(None, {}, f"the trainable removed its output folder ctx.out ({staging}); "
+                                        "write into it, never remove it")
         with self.store.transaction() as population:
             if self.stop.requested:
-                self.store.release(claim.lease, "stop requested", trained)
+                self.store.release(claim.lease, "stop requested", staging)
                 result = "released at once (stop requested)"
             elif outcome.error is not None:
-                if self.store.fail(claim.lease, outcome.error, trained):
+                if self.store.fail(claim.lease, outcome.error, staging):
                     self.report.failures += 1
                     result = f"FAILED: {outcome.error}"
                 else:
@@ -155,7 +157,7 @@ class Worker:
                     result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
             else:
                 name = self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score,
-                                         outcome.metrics, trained)
+                                         outcome.metrics, staging)
                 if name is None:
                     self.report.fenced += 1
                     result = "discarded: our lease was reclaimed (presumed dead), another worker owns it"

@@ -267,25 +267,18 @@ class Store:
         current = Lease.read(self.paths.lease(lease.member))
         return current is not None and current.token == lease.token
 
-    def publish(self, lease: Lease, staging: Path) -> Path:
-        """Move a trained interval to its checkpoint name before `commit` records it, outside the lock.
-
-        The name ends with the lease's token, which keeps it from the garbage collector while the lease
-        lives; if the lease is lost, the folder is collected like a staging folder.
-        """
-        checkpoint = self.paths.checkpoint(checkpoint_name(lease.member, lease.interval, lease.token))
-        with contextlib.suppress(FileNotFoundError):  # collected: our lease was reclaimed, commit will say so
-            os.rename(staging, checkpoint)
-            fsync_dir(self.paths.checkpoints)
-        return checkpoint
-
     def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
-               metrics: dict[str, Any], checkpoint: Path) -> str | None:
-        """Record the interval `publish` named; None if our token was fenced off. Call inside `transaction()`."""
-        if not self.holds(lease) or not checkpoint.is_dir():
-            self._discard(checkpoint)
+               metrics: dict[str, Any], staging: Path) -> str | None:
+        """Publish the checkpoint and record the interval; None if our token was fenced off.
+
+        Call inside `transaction()`. The rename is made durable before the event that names it.
+        """
+        if not self.holds(lease):
+            self._discard(staging)
             return None
-        name = checkpoint.name
+        name = checkpoint_name(lease.member, lease.interval, lease.token)
+        os.rename(staging, self.paths.checkpoint(name))
+        fsync_dir(self.paths.checkpoints)
         self._append(commit_event(lease.member, decision, hparams, lease.token, name, score, metrics,
                                   lease.holder.worker))
         self.paths.lease(lease.member).unlink()
@@ -300,9 +293,9 @@ class Store:
         self.paths.lease(lease.member).unlink()
         return True
 
-    def release(self, lease: Lease, reason: str, trained: Path) -> bool:
-        """Give a member back untrained (preemption), discarding `trained`; another worker may take it at once."""
-        self._discard(trained)
+    def release(self, lease: Lease, reason: str, staging: Path) -> bool:
+        """Give a member back untrained (preemption); another worker may take it at once."""
+        self._discard(staging)
         if not self.holds(lease):
             return False
         self._append({"type": "release", "member": lease.member, "interval": lease.interval,

@@ -42,6 +42,8 @@ class Journal:
                     apply(self._parse(line, position))
                     position += len(line)
                 rest = data[end:]
+                if len(chunk) < CHUNK:  # the end: what follows the last newline may be cut under the lock
+                    break
         return position
 
     def _parse(self, line: bytes, position: int) -> dict[str, Any]:

@@ -22,6 +22,8 @@ CASES = {
     "exception": ({"worker": "tests.hopt_cli.trainables:raises"}, "RuntimeError: boom"),
     "nan score": ({"worker": "tests.hopt_cli.trainables:nan_for_member_1"}, "metric 'score' is nan"),
     "inf score": ({"worker": "tests.hopt_cli.trainables:scores_inf"}, "metric 'score' is inf"),
+    "output folder removed": ({"worker": "tests.hopt_cli.trainables:removes_its_output"},
+                              "the trainable removed its output folder ctx.out"),
     "missing metric": ({"worker": "tests.hopt_cli.trainables:misses_metric"},
                        "metric 'score' missing from the result (got loss)"),
     "hang past interval_timeout": ({"worker": "tests.hopt_cli.trainables:hangs", "interval_timeout": 0.5},

@@ -20,3 +20,21 @@ def test_replay_in_small_chunks_sees_every_event_once_and_stops_before_a_torn_li
     assert seen == events and end == len(lines)
     middle = len(json.dumps(events[0])) + 1
     assert journal.read(middle) == (events[1:], len(lines))
+
+
+def test_a_reader_without_the_lock_survives_a_torn_line_cut_and_replaced_while_it_reads(tmp_path):
+    journal = Journal(tmp_path / "journal.jsonl")
+    first = {"type": "claim", "member": 0}
+    journal.append(first)
+    with open(journal.path, "ab") as handle:
+        handle.write(b'{"type": "com')  # a crash mid-append
+    later = {"type": "commit", "member": 1, "note": "longer than the torn line it follows"}
+
+    def writer_meanwhile(event: dict) -> None:  # a writer holding the lock, between the reader's reads
+        if event == first:
+            journal.repair_tail()
+            journal.append(later)
+
+    end = journal.replay(0, writer_meanwhile)
+
+    assert journal.read(end)[0] == [later]

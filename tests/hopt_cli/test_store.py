@@ -95,9 +95,8 @@ class TestStoreProtocol:
         assert retry.member == claim.member and retry.lease.token != claim.lease.token
         size = store.paths.journal.stat().st_size
 
-        published = store.publish(claim.lease, staging)
         with store.transaction():
-            name = store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, published)
+            name = store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging)
 
         assert name is None
         assert store.paths.journal.stat().st_size == size
@@ -141,12 +140,11 @@ class TestStoreProtocol:
         store = make_store(tmp_path / "exp", population=2, intervals=2)
         claim, staging = claim_one(store, Worker(store, "a"))
         store.paths.lease(claim.member).write_text("I edited this")
-        published = store.publish(claim.lease, staging)
 
         with store.transaction():
             assert store.reclaim(Holder.this_process("b")) == []
-            assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, published) is None
-        assert not published.exists()
+            assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging) is None
+        assert not staging.exists()
 
 
     def test_garbage_collection_keeps_every_referenced_checkpoint(self, make_store, tmp_path):
@@ -172,23 +170,6 @@ class TestStoreProtocol:
         assert not list(store.paths.trash.iterdir())
 
 
-    def test_a_published_checkpoint_is_kept_while_its_lease_lives_and_collected_after(self, make_store, tmp_path):
-        store = make_store(tmp_path / "exp", population=2, intervals=2)
-        worker = Worker(store, "w")
-        claim, staging = claim_one(store, worker)
-        published = store.publish(claim.lease, staging)  # then the worker dies before its commit
-
-        with store.transaction():
-            store.collect_garbage(store.reclaim(worker.holder))
-        assert published.is_dir()
-
-        store.paths.lease(claim.member).unlink()  # its lease expired
-        with store.transaction():
-            store.collect_garbage(store.reclaim(worker.holder))
-        store.empty_trash()
-        assert not published.exists()
-
-
     def test_a_snapshot_being_written_outside_the_lock_is_left_alone(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
         in_flight = store.paths.root / ".state.json.tmp-999-abcd"
@@ -198,18 +179,6 @@ class TestStoreProtocol:
             store.drop_leftovers()
 
         assert in_flight.exists()
-
-
-    def test_a_commit_without_its_checkpoint_records_nothing(self, make_store, tmp_path):
-        store = make_store(tmp_path / "exp", population=2, intervals=2)
-        claim, staging = claim_one(store, Worker(store, "w"))
-        size = store.paths.journal.stat().st_size
-        published = store.publish(claim.lease, staging)
-        os.rename(published, tmp_path / "elsewhere")
-
-        with store.transaction():
-            assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, published) is None
-        assert store.paths.journal.stat().st_size == size
 
 
 def _create_in_child(args: tuple[str, dict]) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -22,6 +23,14 @@ def block_once(ctx: Any) -> dict[str, float]:
         while True:
             time.sleep(1)
     return pbt_quadratic(ctx)
+
+
+def removes_its_output(ctx: Any) -> dict[str, float]:
+    """T1, except member 0 deletes the folder it was given to write into."""
+    result = pbt_quadratic(ctx)
+    if ctx.member == 0:
+        shutil.rmtree(ctx.out)
+    return result
 
 
 def nan_for_member_1(ctx: Any) -> dict[str, float]:
