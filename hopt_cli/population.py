@@ -12,6 +12,7 @@ from typing import Any
 
 PROGRESS_WINDOW = 2  # commits per member of recent progress the population keeps for the ETA
 
+
 @dataclass(frozen=True)
 class MemberView:
     """One member as a policy sees it: scores along its lineage, higher is better."""
