@@ -147,7 +147,7 @@ class Experiment:
         done = population.intervals_done
         if done <= done_then or now <= since:
             return None
-        return round((self.recipe.population * self.recipe.intervals - done) * (now - since) / (done - done_then), 1)
+        return round((self.recipe.population * self.recipe.intervals - done) * (now - since) / (done - done_then), 3)
 
     def watch(self, every: float) -> Iterator[Status]:
         """The status every `every` seconds, until the experiment is complete or has failed."""
