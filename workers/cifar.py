@@ -54,6 +54,7 @@ VAL_SIZE = 5000
 SPLIT_SEED = 0
 WARMUP_STEPS = 200
 EVAL_BATCH = 1000
+BN_IMAGES = 2000
 PAD = 4
 JITTER = 0.5
 
@@ -317,6 +318,30 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm
     return correct.item() / len(labels), loss.item() / len(labels)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, norm: _Normalize, dev: torch.device) -> None:
+    """Set every BatchNorm's running statistics to the exact batch statistics of the final weights.
+
+    The running averages kept during training mix statistics of weights that no longer exist: after a
+    short interval, a high learning rate or an exploit they can be far from what the final weights
+    produce, and evaluation then scores a network that was never trained ("precise BN"). The first
+    BN_IMAGES training images, un-augmented, feed the average; no RNG is drawn and the step counters
+    are kept, so resuming stays exact.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for start in range(0, min(BN_IMAGES, len(images)), EVAL_BATCH):
+        with _autocast(dev):
+            model(norm(images[start:min(start + EVAL_BATCH, BN_IMAGES)].to(dev)))
+    for m, (momentum, tracked) in zip(layers, saved):
+        m.momentum = momentum
+        m.num_batches_tracked.copy_(tracked)
+
+
 def _build(state: dict[str, Any] | None, classes: int, dev: torch.device) -> nn.Module:
     """The ResNet-18 of a checkpoint's configuration, or of HOPT_CIFAR_WIDTH for a fresh start."""
     width = state["config"]["width"] if state else int(os.environ.get(WIDTH_ENV, 64))
@@ -373,6 +398,7 @@ def _train(ctx: Context, key: str) -> dict[str, float]:
 
     done, train_loss = train_steps(ctx, one_step)
     del batches
+    recalibrate_batchnorm(model, data.train_x, norm, dev)
     val_acc, val_loss = _evaluate(model, data.val_x, data.val_y, norm, dev)
     finish(ctx, model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
            step=step, samples_seen=seen + done * batch_size, order_seed=order_seed,
