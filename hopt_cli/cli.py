@@ -131,9 +131,9 @@ def run(recipe: Path, root: Path, workers: int) -> None:
     """Run the experiment on this machine with local workers; run it again to resume."""
     store = _create(recipe, root)
     click.echo(f"{store.recipe.name}: {workers} workers on {root} (logs in {store.paths.logs})", err=True)
-    result = run_local(store, workers, _progress_printer())
+    result = run_local(store, workers, _progress_printer(), lambda line: click.echo(f"\n{line}", err=True))
     if result.interrupted:
-        click.echo("stopped; run the same command again to resume", err=True)
+        click.echo(f"stopped by {result.interrupted.name}; run the same command again to resume", err=True)
         sys.exit(130)
     if result.failed:
         raise ExperimentFailed(result.failed)

@@ -1,30 +1,39 @@
-"""`hopt run`: N local worker processes on one machine, a progress line, and a clean Ctrl-C."""
+"""`hopt run`: N local worker processes on one machine, a progress line, and stop signals passed on.
+
+The runner owns its workers: SIGINT, SIGTERM and SIGHUP are forwarded to them as SIGTERM (each
+releases its member at once); a second signal kills them. Should the runner itself be killed, the
+kernel sends every worker SIGTERM (PR_SET_PDEATHSIG), so no worker outlives the run that started it.
+"""
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from types import FrameType
 
 from hopt_cli.store import Store
 
 POLL_SECONDS = 0.5
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
 class RunResult:
     complete: bool
-    interrupted: bool
+    interrupted: signal.Signals | None
     failed: str | None
     exit_codes: dict[str, int]
 
 
-def worker_command(root: Path, name: str) -> list[str]:
+def worker_command(root: os.PathLike, name: str) -> list[str]:
     return [sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--name", name]
 
 
@@ -38,41 +47,110 @@ def worker_environment(workers: int) -> dict[str, str]:
     return {**{name: threads for name in THREAD_VARIABLES}, **os.environ}
 
 
-def run_local(store: Store, workers: int, progress: Callable[[int, int, str], None]) -> RunResult:
-    """Start `workers` worker processes and wait for them; Ctrl-C asks them to stop and waits again."""
-    processes = {}
-    environment = worker_environment(workers)
-    for index in range(workers):
-        name = f"local-{index}"
-        log = open(store.paths.log(name), "ab")
-        processes[name] = subprocess.Popen(worker_command(store.paths.root, name), stdin=subprocess.DEVNULL,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                           env=environment)
-        log.close()
-    interrupted = False
-    try:
-        _wait(store, processes, progress)
-    except KeyboardInterrupt:
-        interrupted = True
-        for process in processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            process.wait()
+def worker_names(workers: int) -> list[str]:
+    """Names unique to this run (a worker of an earlier run may still hold a lease under its name)."""
+    return [f"local-{os.getpid()}-{index}" for index in range(workers)]
+
+
+class RunnerSignals:
+    """Counts the stop signals the runner receives; the handler only records, the loop acts."""
+
+    def __init__(self) -> None:
+        self.first: signal.Signals | None = None
+        self.count = 0
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.first = self.first or signal.Signals(signum)
+        self.count += 1
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[RunnerSignals]:
+        previous = {signum: signal.signal(signum, self.handle) for signum in FORWARDED}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def run_local(store: Store, workers: int, progress: Callable[[int, int, str], None],
+              say: Callable[[str], None]) -> RunResult:
+    """Start `workers` worker processes and wait for them; a stop signal is passed on to them."""
+    signals = RunnerSignals()
+    with signals.installed():
+        processes = _start(store, workers)
+        try:
+            _wait(store, processes, progress, signals)
+            if signals.count:
+                say(f"{signals.first.name}: stopping the workers (their members are released); "
+                    "a second signal kills them")
+                _stop(processes, signals)
+        finally:
+            _kill(processes)
     population = store.sync()
     _report(store, population.intervals_done, progress)
-    return RunResult(population.complete, interrupted, population.failed,
+    return RunResult(population.complete, signals.first, population.failed,
                      {name: p.returncode for name, p in processes.items()})
 
 
-def _wait(store: Store, processes: dict[str, subprocess.Popen], progress: Callable[[int, int, str], None]) -> None:
+def _start(store: Store, workers: int) -> dict[str, subprocess.Popen]:
+    processes: dict[str, subprocess.Popen] = {}
+    environment = worker_environment(workers)
+    runner = os.getpid()
+    try:
+        for name in worker_names(workers):
+            with open(store.paths.log(name), "ab") as log:
+                processes[name] = subprocess.Popen(
+                    worker_command(store.paths.root, name), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True, env=environment,
+                    preexec_fn=lambda: _stop_with(runner))
+    except BaseException:
+        _kill(processes)
+        raise
+    return processes
+
+
+def _stop_with(runner: int) -> None:
+    """In a new worker, before exec: have the kernel send SIGTERM when the runner dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != runner:  # the runner died before we asked
+        os._exit(1)
+
+
+def _running(processes: dict[str, subprocess.Popen]) -> list[subprocess.Popen]:
+    """The workers still running; polls every one, so each exited worker is reaped at once."""
+    return [p for p in processes.values() if p.poll() is None]
+
+
+def _wait(store: Store, processes: dict[str, subprocess.Popen], progress: Callable[[int, int, str], None],
+          signals: RunnerSignals) -> None:
+    """Show progress until every worker has exited or a stop signal arrived."""
     last = -1
-    while any(p.poll() is None for p in processes.values()):
+    while _running(processes) and not signals.count:
         done = store.sync().intervals_done
         if done != last:
             _report(store, done, progress)
             last = done
         time.sleep(POLL_SECONDS)  # a progress display, not synchronisation: workers run on their own
+
+
+def _stop(processes: dict[str, subprocess.Popen], signals: RunnerSignals) -> None:
+    """Ask every worker to stop (SIGTERM) and wait for them; a second stop signal ends the wait."""
+    for process in _running(processes):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    while _running(processes) and signals.count < 2:
+        time.sleep(0.05)  # waiting on the workers' exit (reaped by poll) or on a second signal
+
+
+def _kill(processes: dict[str, subprocess.Popen]) -> None:
+    """SIGKILL every worker still running and reap it (its lease is reclaimed at once: its pid is gone)."""
+    for process in _running(processes):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    for process in processes.values():
+        process.wait()
 
 
 def _report(store: Store, done: int, progress: Callable[[int, int, str], None]) -> None:

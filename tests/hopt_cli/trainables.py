@@ -101,3 +101,16 @@ def sleepy_noop(ctx: Any) -> float:
     """workers/noop.py, 20 ms slower: long enough that a worker killed at random holds a lease."""
     time.sleep(0.02)
     return noop(ctx)
+
+
+def waits_for_go(ctx: Any) -> dict[str, float]:
+    """T1; interval 0 announces its pid in the folder HOPT_TEST_MARKER, then waits for the file
+    HOPT_TEST_GO or for should_stop() (unless HOPT_TEST_IGNORE_STOP is set)."""
+    if ctx.interval == 0:
+        folder = Path(os.environ["HOPT_TEST_MARKER"])
+        (folder / f".{os.getpid()}").write_text(str(ctx.member))
+        (folder / f".{os.getpid()}").rename(folder / str(os.getpid()))
+        heeds_stop = "HOPT_TEST_IGNORE_STOP" not in os.environ
+        while not Path(os.environ["HOPT_TEST_GO"]).exists() and not (heeds_stop and ctx.should_stop()):
+            time.sleep(0.01)
+    return pbt_quadratic(ctx)

@@ -1,6 +1,7 @@
 """End to end with real processes: `hopt run` to completion, and a worker SIGKILLed mid-interval."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -8,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hopt_cli.experiment import Experiment
 from hopt_cli.store import Store
 from tests.conftest import REPO, toy_recipe
+from tests.integration.test_signals import alive
 from tests.invariants import check_finished_experiment
+from tests.slurm_cluster import wait_for
 
 DEADLINE = 120.0
 
@@ -33,7 +38,7 @@ def test_run_with_four_workers_completes_with_every_invariant(tmp_path, write_re
     assert summary.commits <= 8 * 12  # exploits let a member jump to its parent's interval
     assert summary.failures == summary.reclaims == 0
     logs = sorted(p.name for p in (root / "logs").iterdir())
-    assert logs == [f"local-{i}.log" for i in range(4)]
+    assert len(logs) == 4 and len({log.rsplit("-", 1)[0] for log in logs}) == 1  # local-<runner pid>-<i>.log
     optimum = 1.2 - 2 * (0.9 * 0.98 ** (12 * 4)) ** 2  # h = (1, 1) throughout: the fastest possible ascent
     assert Experiment(root).best().score > optimum - 0.05
 
@@ -80,3 +85,81 @@ def test_worker_killed_mid_interval_and_restarted_loses_nothing(tmp_path, write_
     summary = check_finished_experiment(root)
     assert summary.commits <= 4 * 6
     assert summary.reclaims == 1
+
+
+def _start_run(tmp_path: Path, write_recipe, env: dict | None = None) -> tuple[subprocess.Popen, Path, dict]:
+    """`hopt run` with 2 workers whose first intervals wait; returns it once both are inside one."""
+    recipe = write_recipe(toy_recipe(population=4, intervals=3, worker="tests.hopt_cli.trainables:waits_for_go"))
+    root, markers = tmp_path / "exp", tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "HOPT_TEST_MARKER": str(markers), "HOPT_TEST_GO": str(tmp_path / "go"), **(env or {})}
+    run = subprocess.Popen([sys.executable, "-m", "hopt_cli", "run", str(recipe), "--dir", str(root), "--workers", "2"],
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    announced = lambda: [p for p in markers.iterdir() if not p.name.startswith(".")]  # noqa: E731
+    wait_for(lambda: len(announced()) == 2 or run.poll() is not None, DEADLINE, "both workers' intervals", poll=0.02)
+    assert run.poll() is None, run.communicate()
+    names = {int(p.name): Path(f"/proc/{p.name}/cmdline").read_text().split("\0")[-2] for p in announced()}
+    return run, recipe, names
+
+
+def _finish(tmp_path: Path, recipe: Path) -> None:
+    """Let the intervals go on and run the experiment to its end with every invariant."""
+    (tmp_path / "go").touch()
+    again = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--workers", "2",
+                 env={**os.environ, "HOPT_TEST_MARKER": str(tmp_path / "markers"), "HOPT_TEST_GO": str(tmp_path / "go")})
+    assert again.returncode == 0, again.stderr
+    check_finished_experiment(tmp_path / "exp")
+
+
+def test_a_killed_second_worker_is_reaped_and_its_member_taken_over_at_once(tmp_path, write_recipe):
+    run, _, names = _start_run(tmp_path, write_recipe)
+    second = next(pid for pid, name in names.items() if name.endswith("-1"))
+
+    os.kill(second, signal.SIGKILL)
+
+    wait_for(lambda: not Path(f"/proc/{second}").exists(), DEADLINE, "hopt run to reap its killed worker", poll=0.05)
+    (tmp_path / "go").touch()
+    _, stderr = run.communicate(timeout=DEADLINE)
+    assert run.returncode == 0, stderr  # within the lease timeout of 300 s: the dead worker's lease went at once
+    summary = check_finished_experiment(tmp_path / "exp")
+    assert summary.reclaims == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stop_signal_to_hopt_run_stops_its_workers_and_releases_their_members(tmp_path, write_recipe, signum):
+    run, recipe, names = _start_run(tmp_path, write_recipe)
+
+    run.send_signal(signum)
+
+    _, stderr = run.communicate(timeout=DEADLINE)
+    assert run.returncode == 130 and f"stopped by {signum.name}" in stderr, stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in names)
+    assert not list((tmp_path / "exp" / "leases").iterdir())
+    events = [json.loads(line) for line in (tmp_path / "exp" / "journal.jsonl").read_text().splitlines()]
+    assert sorted(e["type"] for e in events[-2:]) == ["release", "release"]
+    _finish(tmp_path, recipe)
+
+
+def test_a_second_ctrl_c_kills_workers_that_do_not_stop(tmp_path, write_recipe):
+    run, recipe, names = _start_run(tmp_path, write_recipe, env={"HOPT_TEST_IGNORE_STOP": "1"})
+
+    run.send_signal(signal.SIGINT)
+    wait_for(lambda: "a second signal kills them" in run.stderr.readline(), DEADLINE, "the first stop", poll=0)
+    run.send_signal(signal.SIGINT)
+
+    _, stderr = run.communicate(timeout=DEADLINE)
+    assert run.returncode == 130 and "stopped by SIGINT" in stderr, stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in names)
+    assert len(list((tmp_path / "exp" / "leases").iterdir())) == 2  # killed in their intervals
+    _finish(tmp_path, recipe)  # the killed workers' leases are reclaimed at once: their pids are gone
+
+
+def test_workers_stop_when_hopt_run_itself_is_killed(tmp_path, write_recipe):
+    run, recipe, names = _start_run(tmp_path, write_recipe)
+
+    run.kill()
+    run.communicate(timeout=DEADLINE)
+
+    wait_for(lambda: not any(alive(pid) for pid in names), DEADLINE, "the orphaned workers to stop", poll=0.05)
+    assert not list((tmp_path / "exp" / "leases").iterdir())  # each released its member on the SIGTERM
+    _finish(tmp_path, recipe)
