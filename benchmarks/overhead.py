@@ -36,7 +36,7 @@ DISK_EVERY = 0.01  # seconds between samples of checkpoints/: rarely enough to l
 
 def noop_recipe(population: int, intervals: int) -> Recipe:
     return Recipe.from_dict({
-        "name": "noop", "seed": 0, "population": population, "intervals": intervals, "steps": 1,
+        "name": "noop", "seed": 0, "objective": {"metric": "score", "mode": "max"}, "population": population, "intervals": intervals, "steps": 1,
         "policy": {"name": "romul"}, "worker": "workers.noop:noop",
         "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}, "lease": {"timeout": 60, "heartbeat": 10},
     })

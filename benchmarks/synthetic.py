@@ -28,7 +28,7 @@ TOURNAMENT = 8  # members sampled when looking for a parent
 def synthetic_recipe(population: int, commits: int) -> Recipe:
     """A no-op experiment with a realistic five-parameter space, long enough never to complete."""
     return Recipe.from_dict({
-        "name": "synthetic", "seed": 0, "population": population,
+        "name": "synthetic", "seed": 0, "objective": {"metric": "score", "mode": "max"}, "population": population,
         "intervals": 2 * -(-commits // population) + 2, "steps": 1, "policy": {"name": "romul"},
         "worker": "workers.noop:noop", "lease": {"timeout": 300, "heartbeat": 30},
         "space": {"x": {"type": "float", "low": 0.0, "high": 1.0},

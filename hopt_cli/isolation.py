@@ -22,12 +22,13 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import fields
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from hopt_cli.errors import HoptError
-from hopt_cli.trainable import Context, IntervalError, load_trainable
+from hopt_cli.trainable import Context, IntervalError, exit_message, load_trainable
 
 POLL_SECONDS = 0.05
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -132,7 +133,11 @@ def serve(fd: int, worker: str, parent: int) -> None:
             continue
         try:
             reply = ("ok", function(Context(**values)))
+        except SystemExit as exit_:  # the child lives on: sys.exit in a trainable is a failed interval
+            reply = ("error", exit_message(exit_))
         except Exception as err:  # user code: every failure is reported, the child lives on
+            print(f"member {values['member']} interval {values['interval']}: the trainable raised\n"
+                  f"{traceback.format_exc().rstrip()}", file=sys.stderr, flush=True)  # our stderr is the worker's log
             reply = ("error", f"{type(err).__name__}: {err}")
         try:
             conn.send(reply)

@@ -337,14 +337,13 @@ def fail_event(member: int, interval: int, token: str, error: str, worker: str) 
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics safe for strict JSON: non-finite floats become None, other non-numbers are dropped."""
+    """Metrics safe for strict JSON: non-finite floats become None, other non-numbers are dropped.
+
+    The trainable's values arrive as Python scalars already (trainable.scalar_metrics)."""
     clean: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, bool) or isinstance(value, str):
             clean[str(key)] = value
         elif isinstance(value, (int, float)):
             clean[str(key)] = float(value) if math.isfinite(value) else None
-        elif hasattr(value, "item"):
-            number = float(value.item())
-            clean[str(key)] = number if math.isfinite(number) else None
     return clean

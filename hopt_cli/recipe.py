@@ -106,7 +106,7 @@ class Recipe:
             command=command,
             seed=_integer(data, "seed", 0, low=0),
             steps=_integer(data, "steps", 1, low=1),
-            objective=_objective(data.get("objective", {})),
+            objective=_objective(data.get("objective")),
             lease=_lease(data.get("lease", {})),
             keep_best=_integer(data, "keep_best", 3, low=1),
             max_failures=_integer(data, "max_failures", 3, low=1),
@@ -163,8 +163,14 @@ def _mapping(key: str, value: Any, allowed: set[str]) -> Mapping[str, Any]:
 
 
 def _objective(value: Any) -> Objective:
+    """The metric and its direction, both required: a silent default would maximise a user's loss."""
+    if value is None:
+        raise RecipeError("objective", "is required, e.g. objective: {metric: val_loss, mode: min}")
     spec = _mapping("objective", value, {"metric", "mode"})
-    metric, mode = spec.get("metric", "score"), spec.get("mode", "max")
+    for key in ("metric", "mode"):
+        if key not in spec:
+            raise RecipeError(f"objective.{key}", "is required (objective: {metric: NAME, mode: max or min})")
+    metric, mode = spec["metric"], spec["mode"]
     if not isinstance(metric, str) or not metric:
         raise RecipeError("objective.metric", f"must be the name of a metric (got {metric!r})")
     if mode not in ("max", "min"):
@@ -225,6 +231,10 @@ def _trainable(data: Mapping[str, Any], space: SearchSpace) -> tuple[str | None,
 
 
 def _check_placeholders(command: str, space: SearchSpace) -> None:
+    taken = sorted(set(space.names) & set(CONTEXT_PLACEHOLDERS))
+    if taken:
+        raise RecipeError(f"space.{taken[0]}", f"{{{taken[0]}}} in a command is filled by hopt from the interval's "
+                                               "context; rename the hyperparameter")
     allowed = set(space.names) | set(CONTEXT_PLACEHOLDERS)
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import math
+import numbers
 import os
 import shlex
 import signal
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import Any
 
 from hopt_cli.errors import HoptError
 
+log = logging.getLogger("hopt")
 
 def _never() -> bool:
     return False
@@ -50,6 +54,7 @@ class Outcome:
     score: float | None
     metrics: dict[str, Any]
     error: str | None = None
+    dropped: tuple[str, ...] = ()  # metrics that were no scalars and are not recorded
 
 
 class IntervalError(Exception):
@@ -153,20 +158,62 @@ def load_trainable(worker: str | None, command: str | None) -> Callable[[Context
 
 
 def run_interval(trainable: Callable[[Context], Any], ctx: Context, metric: str) -> Outcome:
-    """Run one interval; any exception, bad score or missing metric becomes a failed Outcome."""
+    """Run one interval; any exception, sys.exit, bad score or missing metric becomes a failed Outcome.
+
+    The journal gets a one-line error; a Python exception's traceback goes to the worker's log.
+    """
+    resuming = f" (resuming from {ctx.parent})" if ctx.parent else ""
     try:
         result = trainable(ctx)
+    except SystemExit as exit_:  # e.g. argparse inside a wrapped main(): the worker must not end with it
+        return Outcome(None, {}, exit_message(exit_) + resuming)
     except Exception as err:  # the trainable is user code: every failure is a failed interval
-        error = str(err) if isinstance(err, IntervalError) else f"{type(err).__name__}: {err}"
-        return Outcome(None, {}, error + (f" (resuming from {ctx.parent})" if ctx.parent else ""))
-    metrics = dict(result) if isinstance(result, Mapping) else {metric: result}
+        if isinstance(err, IntervalError):
+            return Outcome(None, {}, str(err) + resuming)
+        log.error("member %d interval %d: the trainable raised\n%s", ctx.member, ctx.interval,
+                  traceback.format_exc().rstrip())
+        return Outcome(None, {}, f"{type(err).__name__}: {err}{resuming}")
+    if result is None:
+        return Outcome(None, {}, f"the trainable returned None; return the score ({metric}) or a dict of metrics "
+                                 f"holding {metric!r}")
+    metrics, dropped = scalar_metrics(dict(result) if isinstance(result, Mapping) else {metric: result})
     score = metrics.get(metric)
     if score is None:
-        return Outcome(None, metrics, f"metric {metric!r} missing from the result (got {', '.join(map(str, metrics)) or 'none'})")
-    try:
-        score = float(score)
-    except (TypeError, ValueError):
-        return Outcome(None, metrics, f"metric {metric!r} is not a number (got {score!r})")
+        missing = f"metric {metric!r} " + ("is not a scalar" if metric in dropped else "missing from the result")
+        got = ", ".join(map(str, [*metrics, *dropped])) or "none"
+        return Outcome(None, metrics, f"{missing} (got {got})", dropped)
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        return Outcome(None, metrics, f"metric {metric!r} is not a number (got {score!r})", dropped)
     if not math.isfinite(score):
-        return Outcome(None, metrics, f"metric {metric!r} is {score}")
-    return Outcome(score, metrics)
+        return Outcome(None, metrics, f"metric {metric!r} is {score}", dropped)
+    return Outcome(float(score), metrics, None, dropped)
+
+
+def exit_message(exit_: SystemExit) -> str:
+    """A failed interval's error for a trainable that called sys.exit (or raised SystemExit)."""
+    code = "" if exit_.code is None else repr(exit_.code)
+    return f"the trainable called sys.exit({code}); raise an exception or return the score instead"
+
+
+def scalar_metrics(metrics: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(the metrics as plain Python scalars, names of the values that are no scalars).
+
+    NumPy and torch scalars (and one-element arrays) become Python numbers; strings and bools stay;
+    anything else (an array, a list, a tensor of many values) is left out and named.
+    """
+    clean: dict[str, Any] = {}
+    dropped = []
+    for key, value in metrics.items():
+        if isinstance(value, (bool, str, numbers.Number)) and not isinstance(value, complex):
+            clean[str(key)] = value.item() if hasattr(value, "item") else value
+        elif hasattr(value, "item") and getattr(value, "size", None) in (1, None) and _one(value):
+            clean[str(key)] = value.item()
+        else:
+            dropped.append(str(key))
+    return clean, tuple(dropped)
+
+
+def _one(value: Any) -> bool:
+    """Whether an array-like holds exactly one element (torch tensors have numel, NumPy size)."""
+    count = value.numel() if hasattr(value, "numel") else getattr(value, "size", None)
+    return count == 1

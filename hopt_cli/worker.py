@@ -81,6 +81,7 @@ class Worker:
         self.stop = stop or NeverStop()
         self.trainable = trainable or make_trainable(self.recipe)
         self.report = WorkerReport()
+        self._dropped: set[str] = set()
 
     def run(self) -> WorkerReport:
         """Train intervals until the experiment is complete or a stop is requested."""
@@ -200,10 +201,20 @@ class Worker:
             should_stop=lambda: self.stop.requested or lost.is_set(),
         )
         try:
-            return run_interval(self.trainable, ctx, self.recipe.objective.metric), lost.is_set()
+            outcome = run_interval(self.trainable, ctx, self.recipe.objective.metric)
         finally:
             finished.set()
             beat.join()
+        self._warn_dropped(outcome.dropped)
+        return outcome, lost.is_set()
+
+    def _warn_dropped(self, names: tuple[str, ...]) -> None:
+        """Say once per metric name that a value which is no scalar is not recorded."""
+        new = [name for name in names if name not in self._dropped]
+        if new:
+            self._dropped.update(new)
+            log.warning("metric(s) %s are not scalars and are not recorded; return numbers (save arrays "
+                        "into ctx.out)", new)
 
     def _heartbeat(self, lease: Lease, lost: threading.Event, finished: threading.Event) -> None:
         while not finished.wait(self.recipe.lease.heartbeat):

@@ -17,6 +17,7 @@ def toy_recipe(**overrides: Any) -> dict[str, Any]:
     recipe: dict[str, Any] = {
         "name": "toy",
         "seed": 0,
+        "objective": {"metric": "score", "mode": "max"},
         "population": 8,
         "intervals": 10,
         "steps": 4,

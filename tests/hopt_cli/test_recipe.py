@@ -37,6 +37,7 @@ FULL = {
 
 MINIMAL = {
     "name": "toy",
+    "objective": {"metric": "score", "mode": "max"},
     "population": 4,
     "intervals": 10,
     "worker": "workers.toys:pbt_quadratic",
@@ -95,7 +96,6 @@ def test_defaults():
     recipe = Recipe.from_dict(copy.deepcopy(MINIMAL))
     assert recipe.seed == 0
     assert recipe.steps == 1
-    assert recipe.objective.metric == "score" and recipe.objective.mode == "max" and recipe.objective.maximize
     assert recipe.lease.timeout == 300 and recipe.lease.heartbeat == 30
     assert recipe.keep_best == 3
     assert recipe.max_failures == 3
@@ -158,7 +158,9 @@ BAD = [
     ("command with bad brace", {"worker": DROP, "command": "train --x {h0"}, "command"),
     ("empty command", {"worker": DROP, "command": "   "}, "command"),
     ("bad objective mode", {"objective": {"metric": "acc", "mode": "maximize"}}, "objective.mode"),
-    ("empty objective metric", {"objective": {"metric": ""}}, "objective.metric"),
+    ("empty objective metric", {"objective": {"metric": "", "mode": "max"}}, "objective.metric"),
+    ("objective missing", {"objective": DROP}, "objective"),
+    ("objective without its metric", {"objective": {"mode": "min"}}, "objective.metric"),
     ("unknown objective key", {"objective": {"metric": "acc", "goal": "max"}}, "objective.goal"),
     ("objective not a mapping", {"objective": "acc"}, "objective"),
     ("heartbeat above half the timeout", {"lease": {"timeout": 100, "heartbeat": 51}}, "lease.heartbeat"),
@@ -214,7 +216,8 @@ def test_load_recipe_reads_a_yaml_file(tmp_path):
 def test_load_recipe_accepts_yaml_exponents_without_a_dot(tmp_path):
     # YAML 1.1 reads 1e-4 as a string: the space accepts numeric strings
     path = tmp_path / "exp.yaml"
-    path.write_text("name: toy\npopulation: 4\nintervals: 3\nworker: workers.toys:lr_decay\n"
+    path.write_text("name: toy\nobjective: {metric: score, mode: max}\npopulation: 4\nintervals: 3\n"
+                    "worker: workers.toys:lr_decay\n"
                     "space:\n  lr: {type: log, low: 1e-6, high: 1, init: [1e-5, 1e-4]}\n")
     recipe = load_recipe(path)
     assert recipe.space.param("lr").low == pytest.approx(1e-6)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from workers.noop import noop
 from workers.toys import pbt_quadratic
@@ -95,6 +98,16 @@ scores_inf = _member_0_fails(lambda ctx: {**pbt_quadratic(ctx), "score": float("
 misses_metric = _member_0_fails(lambda ctx: {"loss": 1.0})
 hangs = _member_0_fails(_hang)
 dies = _member_0_fails(lambda ctx: os.kill(os.getpid(), signal.SIGKILL))  # as the kernel's OOM killer does
+exits_3 = _member_0_fails(lambda ctx: sys.exit(3))  # as argparse does inside a wrapped main()
+exits_0 = _member_0_fails(lambda ctx: sys.exit(0))
+returns_none = _member_0_fails(lambda ctx: None)
+
+
+def returns_numpy(ctx: Any) -> dict[str, Any]:
+    """T1 with its score as a NumPy float32, a NumPy int, a 0-d array, and a metric that is an array."""
+    result = pbt_quadratic(ctx)
+    return {"score": np.float32(result["score"]), "count": np.int64(ctx.interval), "zero_d": np.array(0.5),
+            "hist": np.arange(3)}
 
 
 def sleepy_noop(ctx: Any) -> float:

@@ -1,0 +1,51 @@
+"""The trainable contract as a worker runs it: what a user's function may return, and what a failure leaves."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from hopt_cli.errors import ExperimentFailed
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.worker import Worker
+from tests.conftest import toy_recipe
+
+
+def _store(tmp_path, **overrides) -> Store:
+    return Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=3, **overrides)))
+
+
+def test_numpy_scalars_are_scores_and_an_array_metric_is_dropped_with_one_warning(tmp_path, caplog):
+    store = _store(tmp_path, worker="tests.hopt_cli.trainables:returns_numpy")
+
+    with caplog.at_level(logging.WARNING, logger="hopt"):
+        report = Worker(store, "w").run()
+
+    assert report.complete and report.failures == 0
+    commits = [e for e in store.journal.read(0)[0] if e["type"] == "commit"]
+    assert all(set(e["metrics"]) == {"score", "count", "zero_d"} for e in commits)
+    assert all(e["metrics"]["zero_d"] == 0.5 and isinstance(e["score"], float) for e in commits)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "['hist'] are not scalars" in warnings[0]
+
+
+def test_an_exception_puts_its_traceback_in_the_log_and_one_line_in_the_journal(tmp_path, caplog):
+    store = _store(tmp_path, worker="tests.hopt_cli.trainables:raises", max_failures=1)
+
+    with caplog.at_level(logging.ERROR, logger="hopt"), pytest.raises(ExperimentFailed):
+        Worker(store, "w").run()
+
+    assert "Traceback (most recent call last)" in caplog.text and 'raise RuntimeError("boom")' in caplog.text
+    fail = next(e for e in store.journal.read(0)[0] if e["type"] == "fail")
+    assert fail["error"] == "RuntimeError: boom"
+
+
+def test_an_isolated_interval_puts_its_traceback_in_the_log_too(tmp_path, capfd):
+    store = _store(tmp_path, worker="tests.hopt_cli.trainables:raises", max_failures=1, interval_timeout=30)
+
+    with pytest.raises(ExperimentFailed):
+        Worker(store, "w").run()
+
+    stderr = capfd.readouterr().err  # the child process writes to the worker's stderr, its log
+    assert "member 0 interval 0: the trainable raised" in stderr and 'raise RuntimeError("boom")' in stderr
