@@ -1,6 +1,7 @@
 """The `hopt` command line: parsing and formatting only; the work lives in the modules below it."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -391,3 +392,20 @@ def main() -> None:
     except HoptError as err:
         click.echo(f"hopt: error: {err}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:
+        click.echo(f"hopt: error: {_os_error(err)}", err=True)
+        sys.exit(2 if err.errno in _NOT_WRITABLE else 1)
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _os_error(err: OSError) -> str:
+    """A filesystem error as one line: the path, the system's words, and what to do where we know."""
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or str(err)
+    if err.errno in _NOT_WRITABLE:
+        return f"{where}{what}; hopt needs to write to the experiment directory: use a writable one or fix its permissions"
+    if err.errno == errno.ENOSPC:
+        return f"{where}{what}; free space on that filesystem, then run the command again"
+    return f"{where}{what}"

@@ -133,3 +133,25 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, experiment, 
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert snapshot(tmp_path) == before and snapshot(experiment) == shared
     assert not (tmp_path / "new").exists() and not (tmp_path / "pwned").exists()
+
+
+def _read_only(root: Path, command: str) -> subprocess.CompletedProcess:
+    """`hopt COMMAND --dir root` in its own mount namespace, where root is bind-mounted read-only."""
+    script = f'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && exec "$2" -m hopt_cli {command} --dir "$1"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(root), sys.executable], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", ["worker", "retry"])
+def test_a_read_only_experiment_directory_is_one_line_exit_2(experiment, command):
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind / /mnt"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot bind-mount read-only in a mount namespace here: {probe.stderr.strip()}")
+    shared = snapshot(experiment)
+
+    result = _read_only(experiment, command)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"hopt: error: {experiment}/lock: Read-only file system; hopt needs to write to the "
+                             "experiment directory: use a writable one or fix its permissions\n")
+    assert snapshot(experiment) == shared
