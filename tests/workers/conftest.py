@@ -12,6 +12,16 @@ import torch
 from hopt_cli.trainable import Context
 
 
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every trainable test runs on the CPU, even where torch sees a GPU.
+
+    The bit-exact comparisons below hold on the CPU; cuDNN and cuBLAS may pick non-deterministic
+    algorithms. The GPU path is measured by benchmarks/throughput.py instead.
+    """
+    monkeypatch.setenv("HOPT_DEVICE", "cpu")
+
+
 @pytest.fixture
 def make_ctx(tmp_path: Path) -> Callable[..., Context]:
     """Build a Context whose `out` is a new empty folder under tmp_path."""
@@ -34,7 +44,13 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    """Two state dicts hold exactly the same keys and bit-identical tensors."""
+    """Two state dicts hold exactly the same keys and bit-identical tensors.
+
+    Exact equality is the point (resume, exploit noise) and holds on any CPU: both sides run in this
+    one process, so with the same kernels (ATEN_CPU_CAPABILITY), the same thread count and the same
+    tensor shapes torch performs the same operations in the same order; only comparisons across
+    processes or settings would need a tolerance, and no test here makes one.
+    """
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
