@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -68,6 +69,9 @@ class SlurmEnvironment:
         return None if target is None else safe_name(f"slurm-{target}")
 
 
+SBATCH_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE")  # sbatch(1), --time
+
+
 @dataclass(frozen=True)
 class SbatchOptions:
     """What `hopt slurm` puts into the worker array's sbatch script."""
@@ -101,6 +105,9 @@ class SbatchOptions:
             raise HoptError(f"the array parallelism (%k) must be at least 1 (got {self.parallelism})")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise HoptError(f"--cpus-per-task must be at least 1 (got {self.cpus_per_task})")
+        if self.time is not None and not SBATCH_TIME.fullmatch(self.time):
+            raise HoptError(f"--time {self.time!r} is not a time sbatch reads; write minutes, HH:MM:SS or "
+                            "D-HH:MM:SS (e.g. --time 04:00:00 for 4 hours)")
         if not 0 <= self.grace <= 65535:
             raise HoptError(f"the grace time must be 0..65535 seconds (sbatch's limit), got {self.grace}")
         for line in (*self.extra, *self.setup, self.command):

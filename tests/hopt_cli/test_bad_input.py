@@ -85,6 +85,8 @@ CASES = {
                            "No such option '--bogus'"),
     "missing --dir": Case(("status",), "Missing option '--dir'"),
     "--workers 0": Case(("run", "{recipe}", "--dir", "{new}", "--workers", "0"), "Invalid value for '--workers'"),
+    "--time 4h": Case(("slurm", "--dir", "{exp}", "--array", "2", "--time", "4h"),
+                      "--time '4h' is not a time sbatch reads; write minutes, HH:MM:SS or D-HH:MM:SS"),
     "--array 0": Case(("slurm", "--dir", "{exp}", "--array", "0"), "--array must be at least 1 (got 0)"),
     "slurm --dir not an experiment": Case(("slurm", "--dir", "{empty}", "--array", "2"), "is not a hopt experiment"),
     "--requeue outside SLURM": Case(("worker", "--dir", "{exp}", "--requeue"), "--requeue needs a SLURM job"),

@@ -32,6 +32,17 @@ FULL = SbatchOptions(
 )
 
 
+@pytest.mark.parametrize("limit", ["30", "30:00", "04:00:00", "2-00", "2-12:00", "1-00:00:00", "UNLIMITED"])
+def test_every_time_format_of_sbatch_is_accepted(limit):
+    assert f"#SBATCH --time={limit}\n" in render_sbatch(SbatchOptions(Path("/runs/x"), array=2, time=limit))
+
+
+@pytest.mark.parametrize("limit", ["4h", "1:2:3:4", "-5", "04:00:00 ", "1-"])
+def test_a_time_sbatch_would_reject_is_refused_before_the_queue(limit):
+    with pytest.raises(HoptError, match="is not a time sbatch reads"):
+        SbatchOptions(Path("/runs/x"), array=2, time=limit)
+
+
 def check_golden(name: str, text: str) -> None:
     """Compare with tests/hopt_cli/golden/NAME; HOPT_UPDATE_GOLDEN=1 rewrites the file instead."""
     path = GOLDEN / name
