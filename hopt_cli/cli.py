@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -132,9 +133,10 @@ def run(recipe: Path, root: Path, workers: int) -> None:
     """Run the experiment on this machine with local workers; run it again to resume."""
     store = _create(recipe, root)
     click.echo(f"{store.recipe.name}: {workers} workers on {root} (logs in {store.paths.logs})", err=True)
-    result = run_local(store, workers, _progress_printer(), lambda line: click.echo(f"\n{line}", err=True))
+    line = ProgressLine()
+    result = run_local(store, workers, line.show, line.say)
     if result.interrupted:
-        click.echo(f"stopped by {result.interrupted.name}; run the same command again to resume", err=True)
+        line.say(f"stopped by {result.interrupted.name}; run the same command again to resume")
         sys.exit(130)
     if result.failed:
         raise ExperimentFailed(result.failed)
@@ -146,16 +148,34 @@ def run(recipe: Path, root: Path, workers: int) -> None:
                f"interval {best.interval}); export it with `hopt best --dir {root} --out DIR`")
 
 
-def _progress_printer() -> Any:
-    tty = sys.stderr.isatty()
+class ProgressLine:
+    """Progress on stderr: on a terminal one line redrawn in place and fitted to its width, elsewhere
+    a line per update; a message always starts on a line of its own."""
 
-    def show(done: int, total: int, note: str) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} intervals  {note}"
-        click.echo(f"\r{line}" if tty else line, err=True, nl=not tty or done == total)
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.open = False
 
-    return show
+    def show(self, done: int, total: int, note: str) -> None:
+        if not self.tty:
+            click.echo(progress_text(done, total, note, None), err=True)
+            return
+        line = progress_text(done, total, note, shutil.get_terminal_size().columns - 1)
+        click.echo(f"\r{line}\x1b[K", err=True, nl=done == total)
+        self.open = done != total
+
+    def say(self, message: str) -> None:
+        click.echo(("\n" if self.open else "") + message, err=True)
+        self.open = False
+
+
+def progress_text(done: int, total: int, note: str, columns: int | None) -> str:
+    """`[####....] done/total intervals  note`, at most `columns` characters when given."""
+    counts = f"{done}/{total} intervals"
+    width = 30 if columns is None else max(10, min(30, columns - len(counts) - len(note) - 5))
+    filled = width * done // max(total, 1)
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {counts}  {note}".rstrip()
+    return line if columns is None else line[:columns]
 
 
 @cli.command()
@@ -271,17 +291,17 @@ def replay_command(schedule_file: Path, out: Path) -> None:
     plan = schedule.load(schedule_file)
     click.echo(f"replaying member {plan.member}'s lineage: {plan.intervals} intervals in {len(plan.spans)} "
                f"segments into {out}", err=True)
-    show = _progress_printer()
+    line = ProgressLine()
     signals = StopSignals()
     signals.install()
     try:
         result = replay(plan, out, lambda: signals.requested,
-                        lambda interval, score: show(interval + 1, plan.intervals, f"{plan.metric} {score:.4g}"))
+                        lambda interval, score: line.show(interval + 1, plan.intervals, f"{plan.metric} {score:.4g}"))
     finally:
         signals.restore()
     if result.stopped:
-        click.echo(f"stopped by {signals.signal_name} after {len(result.scores)} of {plan.intervals} intervals; "
-                   f"{out} holds them", err=True)
+        line.say(f"stopped by {signals.signal_name} after {len(result.scores)} of {plan.intervals} intervals; "
+                 f"{out} holds them")
         sys.exit(130)
     same = "identical" if result.score == result.original else f"differs by {result.score - result.original:+.3g}"
     click.echo(f"replayed {plan.metric} {result.score:.10g} vs original {result.original:.10g} ({same}); "

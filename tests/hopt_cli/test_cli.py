@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from hopt_cli.cli import ProgressLine, progress_text
 from tests.conftest import REPO, toy_recipe
 
 
@@ -133,3 +134,24 @@ def test_a_command_trainable_runs_through_the_shell(tmp_path, write_recipe):
     status = json.loads(hopt("status", "--dir", str(root), "--json").stdout)
     for member in status["members"]:
         assert member["score"] == pytest.approx(-(3 * member["hparams"]["h"] - 3) ** 2)
+
+
+@pytest.mark.parametrize("columns", [40, 80, 200])
+def test_the_progress_line_fits_the_terminal(columns):
+    note = "best val_loss 0.1234 (member 1234567)"
+    for done in (0, 4321, 1_000_000):
+        line = progress_text(done, 1_000_000, note, columns - 1)
+        assert len(line) <= columns - 1 and line.startswith("[") and f"{done}/1000000 intervals" in line
+
+
+def test_a_message_after_a_progress_line_starts_on_a_line_of_its_own(monkeypatch, capsys):
+    line = ProgressLine()
+    monkeypatch.setattr(line, "tty", True)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    line.show(3, 10, "best score 1")
+    line.say("stopped by SIGINT; run the same command again to resume")
+
+    drawn, message = capsys.readouterr().err.split("\n")[:2]
+    assert drawn.startswith("\r[") and len(drawn.removeprefix("\r").removesuffix("\x1b[K")) <= 79
+    assert message == "stopped by SIGINT; run the same command again to resume"
