@@ -82,6 +82,7 @@ class Worker:
         self.trainable = trainable or make_trainable(self.recipe)
         self.report = WorkerReport()
         self._dropped: set[str] = set()
+        self._warned_empty = False
 
     def run(self) -> WorkerReport:
         """Train intervals until the experiment is complete or a stop is requested."""
@@ -145,6 +146,10 @@ class Worker:
         if outcome.error is None and not staging.is_dir():
             outcome = Outcome(None, {}, f"the trainable removed its output folder ctx.out ({staging}); "
                                         "write into it, never remove it")
+        elif outcome.error is None and not self._warned_empty and not any(staging.iterdir()):
+            self._warned_empty = True
+            log.warning("the trainable wrote nothing into ctx.out: its checkpoints are empty, so a member that "
+                        "continues or copies one starts from scratch (said once per worker)")
         with self.store.transaction() as population:
             if self.stop.requested:
                 self.store.release(claim.lease, "stop requested", staging)

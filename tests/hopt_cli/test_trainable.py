@@ -49,3 +49,22 @@ def test_an_isolated_interval_puts_its_traceback_in_the_log_too(tmp_path, capfd)
 
     stderr = capfd.readouterr().err  # the child process writes to the worker's stderr, its log
     assert "member 0 interval 0: the trainable raised" in stderr and 'raise RuntimeError("boom")' in stderr
+
+
+def test_a_trainable_that_writes_no_checkpoint_is_warned_about_once(tmp_path, caplog):
+    store = _store(tmp_path, worker="tests.hopt_cli.trainables:writes_nothing")
+
+    with caplog.at_level(logging.WARNING, logger="hopt"):
+        assert Worker(store, "w").run().complete
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("the trainable wrote nothing into ctx.out")
+
+
+def test_a_trainable_that_writes_its_checkpoint_gets_no_warning(tmp_path, caplog):
+    store = _store(tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger="hopt"):
+        assert Worker(store, "w").run().complete
+
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

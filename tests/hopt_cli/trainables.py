@@ -127,3 +127,8 @@ def waits_for_go(ctx: Any) -> dict[str, float]:
         while not Path(os.environ["HOPT_TEST_GO"]).exists() and not (heeds_stop and ctx.should_stop()):
             time.sleep(0.01)
     return pbt_quadratic(ctx)
+
+
+def writes_nothing(ctx: Any) -> float:
+    """A score and no checkpoint: ctx.out stays empty."""
+    return float(ctx.hparams["h0"])
