@@ -18,6 +18,8 @@ from hopt_cli.space import SearchSpace
 FORMAT = 1
 CONTEXT_PLACEHOLDERS = ("parent", "out", "interval", "steps", "member", "seed")
 LOCK_KINDS = ("flock", "hardlink")
+MAX_POPULATION = 100_000  # measured: hopt status at 100,000 members takes 1.3 s and 165 MB
+MAX_INTERVALS = 1_000_000
 _TOP_KEYS = {"name", "seed", "objective", "population", "intervals", "steps", "policy", "worker", "command",
              "space", "lease", "keep_best", "max_failures", "interval_timeout", "lock", "format"}
 
@@ -94,11 +96,12 @@ class Recipe:
         space = SearchSpace.from_recipe(data.get("space"))
         policy_name, policy = _policy(data.get("policy", {"name": "romul"}))
         worker, command = _trainable(data, space)
-        population = _integer(data, "population", None, low=2)
+        population = _bounded(data, "population", 2, MAX_POPULATION,
+                              "every worker and `hopt status` hold each member in memory (about 2 KB each)")
         return cls(
             name=_name(data.get("name")),
             population=population,
-            intervals=_integer(data, "intervals", None, low=1),
+            intervals=_bounded(data, "intervals", 1, MAX_INTERVALS, "split the training into fewer, longer intervals"),
             space=space,
             policy_name=policy_name,
             policy=policy,
@@ -150,6 +153,14 @@ def _integer(data: Mapping[str, Any], key: str, default: int | None, low: int) -
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise RecipeError(key, f"must be an integer >= {low} (got {value!r})")
+    return value
+
+
+def _bounded(data: Mapping[str, Any], key: str, low: int, high: int, why: str) -> int:
+    """A required integer in [low, high]; above `high` the message says why the bound exists."""
+    value = _integer(data, key, None, low)
+    if value > high:
+        raise RecipeError(key, f"must be at most {high:,} (got {value:,}): {why}")
     return value
 
 

@@ -64,6 +64,8 @@ CASES = {
     "lock kind": Case(INIT, "lock: must be one of flock, hardlink (got 'nfs')", recipe(lock="nfs")),
     "objective mode": Case(INIT, "objective.mode: must be max or min",
                            recipe(objective={"metric": "score", "mode": "maximize"})),
+    "population too large": Case(INIT, "population: must be at most 100,000 (got 100,000,000): every worker",
+                                 recipe(population=100_000_000)),
     "no objective": Case(INIT, "objective: is required, e.g. objective: {metric: val_loss, mode: min}",
                          recipe(objective=None)),
     "objective without mode": Case(INIT, "objective.mode: is required", recipe(objective={"metric": "loss"})),
