@@ -5,7 +5,9 @@ torn last line (a writer crashed mid-append) is simply not read yet.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -191,19 +193,29 @@ class Experiment:
                     schedule.steps(lineage))
 
     def export(self, result: Best, out: str | Path) -> Best:
-        """Copy `result`'s checkpoint and write its schedule.yaml and scores.csv into `out`."""
+        """Copy `result`'s checkpoint and write its schedule.yaml and scores.csv into `out`.
+
+        The copy is made under a temporary name and renamed into place once whole, so a failure (a
+        full disk) leaves `out` as it was, with no half-written checkpoint.
+        """
         out = Path(out)
+        document = schedule.document(self.recipe, result.member, result.score, result.schedule)
+        staged: Path | None = None
         try:
             out.mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=out))
+            _copy_tree(result.checkpoint, staged)
+            write_atomic(out / "schedule.yaml", schedule.dump(document).encode())
+            write_atomic(out / "scores.csv", schedule.scores_csv(result.schedule).encode())
             target = out / "checkpoint"
             if target.exists():
                 shutil.rmtree(target)
-            shutil.copytree(result.checkpoint, target)
+            staged.rename(target)
         except OSError as err:
-            raise HoptError(f"cannot export to {out}: {err.strerror}; choose an --out you can write to") from None
-        document = schedule.document(self.recipe, result.member, result.score, result.schedule)
-        write_atomic(out / "schedule.yaml", schedule.dump(document).encode())
-        write_atomic(out / "scores.csv", schedule.scores_csv(result.schedule).encode())
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            raise HoptError(f"cannot export to {out}: {err.strerror or err}; choose an --out you can write to, "
+                            "with room for the checkpoint") from None
         return result
 
     def export_best(self, out: str | Path) -> Best:
@@ -234,3 +246,16 @@ class Experiment:
         self._events.extend(events)
         return self._events
 
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy the folder `source` into the existing folder `target`; the first failure raises its OSError.
+
+    Unlike shutil.copytree, which gathers failures into a shutil.Error without the system's words.
+    """
+    for folder, subfolders, files in os.walk(source):
+        destination = target / Path(folder).relative_to(source)
+        for name in subfolders:
+            (destination / name).mkdir()
+        for name in files:
+            shutil.copy2(Path(folder) / name, destination / name)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -9,6 +11,7 @@ from click.testing import CliRunner
 
 from hopt_cli.cli import cli
 from hopt_cli.experiment import Experiment
+from tests.conftest import REPO
 from tests.hopt_cli.conftest import hopt, mid_run
 
 
@@ -85,3 +88,22 @@ def test_user_errors_are_one_line_and_exit_2(quadratic, args, message):
 
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"hopt: error: {message}") and result.stderr.count("\n") == 1
+
+
+def test_best_out_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(quadratic, tmp_path):
+    """`hopt best --out` onto a 64 KiB tmpfs that a file has filled, in a mount namespace of its own."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = ('mount -t tmpfs -o size=64k tmpfs "$1" && (head -c 1M /dev/zero > "$1/filler" 2>/dev/null || true) && '
+              '"$3" -m hopt_cli best --dir "$2" --out "$1/best"; echo "status=$?"; ls -A "$1/best"')
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1"', "sh", str(disk)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.strip()}")
+
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), str(quadratic), sys.executable],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    assert result.stderr == (f"hopt: error: cannot export to {disk}/best: No space left on device; choose an "
+                             "--out you can write to, with room for the checkpoint\n")
+    assert result.stdout == "status=2\n"  # and `ls -A` of the export folder printed nothing: it is empty
