@@ -29,6 +29,7 @@ class Commit:
     worker: str
     checkpoint: str
     parent_checkpoint: str | None
+    metrics: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +77,7 @@ def _commit(event: dict[str, Any]) -> Commit:
     decision = event["decision"]
     return Commit(event["time"], event["member"], event["interval"], event["score"], event["hparams"],
                   decision["action"], decision["parent"], decision["sigma"], decision["explorer"],
-                  event["worker"], event["checkpoint"], decision["checkpoint"])
+                  event["worker"], event["checkpoint"], decision["checkpoint"], event.get("metrics", {}))
 
 
 def readable(events: list[dict[str, Any]]) -> list[Event]:

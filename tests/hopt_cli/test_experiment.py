@@ -35,8 +35,9 @@ def test_history_has_every_commit_as_a_plain_record(quadratic):
     commits = Experiment(quadratic).history()
 
     raw = [e for e in journal(quadratic) if e["type"] == "commit"]
-    assert [(c.member, c.interval, c.score, c.hparams) for c in commits] == \
-        [(e["member"], e["interval"], e["score"], e["hparams"]) for e in raw]
+    assert [(c.member, c.interval, c.score, c.hparams, c.metrics) for c in commits] == \
+        [(e["member"], e["interval"], e["score"], e["hparams"], e["metrics"]) for e in raw]
+    assert all(c.metrics["score"] == c.score for c in commits)
     assert [c.time for c in commits] == sorted(c.time for c in commits)
     assert {c.action for c in commits} >= {"start", "continue", "exploit"}
     for c in commits:
