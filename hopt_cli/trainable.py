@@ -29,6 +29,7 @@ from hopt_cli.errors import HoptError
 
 log = logging.getLogger("hopt")
 
+
 def _never() -> bool:
     return False
 
@@ -204,9 +205,9 @@ def scalar_metrics(metrics: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[st
     clean: dict[str, Any] = {}
     dropped = []
     for key, value in metrics.items():
-        if isinstance(value, (bool, str, numbers.Number)) and not isinstance(value, complex):
+        if isinstance(value, (str, numbers.Real)):
             clean[str(key)] = value.item() if hasattr(value, "item") else value
-        elif hasattr(value, "item") and getattr(value, "size", None) in (1, None) and _one(value):
+        elif hasattr(value, "item") and _one(value):
             clean[str(key)] = value.item()
         else:
             dropped.append(str(key))

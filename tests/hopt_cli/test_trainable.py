@@ -24,8 +24,9 @@ def test_numpy_scalars_are_scores_and_an_array_metric_is_dropped_with_one_warnin
 
     assert report.complete and report.failures == 0
     commits = [e for e in store.journal.read(0)[0] if e["type"] == "commit"]
-    assert all(set(e["metrics"]) == {"score", "count", "zero_d"} for e in commits)
-    assert all(e["metrics"]["zero_d"] == 0.5 and isinstance(e["score"], float) for e in commits)
+    assert all(set(e["metrics"]) == {"score", "count", "zero_d", "tensor"} for e in commits)
+    assert all(e["metrics"]["zero_d"] == 0.5 and e["metrics"]["tensor"] == 0.25 for e in commits)
+    assert all(isinstance(e["score"], float) for e in commits)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "['hist'] are not scalars" in warnings[0]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from workers.noop import noop
 from workers.toys import pbt_quadratic
@@ -104,10 +105,10 @@ returns_none = _member_0_fails(lambda ctx: None)
 
 
 def returns_numpy(ctx: Any) -> dict[str, Any]:
-    """T1 with its score as a NumPy float32, a NumPy int, a 0-d array, and a metric that is an array."""
+    """T1 with its score as a NumPy float32, a NumPy int, 0-d NumPy and torch arrays, and an array metric."""
     result = pbt_quadratic(ctx)
     return {"score": np.float32(result["score"]), "count": np.int64(ctx.interval), "zero_d": np.array(0.5),
-            "hist": np.arange(3)}
+            "tensor": torch.tensor(0.25), "hist": np.arange(3)}
 
 
 def sleepy_noop(ctx: Any) -> float:
