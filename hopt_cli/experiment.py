@@ -247,7 +247,6 @@ class Experiment:
         return self._events
 
 
-
 def _copy_tree(source: Path, target: Path) -> None:
     """Copy the folder `source` into the existing folder `target`; the first failure raises its OSError.
 

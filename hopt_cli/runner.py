@@ -138,8 +138,7 @@ def _wait(store: Store, processes: dict[str, subprocess.Popen], progress: Callab
 def _stop(processes: dict[str, subprocess.Popen], signals: RunnerSignals) -> None:
     """Ask every worker to stop (SIGTERM) and wait for them; a second stop signal ends the wait."""
     for process in _running(processes):
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
     while _running(processes) and signals.count < 2:
         time.sleep(0.05)  # waiting on the workers' exit (reaped by poll) or on a second signal
 
@@ -147,8 +146,7 @@ def _stop(processes: dict[str, subprocess.Popen], signals: RunnerSignals) -> Non
 def _kill(processes: dict[str, subprocess.Popen]) -> None:
     """SIGKILL every worker still running and reap it (its lease is reclaimed at once: its pid is gone)."""
     for process in _running(processes):
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        process.kill()
     for process in processes.values():
         process.wait()
 

@@ -334,9 +334,10 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, norm: _Normali
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    for start in range(0, min(BN_IMAGES, len(images)), EVAL_BATCH):
+    calibration = images[:BN_IMAGES]
+    for start in range(0, len(calibration), EVAL_BATCH):
         with _autocast(dev):
-            model(norm(images[start:min(start + EVAL_BATCH, BN_IMAGES)].to(dev)))
+            model(norm(calibration[start:start + EVAL_BATCH].to(dev)))
     for m, (momentum, tracked) in zip(layers, saved):
         m.momentum = momentum
         m.num_batches_tracked.copy_(tracked)
