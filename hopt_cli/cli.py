@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from hopt_cli.history import Event
 from hopt_cli.recipe import LOCK_KINDS, Recipe, load_recipe
 from hopt_cli.replay import replay
 from hopt_cli.runner import run_local
-from hopt_cli.slurm import SbatchOptions, SlurmEnvironment, StopSignals, requeue, submit, write_sbatch
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, requeue, submit, worker_command,
+                             write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import load_trainable
@@ -40,10 +42,31 @@ def cli() -> None:
 
 
 def _create(recipe_path: Path, root: Path) -> Store:
-    """Validate the recipe completely (the trainable must import), then create the experiment."""
+    """Validate the recipe completely (the trainable must import), then create the experiment.
+
+    The project directory (the recipe's `project`, else the current one) is recorded: every worker
+    imports and runs the trainable there, wherever it was started, and a rerun resumes there too."""
     recipe = load_recipe(recipe_path)
-    load_trainable(recipe.worker, recipe.command)
+    if recipe.project is None and ExperimentPaths(root).experiment.is_file():
+        recipe = replace(recipe, project=Store.open(root).recipe.project)
+    else:
+        recipe = recipe.in_project(os.getcwd())
+    if recipe.project is not None and not os.path.isdir(recipe.project):
+        raise HoptError(f"{recipe_path}: project: {recipe.project} is not a directory; give the directory your "
+                        "trainable is imported from and runs in")
+    load_trainable(recipe.worker, recipe.command, recipe.project)
     return Store.create(root, recipe)
+
+
+def _enter_project(recipe: Recipe) -> None:
+    """Work in the experiment's project directory, as `hopt init` recorded it (older experiments: here)."""
+    if recipe.project is None:
+        return
+    try:
+        os.chdir(recipe.project)
+    except OSError as err:
+        raise ExperimentFailed(f"cannot enter the project directory {recipe.project} that `hopt init` recorded: "
+                               f"{err.strerror}; make it reachable at that path on {socket.gethostname()}") from None
 
 
 @cli.command()
@@ -72,7 +95,8 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     env = SlurmEnvironment.from_env()
     if requeue_ and env.requeue_target is None:
         raise HoptError("--requeue needs a SLURM job (no SLURM_JOB_ID here); drop --requeue outside SLURM")
-    store = _create(recipe, root) if recipe else Store.open(root)
+    store = _create(recipe, root.absolute()) if recipe else Store.open(root.absolute())
+    _enter_project(store.recipe)
     name = name or env.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     _log_to_stderr(name, logging.DEBUG if verbose else logging.INFO)
     log = logging.getLogger("hopt")
@@ -106,18 +130,20 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
               help="An extra #SBATCH option, e.g. --sbatch=--qos=high (repeatable).")
 @click.option("--setup", multiple=True,
               help="A shell line run before the worker, e.g. 'module load cuda' (repeatable).")
-@click.option("--command", "command", default="hopt worker", show_default=True,
-              help="How a task starts a worker, e.g. 'python -m hopt_cli worker'.")
+@click.option("--command", "command", help="How a task starts a worker [default: this hopt's python -m "
+                                            "hopt_cli worker, by absolute path].")
 @click.option("--requeue/--no-requeue", "requeue_", default=True, show_default=True,
               help="Preempted workers requeue their own task while work remains.")
 @click.option("--submit", "submit_", is_flag=True, help="Submit the script with sbatch and print the job id.")
 def slurm(root: Path, array: int, parallelism: int | None, partition: str | None, time_limit: str | None,
           gres: str | None, cpus_per_task: int | None, mem: str | None, grace: int, job_name: str | None,
-          extra: tuple[str, ...], setup: tuple[str, ...], command: str, requeue_: bool, submit_: bool) -> None:
+          extra: tuple[str, ...], setup: tuple[str, ...], command: str | None, requeue_: bool,
+          submit_: bool) -> None:
     """Write D/slurm/worker.sbatch for a worker array (and submit it): requeue, appended logs, preemption."""
+    store = Store.open(root)  # every task opens it: refuse a --dir that is not an experiment now, not in the queue
+    project = Path(store.recipe.project) if store.recipe.project else None
     options = SbatchOptions(root, array, parallelism, partition, time_limit, gres, cpus_per_task, mem, grace,
-                            job_name, extra, setup, command, requeue_)
-    Store.open(root)  # every task opens it: refuse a --dir that is not an experiment now, not in the queue
+                            job_name, extra, setup, command or worker_command(), requeue_, project)
     script = write_sbatch(options)
     click.echo(f"wrote {script}; logs go to {options.paths.slurm_log_pattern}", err=True)
     if submit_:
@@ -289,6 +315,11 @@ def _top_table(experiment: Experiment, entries: list[Best], out: Path | None) ->
 def replay_command(schedule_file: Path, out: Path) -> None:
     """Retrain one model from scratch following SCHEDULE (a schedule.yaml from `hopt best --out`)."""
     plan = schedule.load(schedule_file)
+    project = plan.project
+    if project is not None and not os.path.isdir(project):
+        project = os.getcwd()
+        click.echo(f"the schedule's project directory {plan.project} is not here: running the trainable in "
+                   f"{project}", err=True)
     click.echo(f"replaying member {plan.member}'s lineage: {plan.intervals} intervals in {len(plan.spans)} "
                f"segments into {out}", err=True)
     line = ProgressLine()
@@ -296,7 +327,8 @@ def replay_command(schedule_file: Path, out: Path) -> None:
     signals.install()
     try:
         result = replay(plan, out, lambda: signals.requested,
-                        lambda interval, score: line.show(interval + 1, plan.intervals, f"{plan.metric} {score:.4g}"))
+                        lambda interval, score: line.show(interval + 1, plan.intervals, f"{plan.metric} {score:.4g}"),
+                        project)
     finally:
         signals.restore()
     if result.stopped:

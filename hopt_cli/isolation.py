@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import fields
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
@@ -38,9 +39,12 @@ _PR_SET_PDEATHSIG = 1
 class IsolatedTrainable:
     """Calls `module:function` in a child process, killing it on timeout or when the interval must stop."""
 
-    def __init__(self, worker: str, timeout: float) -> None:
+    def __init__(self, worker: str, timeout: float, cwd: str | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.worker = worker
         self.timeout = timeout
+        self.cwd = cwd
+        self.env = env
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
 
@@ -75,7 +79,7 @@ class IsolatedTrainable:
             with theirs:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "hopt_cli.isolation", str(theirs.fileno()), self.worker, str(os.getpid())],
-                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env)
             self._conn = Connection(ours.detach())
         return self._conn
 

@@ -83,6 +83,7 @@ class Segment:
     hparams: dict[str, Any]
     copied_from: int | None = None  # member whose checkpoint this segment continued, after an exploit
     parent_checkpoint: str | None = None
+    threads: dict[str, str] | None = None  # the thread settings it was trained with; None: not recorded
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Population:
             raise ValueError(f"commit of member {member.member} interval {decision.interval} does not follow "
                              f"its lineage of {len(member.lineage.scores)} intervals")
         hparams = event["hparams"]
-        _extend_schedule(member.lineage, decision, member.member, hparams)
+        _extend_schedule(member.lineage, decision, member.member, hparams, event.get("threads"))
         member.lineage.scores.append(event["score"])
         self.intervals_done += min(decision.interval + 1, self.intervals) - min(member.interval, self.intervals)
         member.interval = decision.interval + 1
@@ -306,13 +307,15 @@ _HANDLERS = {
 }
 
 
-def _extend_schedule(lineage: Lineage, decision: Decision, member: int, hparams: dict[str, Any]) -> None:
+def _extend_schedule(lineage: Lineage, decision: Decision, member: int, hparams: dict[str, Any],
+                     threads: dict[str, str] | None) -> None:
     last = lineage.segments[-1] if lineage.segments else None
-    if decision.action != "exploit" and last is not None and last.member == member and last.hparams == hparams:
+    if (decision.action != "exploit" and last is not None
+            and (last.member, last.hparams, last.threads) == (member, hparams, threads)):
         return
     copied = decision.parent if decision.action == "exploit" else None
     lineage.segments.append(Segment(decision.interval, member, dict(hparams), copied,
-                                    decision.checkpoint if copied is not None else None))
+                                    decision.checkpoint if copied is not None else None, threads))
 
 
 def claim_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, attempt: int,
@@ -323,11 +326,14 @@ def claim_event(member: int, decision: Decision, hparams: dict[str, Any], token:
 
 
 def commit_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, checkpoint: str,
-                 score: float, metrics: dict[str, Any], worker: str) -> dict[str, Any]:
-    """A committed interval as the journal records it: everything needed to replay the decision."""
-    return {"type": "commit", "member": member, "interval": decision.interval, "token": token,
-            "checkpoint": checkpoint, "score": score, "metrics": finite_metrics(metrics), "hparams": hparams,
-            "decision": decision.to_dict(), "worker": worker}
+                 score: float, metrics: dict[str, Any], worker: str,
+                 threads: dict[str, str] | None = None) -> dict[str, Any]:
+    """A committed interval as the journal records it: everything needed to replay the decision, and
+    the thread settings it was trained with (None: not known), which a replay needs for the same floats."""
+    event = {"type": "commit", "member": member, "interval": decision.interval, "token": token,
+             "checkpoint": checkpoint, "score": score, "metrics": finite_metrics(metrics), "hparams": hparams,
+             "decision": decision.to_dict(), "worker": worker}
+    return event if threads is None else {**event, "threads": dict(threads)}
 
 
 def fail_event(member: int, interval: int, token: str, error: str, worker: str) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from types import FrameType
 
 from hopt_cli.store import Store
+from hopt_cli.trainable import THREAD_VARIABLES
 
 POLL_SECONDS = 0.5
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 

@@ -1,14 +1,15 @@
 """schedule.yaml: a lineage's hyperparameters interval by interval, written by `hopt best`, read by replay.
 
-The file holds everything a replay needs (the trainable, steps, seed, objective, and per segment of
-intervals the hyperparameters and the member that trained them, whose seed the trainable got), so a
-model can be retrained from scratch without the experiment directory.
+The file holds everything a replay needs (the trainable and the project directory it ran in, steps,
+seed, objective, and per segment of intervals the hyperparameters, the member that trained them, whose
+seed the trainable got, and the thread settings it ran with), so a model can be retrained from scratch
+without the experiment directory.
 """
 from __future__ import annotations
 
 import csv
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 from hopt_cli.errors import HoptError
 from hopt_cli.population import Lineage
 from hopt_cli.recipe import Recipe
+from hopt_cli.trainable import THREAD_VARIABLES
 
 FORMAT = 1
 
@@ -31,17 +33,19 @@ class ScheduleStep:
     hparams: dict[str, Any]
     score: float
     copied_from: int | None
+    threads: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
 class Span:
-    """Intervals [start, end) trained by one member with one hyperparameter setting."""
+    """Intervals [start, end) trained by one member with one hyperparameter and thread setting."""
 
     start: int
     end: int
     member: int
     hparams: dict[str, Any]
     copied_from: int | None = None
+    threads: dict[str, str] | None = None  # None: not recorded (the replay runs with ours)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Schedule:
 
     worker: str | None
     command: str | None
+    project: str | None
     steps: int
     seed: int
     metric: str
@@ -74,33 +79,47 @@ def steps(lineage: Lineage) -> list[ScheduleStep]:
         end = lineage.segments[index + 1].start if index + 1 < len(lineage.segments) else len(lineage.scores)
         for interval in range(segment.start, end):
             expanded.append(ScheduleStep(interval, segment.member, segment.hparams, lineage.scores[interval],
-                                         segment.copied_from if interval == segment.start else None))
+                                         segment.copied_from if interval == segment.start else None,
+                                         segment.threads))
     return expanded
 
 
 def spans(schedule: list[ScheduleStep]) -> list[Span]:
-    """Merge consecutive steps of one member with the same hyperparameters (an exploit always splits)."""
+    """Merge consecutive steps of one member with the same hyperparameters and threads (an exploit
+    always splits)."""
     merged: list[Span] = []
     for step in schedule:
         last = merged[-1] if merged else None
-        if last and (last.member, last.hparams) == (step.member, step.hparams) and step.copied_from is None:
-            merged[-1] = Span(last.start, step.interval + 1, last.member, last.hparams, last.copied_from)
+        if (last and (last.member, last.hparams, last.threads) == (step.member, step.hparams, step.threads)
+                and step.copied_from is None):
+            merged[-1] = replace(last, end=step.interval + 1)
         else:
-            merged.append(Span(step.interval, step.interval + 1, step.member, step.hparams, step.copied_from))
+            merged.append(Span(step.interval, step.interval + 1, step.member, step.hparams, step.copied_from,
+                               step.threads))
     return merged
 
 
 def document(recipe: Recipe, member: int, score: float, schedule: list[ScheduleStep]) -> dict[str, Any]:
-    """The schedule.yaml content for a lineage ending in `member`'s checkpoint with `score`."""
+    """The schedule.yaml content for a lineage ending in `member`'s checkpoint with `score`.
+
+    The first segment's thread settings are written once at the top; a segment that ran with others
+    says so itself."""
+    merged = spans(schedule)
+    threads = merged[0].threads if merged else None
     segments = []
-    for span in spans(schedule):
+    for span in merged:
         segment: dict[str, Any] = {"intervals": [span.start, span.end], "member": span.member}
         if span.copied_from is not None:
             segment["copied_from"] = span.copied_from
+        if span.threads != threads:
+            segment["threads"] = span.threads
         segments.append({**segment, "hparams": span.hparams})
     trainable = {"worker": recipe.worker} if recipe.worker else {"command": recipe.command}
-    return {"hopt_schedule": FORMAT, "experiment": recipe.name, **trainable, "steps": recipe.steps,
-            "seed": recipe.seed, "objective": {"metric": recipe.objective.metric, "mode": recipe.objective.mode},
+    where = {"project": recipe.project} if recipe.project else {}
+    ran_with = {"threads": threads} if threads is not None else {}
+    return {"hopt_schedule": FORMAT, "experiment": recipe.name, **trainable, **where, **ran_with,
+            "steps": recipe.steps, "seed": recipe.seed,
+            "objective": {"metric": recipe.objective.metric, "mode": recipe.objective.mode},
             "member": member, "score": score, "intervals": len(schedule), "schedule": segments}
 
 
@@ -142,6 +161,7 @@ def load(path: str | Path) -> Schedule:
 
 def _parse(data: Mapping[str, Any]) -> Schedule:
     parsed = []
+    threads = _threads(data.get("threads"))
     for segment in data["schedule"]:
         start, end = (int(i) for i in segment["intervals"])
         expected = parsed[-1].end if parsed else 0
@@ -149,12 +169,24 @@ def _parse(data: Mapping[str, Any]) -> Schedule:
             raise ValueError(f"segment [{start}, {end}) does not follow interval {expected}")
         if not isinstance(segment["hparams"], Mapping):
             raise TypeError(f"hparams of segment [{start}, {end}) is not a mapping")
-        parsed.append(Span(start, end, int(segment["member"]), dict(segment["hparams"]), segment.get("copied_from")))
+        parsed.append(Span(start, end, int(segment["member"]), dict(segment["hparams"]), segment.get("copied_from"),
+                           _threads(segment["threads"]) if "threads" in segment else threads))
     if not parsed:
         raise ValueError("no segments")
     if ("worker" in data) == ("command" in data):
         raise ValueError("give exactly one of worker and command")
     objective = data["objective"]
-    return Schedule(data.get("worker"), data.get("command"), int(data["steps"]), int(data["seed"]),
+    project = data.get("project")
+    if project is not None and not isinstance(project, str):
+        raise TypeError(f"project is not a path (got {project!r})")
+    return Schedule(data.get("worker"), data.get("command"), project, int(data["steps"]), int(data["seed"]),
                     str(objective["metric"]), str(objective["mode"]), int(data["member"]), float(data["score"]),
                     tuple(parsed))
+
+
+def _threads(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - set(THREAD_VARIABLES):
+        raise ValueError(f"threads must map some of {', '.join(THREAD_VARIABLES)} to values (got {value!r})")
+    return {str(k): str(v) for k, v in value.items()}

@@ -24,7 +24,7 @@ from hopt_cli.planning import Plan, plan_next
 from hopt_cli.policies import trainable_seed
 from hopt_cli.population import Population, claim_event, commit_event, fail_event
 from hopt_cli.recipe import Recipe
-from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval
+from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval, thread_settings
 
 DURATION_STREAM = 0xD0_2A_71  # keeps the durations' generator apart from every decision's
 
@@ -141,7 +141,7 @@ class _Simulator:
         os.rename(job.staging, self.checkpoints / name)
         self.on_disk.add(name)
         self._apply(commit_event(plan.member, plan.decision, plan.hparams, job.token, name, outcome.score,
-                                 outcome.metrics, job.worker))
+                                 outcome.metrics, job.worker, thread_settings()))
         self._collect_garbage()
 
     def _apply(self, event: dict[str, Any]) -> None:

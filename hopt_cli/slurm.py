@@ -12,6 +12,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class SbatchOptions:
     setup: Sequence[str] = ()
     command: str = "hopt worker"
     requeue: bool = False
+    project: Path | None = None  # the tasks' working directory (--chdir): where the trainable is imported from
 
     def __post_init__(self) -> None:
         # Absolute and normalised: the script runs in whatever directory sbatch was called from.
@@ -123,6 +125,11 @@ class SbatchOptions:
         return safe_name(self.job_name or f"hopt-{self.directory.name}")
 
 
+def worker_command() -> str:
+    """`hopt worker` as this very installation runs it: a task may start with another PATH than ours."""
+    return f"{shlex.quote(sys.executable)} -m hopt_cli worker"
+
+
 def render_sbatch(options: SbatchOptions) -> str:
     """The sbatch script of a worker array; the same options always give the same text."""
     array = f"0-{options.array - 1}" + (f"%{options.parallelism}" if options.parallelism else "")
@@ -134,7 +141,8 @@ def render_sbatch(options: SbatchOptions) -> str:
         f"--output={shlex.quote(str(options.paths.slurm_log_pattern))}",  # stderr too: one log per worker
         f"--signal=B:USR1@{options.grace}",
     ]
-    optional = {"partition": options.partition, "time": options.time, "gres": options.gres,
+    optional = {"chdir": shlex.quote(str(options.project)) if options.project else None,
+                "partition": options.partition, "time": options.time, "gres": options.gres,
                 "cpus-per-task": options.cpus_per_task, "mem": options.mem}
     directives += [f"--{flag}={value}" for flag, value in optional.items() if value is not None]
     directives += options.extra

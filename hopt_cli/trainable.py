@@ -67,19 +67,37 @@ class CommandFailed(IntervalError):
 
 
 TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a command must stop
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The thread variables set in `env` (os.environ by default): how many threads torch and BLAS use,
+    and so in which order they sum, which a replay must reproduce to get the same floats."""
+    env = os.environ if env is None else env
+    return {name: env[name] for name in THREAD_VARIABLES if name in env}
+
+
+def environment_with(threads: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Our environment with exactly these thread settings (None: unknown, so ours unchanged)."""
+    if threads is None:
+        return None
+    return {**{k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}, **threads}
 
 
 @dataclass(frozen=True)
 class CommandTrainable:
     """Runs a shell command per interval; placeholders come from hparams and the context.
 
-    The command runs in its own process group. A stop request (should_stop) or `timeout` sends the
-    group SIGTERM, then SIGKILL after TERM_GRACE seconds; a timed-out interval fails.
+    The command runs in its own process group, in `cwd` with `env` (ours where None). A stop request
+    (should_stop) or `timeout` sends the group SIGTERM, then SIGKILL after TERM_GRACE seconds; a
+    timed-out interval fails.
     """
 
     template: str
     timeout: float | None = None
     poll_seconds: float = 0.2
+    cwd: str | None = None
+    env: Mapping[str, str] | None = None
 
     def render(self, ctx: Context) -> str:
         values = {**ctx.hparams, "parent": ctx.parent or "", "out": ctx.out, "interval": ctx.interval,
@@ -87,7 +105,7 @@ class CommandTrainable:
         return self.template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
 
     def __call__(self, ctx: Context) -> dict[str, Any]:
-        process = subprocess.Popen(self.render(ctx), shell=True, start_new_session=True,
+        process = subprocess.Popen(self.render(ctx), shell=True, start_new_session=True, cwd=self.cwd, env=self.env,
                                    stdout=sys.stderr, stderr=subprocess.PIPE, text=True, errors="replace")
         tail: list[str] = []
         reader = threading.Thread(target=_tee, args=(process.stderr, tail), daemon=True)
@@ -139,18 +157,20 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
-def load_trainable(worker: str | None, command: str | None) -> Callable[[Context], Any]:
-    """The recipe's trainable; a module or function that cannot be imported is a HoptError."""
+def load_trainable(worker: str | None, command: str | None, project: str | None = None) -> Callable[[Context], Any]:
+    """The recipe's trainable, imported from `project` (default: the current directory); a module or
+    function that cannot be imported is a HoptError."""
     if command is not None:
-        return CommandTrainable(command)
+        return CommandTrainable(command, cwd=project)
     module_name, _, function_name = str(worker).partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    where = project or os.getcwd()
+    if where not in sys.path:
+        sys.path.insert(0, where)
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # an import can fail in any way; the user needs to see how
         raise HoptError(f"worker: cannot import {module_name} ({type(err).__name__}: {err}); "
-                        "check the module name and that it is importable from this directory") from None
+                        f"check the module name and that it is importable from {where}") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise HoptError(f"worker: {module_name} has no function {function_name}; "

@@ -22,7 +22,7 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.timing import StepTiming
-from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainable, run_interval
+from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainable, run_interval, thread_settings
 
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
@@ -163,7 +163,7 @@ class Worker:
                     result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
             else:
                 name = self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score,
-                                         outcome.metrics, staging)
+                                         outcome.metrics, staging, thread_settings())
                 if name is None:
                     self.report.fenced += 1
                     result = "discarded: our lease was reclaimed (presumed dead), another worker owns it"

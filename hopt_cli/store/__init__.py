@@ -69,6 +69,9 @@ class Store:
         store = cls.open(root)
         if not created and store.recipe.to_dict() != recipe.to_dict():
             key = _first_difference(store.recipe.to_dict(), recipe.to_dict())
+            if key == "project":
+                raise HoptError(f"{root} was created to run its trainable in {store.recipe.project}, not the "
+                                f"recipe's project {recipe.project}; drop project from the recipe, or use another --dir")
             raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}); "
                             "use another --dir, or the recipe it was created with")
         return store
@@ -268,8 +271,9 @@ class Store:
         return current is not None and current.token == lease.token
 
     def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
-               metrics: dict[str, Any], staging: Path) -> str | None:
-        """Publish the checkpoint and record the interval; None if our token was fenced off.
+               metrics: dict[str, Any], staging: Path, threads: dict[str, str] | None = None) -> str | None:
+        """Publish the checkpoint and record the interval (trained with these thread settings); None if
+        our token was fenced off.
 
         Call inside `transaction()`. The rename is made durable before the event that names it.
         """
@@ -280,7 +284,7 @@ class Store:
         os.rename(staging, self.paths.checkpoint(name))
         fsync_dir(self.paths.checkpoints)
         self._append(commit_event(lease.member, decision, hparams, lease.token, name, score, metrics,
-                                  lease.holder.worker))
+                                  lease.holder.worker, threads))
         self.paths.lease(lease.member).unlink()
         return name
 

@@ -28,7 +28,7 @@ FULL = SbatchOptions(
     directory=Path("/scratch/runs/exp1"), array=8, parallelism=4, partition="gpu", time="04:00:00",
     gres="gpu:1", cpus_per_task=8, mem="32G", grace=300, job_name="digits",
     extra=["--qos=high", "--account=ml"], setup=["module load cuda", "source .venv/bin/activate"],
-    command="python -m hopt_cli worker", requeue=True,
+    command="python -m hopt_cli worker", requeue=True, project=Path("/home/me/my project"),
 )
 
 
@@ -319,9 +319,19 @@ def test_hopt_slurm_writes_the_script(experiment: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     expected = SbatchOptions(experiment, 3, parallelism=2, time="1:00:00", extra=["--qos=low"],
-                             setup=["module load cuda"], command="python -m hopt_cli worker", requeue=True)
+                             setup=["module load cuda"], command="python -m hopt_cli worker", requeue=True,
+                             project=REPO)
     assert (experiment / "slurm" / "worker.sbatch").read_text() == render_sbatch(expected)
     assert f"logs go to {experiment}/logs/slurm-%A_%a.log" in result.stderr
+
+
+def test_the_script_runs_this_hopt_in_the_project_directory(experiment: Path) -> None:
+    """A task's PATH and working directory are not the submitting shell's: the script names both."""
+    assert hopt("slurm", "--dir", str(experiment), "--array", "1").returncode == 0
+
+    text = (experiment / "slurm" / "worker.sbatch").read_text()
+    assert f"#SBATCH --chdir={REPO}\n" in text
+    assert f"\nexec {shlex.quote(sys.executable)} -m hopt_cli worker --dir {experiment} --requeue\n" in text
 
 
 def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -> None:

@@ -133,3 +133,9 @@ def waits_for_go(ctx: Any) -> dict[str, float]:
 def writes_nothing(ctx: Any) -> float:
     """A score and no checkpoint: ctx.out stays empty."""
     return float(ctx.hparams["h0"])
+
+
+def counts_threads(ctx: Any) -> dict[str, float]:
+    """T1, plus torch's intra-op thread count in the score: a replay matches only with the same threads."""
+    result = pbt_quadratic(ctx)
+    return {**result, "score": result["score"] + 1000 * torch.get_num_threads(), "threads": torch.get_num_threads()}

@@ -85,3 +85,31 @@ def test_a_worker_array_survives_cancel_requeue_and_preemption(tmp_path, write_r
     states = job_states(job)
     assert states == [] or sorted(states) == ["CANCELLED", "COMPLETED", "COMPLETED", "COMPLETED"], states
     assert json.loads((root / "state.json").read_text())["population"]["failed"] is None
+
+
+def test_a_task_submitted_from_anywhere_runs_the_projects_trainable(tmp_path):
+    """The issue's case: `cd /tmp && hopt slurm --submit` with no hopt on PATH, a trainable of the project."""
+    project = tmp_path / "my project"
+    project.mkdir()
+    (project / "mytrain.py").write_text("from workers.toys import pbt_quadratic as train\n")
+    recipe = project / "recipe.yaml"
+    recipe.write_text(json.dumps(toy_recipe(population=2, intervals=3, worker="mytrain:train")))
+    root = tmp_path / "exp"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}  # workers.toys, but not mytrain
+    init = subprocess.run([sys.executable, "-m", "hopt_cli", "init", str(recipe), "--dir", str(root)], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+
+    submitted = subprocess.run([sys.executable, "-m", "hopt_cli", "slurm", "--dir", str(root), "--array", "1",
+                                "--time", "00:05:00", "--submit"], cwd="/tmp", env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    try:
+        wait_until_finished(job, TIMEOUT)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+    log = Store.open(root).paths.log(f"slurm-{job}_0").read_text()
+    assert "experiment complete" in log, log
+    assert check_finished_experiment(root).failures == 0
