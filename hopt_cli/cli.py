@@ -371,6 +371,8 @@ def log(root: Path, member: int | None, as_json: bool) -> None:
 
 
 def _event_text(e: Event) -> str:
+    if e.kind == "retry":
+        return "failure counts cleared by `hopt retry`: every member may fail max_failures times again"
     where = f"member {e.member} interval {e.interval}"
     if e.kind == "claim" and e.action == "exploit":
         changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in e.changes) or "no change"
@@ -381,6 +383,8 @@ def _event_text(e: Event) -> str:
     if e.kind == "commit":
         copied = f" (exploit of member {e.parent})" if e.action == "exploit" else ""
         return f"{where}: score {_fmt(e.score)}{copied}"
+    if e.kind == "adopt":
+        return f"member {e.member} takes over member {e.parent}'s finished lineage (score {_fmt(e.score)})"
     if e.kind == "fail":
         return f"{where} FAILED: {e.reason}"
     if e.kind == "reclaim":

@@ -48,13 +48,14 @@ class Change:
 class Event:
     """One journal event as a reader wants it: what happened to which member interval, and why.
 
-    `kind` is claim, commit, fail, release or reclaim; `changes` lists an exploit's mutation (claims and
-    commits); `reason` holds a failure's error or why a lease was released or reclaimed.
+    `kind` is claim, commit, adopt, fail, release, reclaim or retry (which concerns no member);
+    `changes` lists an exploit's mutation (claims and commits); `reason` holds a failure's error or
+    why a lease was released or reclaimed.
     """
 
     time: float
     kind: str
-    member: int
+    member: int | None
     interval: int | None
     worker: str | None
     action: str | None = None
@@ -95,7 +96,7 @@ def readable(events: list[dict[str, Any]]) -> list[Event]:
         changes = _changes(hparams_of.get(decision.get("checkpoint")), e["hparams"]) \
             if decision.get("action") == "exploit" else ()
         records.append(Event(
-            time=e["time"], kind=kind, member=e["member"], interval=e.get("interval", interval_of.get(e["token"])),
+            time=e["time"], kind=kind, member=e.get("member"), interval=e.get("interval", interval_of.get(e.get("token"))),
             worker=e.get("worker", e.get("holder")), action=decision.get("action"), parent=decision.get("parent"),
             score=e.get("score"), hparams=e.get("hparams", {}), changes=changes,
             reason=e.get("error", e.get("reason"))))

@@ -19,6 +19,7 @@ class Plan:
     decision: Decision
     hparams: dict[str, Any]
     attempt: int
+    adopt: bool = False  # an exploit of a finished member: take its lineage over, nothing to train
 
 
 def plan_next(population: Population, leased: set[int], policy: Policy, space: SearchSpace,
@@ -30,4 +31,5 @@ def plan_next(population: Population, leased: set[int], policy: Policy, space: S
     state = population.members[member]
     rng = decision_rng(seed, member, state.interval, state.claims)
     decision = policy.decide(population.view(), member, space, rng)
-    return Plan(member, decision, space.decode(decision.coords), state.claims)
+    adopt = decision.action == "exploit" and decision.interval >= population.intervals
+    return Plan(member, decision, space.decode(decision.coords), state.claims, adopt)

@@ -262,6 +262,22 @@ class Population:
         self._record_best(member)
         self._record_progress(event)
 
+    def _on_adopt(self, event: dict[str, Any]) -> None:
+        """The member takes over a finished lineage whole (there is nothing left of it to train)."""
+        member = self.members[event["member"]]
+        parent = self.members[event["decision"]["parent"]]
+        self.intervals_done += min(parent.interval, self.intervals) - min(member.interval, self.intervals)
+        for name in ("interval", "checkpoint", "coords", "hparams", "sigma", "last_change", "metrics"):
+            setattr(member, name, getattr(parent, name))
+        member.lineage = parent.lineage.copy()
+        member.token = event["token"]
+        member.failures = member.claims = 0
+        member.last_error = None
+        self.pending.pop(member.member, None)
+        self._views.pop(member.member, None)
+        self._view = None
+        self._record_progress(event)
+
     def _on_fail(self, event: dict[str, Any]) -> None:
         member = self._current(event)
         if member is None:
@@ -300,6 +316,7 @@ class Population:
 _HANDLERS = {
     "claim": Population._on_claim,
     "commit": Population._on_commit,
+    "adopt": Population._on_adopt,
     "fail": Population._on_fail,
     "release": Population._on_end_of_lease,
     "reclaim": Population._on_end_of_lease,
@@ -334,6 +351,13 @@ def commit_event(member: int, decision: Decision, hparams: dict[str, Any], token
              "checkpoint": checkpoint, "score": score, "metrics": finite_metrics(metrics), "hparams": hparams,
              "decision": decision.to_dict(), "worker": worker}
     return event if threads is None else {**event, "threads": dict(threads)}
+
+
+def adopt_event(member: int, decision: Decision, parent: MemberState, token: str, worker: str) -> dict[str, Any]:
+    """A member taking over `parent`'s finished lineage (an exploit with nothing left to train)."""
+    return {"type": "adopt", "member": member, "interval": decision.interval, "token": token,
+            "checkpoint": parent.checkpoint, "score": parent.lineage.scores[-1], "hparams": parent.hparams,
+            "decision": decision.to_dict(), "worker": worker}
 
 
 def fail_event(member: int, interval: int, token: str, error: str, worker: str) -> dict[str, Any]:

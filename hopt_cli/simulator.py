@@ -22,7 +22,7 @@ import numpy as np
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.planning import Plan, plan_next
 from hopt_cli.policies import trainable_seed
-from hopt_cli.population import Population, claim_event, commit_event, fail_event
+from hopt_cli.population import Population, adopt_event, claim_event, commit_event, fail_event
 from hopt_cli.recipe import Recipe
 from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval, thread_settings
 
@@ -105,6 +105,11 @@ class _Simulator:
             plan = plan_next(self.population, self.leased, recipe.policy, recipe.space, recipe.seed)
             if plan is None:
                 return
+            if plan.adopt:
+                self._apply(adopt_event(plan.member, plan.decision, self.population.members[int(plan.decision.parent)],
+                                        f"{self.claims:08x}", idle[0]))
+                self.claims += 1
+                continue
             worker = idle.popleft()
             token = f"{self.claims:08x}"
             self.claims += 1

@@ -27,6 +27,7 @@ from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainabl
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
 STOPPED = Outcome(None, {}, "stop requested before training")
+ADOPTED = object()  # a claim that took over a finished lineage: claim again at once
 
 
 class StopRequest(Protocol):
@@ -109,12 +110,14 @@ class Worker:
             started = time.perf_counter()
             claim = self._try_claim()
             self._log_timing("busy" if claim is False else "done" if claim is None else "claim", started)
+            if claim is ADOPTED:
+                continue
             if claim is not False:
                 return claim
             time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
         return None
 
-    def _try_claim(self) -> Claim | None | bool:
+    def _try_claim(self) -> Claim | None | bool | object:
         with self.store.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
@@ -128,6 +131,12 @@ class Worker:
                                  self.recipe.seed)
                 if plan is None:
                     return False
+                if plan.adopt:
+                    self.store.adopt(plan.member, plan.decision, self.holder)
+                    parent = population.members[int(plan.decision.parent)]
+                    log.info("member %d takes over member %d's finished lineage (score %.6g): nothing left to train",
+                             plan.member, parent.member, parent.lineage.scores[-1])
+                    return ADOPTED
                 lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
         if complete:
             self.store.empty_trash()

@@ -41,6 +41,10 @@ def check_finished_experiment(root: Path) -> Summary:
     last_interval: dict[int, int] = {}
     committed: set[str] = set()
     for event in events:
+        if event["type"] == "adopt":
+            assert event["interval"] == recipe.intervals, "a member took over an unfinished lineage"
+            assert event["checkpoint"] in committed, f"adopted uncommitted checkpoint {event['checkpoint']}"
+            last_interval[event["member"]] = event["interval"]
         if event["type"] != "commit":
             continue
         claim = claims[event["token"]]

@@ -48,11 +48,11 @@ def in_bottom(me: MemberView, members: list[MemberView], score: dict[int, float]
     return any(p.member == me.member for p in bottom)
 
 
-def top(members: list[MemberView], score: dict[int, float], quantile: float, me: MemberView,
-        intervals: int) -> list[MemberView]:
+def top(members: list[MemberView], score: dict[int, float], quantile: float, me: MemberView) -> list[MemberView]:
     """The best `quantile` of `members` that `me` can continue from, best first.
 
-    A parent must not be behind `me` (a lineage never goes back in training time) nor finished.
+    A parent must not be behind `me` (a lineage never goes back in training time). A finished one may
+    be chosen: `me` then takes its lineage over whole instead of training on a worse one of its own.
     """
     order = ranked(members, score)[:max(1, math.floor(quantile * len(members)))]
-    return [p for p in order if me.interval <= p.interval < intervals and p.member != me.member]
+    return [p for p in order if me.interval <= p.interval and p.member != me.member]

@@ -32,7 +32,7 @@ class Pbt:
         latest = {p.member: p.score_at(me.interval) for p in [me, *found]}
         if not common.in_bottom(me, [me, *found], latest, self.quantile):
             return common.keep(me)
-        candidates = common.top([me, *found], latest, self.quantile, me, view.intervals)
+        candidates = common.top([me, *found], latest, self.quantile, me)
         if not candidates:
             return common.keep(me)
         parent = candidates[rng.integers(len(candidates))]

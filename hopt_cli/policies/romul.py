@@ -52,7 +52,7 @@ class Romul:
         if not common.enough_peers(view, found):
             return common.keep(me)
         score = {p.member: self._score(p, me.interval) for p in [me, *found]}
-        parent = self._select(me, found, score, view.intervals, rng)
+        parent = self._select(me, found, score, rng)
         if parent is None:
             return common.keep(me)
         sigma = self._step(parent, rng)
@@ -67,14 +67,14 @@ class Romul:
         at = t if self.equal_time else len(peer.scores)
         return peer.robust_at(at, self.ready if self.robust else 1)
 
-    def _select(self, me: MemberView, found: list[MemberView], score: dict[int, float], intervals: int,
+    def _select(self, me: MemberView, found: list[MemberView], score: dict[int, float],
                 rng: np.random.Generator) -> MemberView | None:
         """Step 5: the parent `me` continues from if it is in the non-explorers' bottom; None to keep going."""
         everyone = [me, *found]
         rivals = [p for p in everyone if not p.explorer] if self.rank_select else everyone
         if not common.in_bottom(me, rivals, score, self.quantile):
             return None
-        candidates = common.top(everyone, score, self.quantile, me, intervals)
+        candidates = common.top(everyone, score, self.quantile, me)
         if not candidates:
             return None
         index = _rank_weighted(len(candidates), rng) if self.rank_select else int(rng.integers(len(candidates)))

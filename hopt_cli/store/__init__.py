@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from hopt_cli.errors import CorruptFile, HoptError, RecipeError
-from hopt_cli.population import Decision, Population, claim_event, commit_event, fail_event
+from hopt_cli.population import Decision, Population, adopt_event, claim_event, commit_event, fail_event
 from hopt_cli.recipe import Recipe
 from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch, write_json_atomic
 from hopt_cli.store.journal import Journal
@@ -264,6 +264,12 @@ class Store:
                                  origin))
         write_json_atomic(self.paths.lease(member), lease.to_dict(), sync_dir=False)
         return lease
+
+    def adopt(self, member: int, decision: Decision, holder: Holder) -> None:
+        """Record that `member` takes over the finished lineage of `decision.parent`. Call inside
+        `transaction()`: no lease, no training, the parent's checkpoint becomes the member's too."""
+        parent = self.population.members[int(decision.parent)]
+        self._append(adopt_event(member, decision, parent, secrets.token_hex(8), holder.worker))
 
     def holds(self, lease: Lease) -> bool:
         """Whether `lease` is still the one on disk (its token was not fenced off)."""

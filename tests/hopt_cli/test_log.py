@@ -7,9 +7,10 @@ import re
 from click.testing import CliRunner
 
 from hopt_cli.cli import _fmt, cli
-from tests.hopt_cli.conftest import reclaimed_and_failed
+from hopt_cli.worker import Worker
+from tests.hopt_cli.conftest import mid_run, reclaimed_and_failed
 
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  (\S+) +(claim|commit|fail|release|reclaim) +(.*)$")
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  (\S+) +(claim|commit|adopt|fail|release|reclaim|retry) +(.*)$")
 
 
 def log(*args: str) -> list[str]:
@@ -57,3 +58,19 @@ def test_failures_and_reclaims_read_as_what_happened(tmp_path):
                              "(timeout 60 s)") for line in lines)
     assert re.search(rf"  failing +fail +member {failed.member} interval {failed.decision.interval} "
                      r"FAILED: metric 'score' is nan$", lines[-1])
+
+
+def test_a_retry_reads_as_what_happened(tmp_path):
+    """A retry event names no member; `hopt log` printed a KeyError traceback on it."""
+    root = tmp_path / "exp"
+    store, _ = mid_run(root)
+    failing = Worker(store, "failing", trainable=lambda ctx: float("nan"))
+    while not store.sync().failed:
+        failing.train_and_commit(failing.claim())
+    assert store.retry()
+
+    lines = log("--dir", str(root))
+    document = json.loads(CliRunner().invoke(cli, ["log", "--dir", str(root), "--json"]).stdout)
+
+    assert re.search(r"  -  +retry +failure counts cleared by `hopt retry`", lines[-1]), lines[-1]
+    assert document["events"][-1]["kind"] == "retry" and document["events"][-1]["member"] is None

@@ -335,7 +335,8 @@ def test_romul_never_exploits_itself():
         assert d.action == "continue" or d.parent != 15
 
 
-def test_romul_never_picks_finished_peers():
+def test_romul_may_pick_finished_top_peers_as_well_as_unfinished_ones():
+    """A member behind may take over a finished top lineage (the worker then adopts it whole)."""
     policy = make_policy("romul", QUARTILES)
     intervals = 8
     replace = {15: member(15, [9.0] * intervals), 14: member(14, [8.0] * intervals)}  # finished
@@ -345,10 +346,9 @@ def test_romul_never_picks_finished_peers():
         d = decide(policy, v, 4, seed)
         if d.action == "exploit":
             parents[d.parent] += 1
-            assert v.members[d.parent].interval < intervals
-    assert 14 not in parents and 15 not in parents
-    assert set(parents) <= {0, 13}
-    assert parents  # the unfinished top members are still used
+            assert d.interval == v.members[d.parent].interval
+    assert parents[14] and parents[15], "the finished top members are never chosen"
+    assert set(parents) <= {0, 13, 14, 15}
 
 
 # --- ROMUL: determinism and the move --------------------------------------------------------------

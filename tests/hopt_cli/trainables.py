@@ -139,3 +139,17 @@ def counts_threads(ctx: Any) -> dict[str, float]:
     """T1, plus torch's intra-op thread count in the score: a replay matches only with the same threads."""
     result = pbt_quadratic(ctx)
     return {**result, "score": result["score"] + 1000 * torch.get_num_threads(), "threads": torch.get_num_threads()}
+
+
+def straggles(ctx: Any) -> dict[str, float]:
+    """T1, but member 3 scores 10 worse, and the first time it trains interval 1 it writes its pid to
+    HOPT_TEST_MARKER and hangs: the test kills that worker once every other member has finished."""
+    result = pbt_quadratic(ctx)
+    if ctx.member != 3:
+        return result
+    marker = Path(os.environ["HOPT_TEST_MARKER"])
+    if ctx.interval == 1 and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
+    return {**result, "score": result["score"] - 10}

@@ -163,3 +163,39 @@ def test_workers_stop_when_hopt_run_itself_is_killed(tmp_path, write_recipe):
     wait_for(lambda: not any(alive(pid) for pid in names), DEADLINE, "the orphaned workers to stop", poll=0.05)
     assert not list((tmp_path / "exp" / "leases").iterdir())  # each released its member on the SIGTERM
     _finish(tmp_path, recipe)
+
+
+def test_a_straggler_behind_finished_members_takes_over_the_best_lineage(tmp_path, write_recipe):
+    """The issue's case: member 3's worker dies; when it is reclaimed every other member has finished."""
+    recipe = write_recipe(toy_recipe(population=4, intervals=8, worker="tests.hopt_cli.trainables:straggles"))
+    root = tmp_path / "exp"
+    assert hopt("init", str(recipe), "--dir", str(root)).returncode == 0
+    marker = tmp_path / "straggler-pid"
+    env = {**os.environ, "HOPT_TEST_MARKER": str(marker)}
+    workers = [subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--name", name],
+                                cwd=REPO, env=env, stderr=subprocess.DEVNULL) for name in ("a", "b")]
+    store = Store.open(root)
+    try:
+        wait_for(marker.exists, DEADLINE, "member 3 to hang in interval 1")
+        wait_for(lambda: all(m.interval == 8 for m in store.sync().members if m.member != 3), DEADLINE,
+                 "every other member to finish")
+        (killed,) = [w for w in workers if w.pid == int(marker.read_text())]
+        killed.kill()
+        killed.wait()  # reaped: no zombie holds its pid, so the survivor sees the holder gone at once
+        (survivor,) = [w for w in workers if w is not killed]
+        assert survivor.wait(timeout=DEADLINE) == 0
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+
+    check_finished_experiment(root)
+    events = [e for e in store.journal.read(0)[0] if e["member"] == 3 and e["type"] in ("commit", "adopt")]
+    assert [e["type"] for e in events] == ["commit", "commit", "adopt"], "the straggler trained on alone"
+    population = store.sync()
+    adopted = population.members[events[-1]["decision"]["parent"]]
+    assert population.members[3].lineage.scores == adopted.lineage.scores
+    assert population.members[3].checkpoint == adopted.checkpoint
+    shown = hopt("log", "--dir", str(root), "--member", "3").stdout.splitlines()[-1]
+    assert shown.endswith(f"adopt    member 3 takes over member {adopted.member}'s finished lineage "
+                          f"(score {adopted.lineage.scores[-1]:.6g})"), shown
