@@ -19,7 +19,7 @@ import click
 from hopt_cli import schedule
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import ExperimentFailed, HoptError
-from hopt_cli.experiment import SCHEMA, Best, Experiment, Status
+from hopt_cli.experiment import SCHEMA, Best, Experiment, MemberStatus, Status
 from hopt_cli.history import Event
 from hopt_cli.recipe import LOCK_KINDS, Recipe, load_recipe
 from hopt_cli.replay import replay
@@ -31,6 +31,7 @@ from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import load_trainable
 from hopt_cli.worker import Worker
 
+SUMMARY_ROWS = 20  # members `hopt status` lists before it summarises the rest (--all lists them all)
 DIR = click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
                    help="The experiment directory (shared by every worker).")
 
@@ -210,7 +211,9 @@ def progress_text(done: int, total: int, note: str, columns: int | None) -> str:
 @click.option("--watch", is_flag=True, help="Refresh until the experiment is complete (Ctrl-C leaves).")
 @click.option("--interval", "every", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between refreshes with --watch.")
-def status(root: Path, as_json: bool, watch: bool, every: float) -> None:
+@click.option("--all", "every_member", is_flag=True,
+              help=f"A row for every member [default: the {SUMMARY_ROWS} best of a larger population].")
+def status(root: Path, as_json: bool, watch: bool, every: float, every_member: bool) -> None:
     """Progress, timing, workers, best score, and per member: scores, hyperparameters, lease."""
     experiment = Experiment(root)
     if as_json and watch:
@@ -221,12 +224,12 @@ def status(root: Path, as_json: bool, watch: bool, every: float) -> None:
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and watch else ""
     try:
         for report in experiment.watch(every) if watch else [experiment.status()]:
-            click.echo(clear + _status_table(report) + ("\n" if watch and not clear else ""))
+            click.echo(clear + _status_table(report, every_member) + ("\n" if watch and not clear else ""))
     except KeyboardInterrupt:
         return
 
 
-def _status_table(s: Status) -> str:
+def _status_table(s: Status, every_member: bool = False) -> str:
     head = f"{s.name}: {s.done}/{s.total} intervals ({100 * s.done / s.total:.0f}%), policy {s.policy}"
     if s.best:
         head += f", best {s.metric} {s.best.score:.6g} (member {s.best.member}, interval {s.best.interval})"
@@ -238,16 +241,36 @@ def _status_table(s: Status) -> str:
     names = list(s.members[0].hparams) if s.members and s.members[0].hparams else []
     rows = [["member", "interval", s.metric, f"robust({s.robust_window})", *names, "sigma",
              "lease (worker host:pid heartbeat)"]]
-    for m in s.members:
-        lease = "free" if m.lease is None else (f"{'STALE ' if m.lease.stale else ''}{m.lease.worker} "
+    shown = s.members if every_member or len(s.members) <= SUMMARY_ROWS else _best_members(s)
+    for m in shown:
+        state = "DEAD " if m.lease and m.lease.gone else "STALE " if m.lease and m.lease.stale else ""
+        lease = "free" if m.lease is None else (f"{state}{m.lease.worker} "
                                                 f"{m.lease.host}:{m.lease.pid} {_duration(m.lease.age)} ago")
         rows.append([f"{m.member}{'*' if m.explorer else ''}", str(m.interval), _fmt(m.score), _fmt(m.robust),
                      *(_fmt(m.hparams.get(n)) for n in names), f"{m.sigma:.3g}", lease])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    if any(m.explorer for m in s.members):
+    if len(shown) < len(s.members):
+        lines.append(_rest_summary(s, {m.member for m in shown}))
+    if any(m.explorer for m in shown):
         lines.append("* explorer (never copies, never changes its hyperparameters)")
     return "\n".join(lines)
+
+
+def _best_members(s: Status) -> list[MemberStatus]:
+    """The SUMMARY_ROWS best-scoring members (those without a score last), in member order."""
+    sign = -1 if s.mode == "max" else 1
+    ranked = sorted(s.members, key=lambda m: (m.score is None, sign * (m.score or 0.0), m.member))
+    return sorted(ranked[:SUMMARY_ROWS], key=lambda m: m.member)
+
+
+def _rest_summary(s: Status, shown: set[int]) -> str:
+    rest = [m for m in s.members if m.member not in shown]
+    intervals = sorted(m.interval for m in rest)
+    training = sum(m.lease is not None for m in rest)
+    failing = sum(m.failures > 0 for m in rest)
+    return (f"... and {len(rest)} more members (intervals {intervals[0]}-{intervals[-1]}, {training} training, "
+            f"{failing} with failures): `hopt status --all` lists every one")
 
 
 def _fmt(value: Any) -> str:

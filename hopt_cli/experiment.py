@@ -20,6 +20,7 @@ from hopt_cli.history import Commit, Event
 from hopt_cli.population import Lineage, MemberState, Population
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
+from hopt_cli.store.leases import Holder
 from hopt_cli.store.fsio import write_atomic
 
 SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
@@ -27,7 +28,8 @@ SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (
 
 @dataclass(frozen=True)
 class LeaseStatus:
-    """Who trains a member now; `age` is the seconds since its last heartbeat."""
+    """Who trains a member now; `age` is the seconds since its last heartbeat. `stale`: the next claim
+    reclaims it, because `age` is past the lease timeout or (`gone`) its process is seen dead here."""
 
     worker: str
     host: str
@@ -35,6 +37,7 @@ class LeaseStatus:
     interval: int
     age: float
     stale: bool
+    gone: bool
 
 
 @dataclass(frozen=True)
@@ -113,14 +116,15 @@ class Experiment:
         """Where the experiment stands now."""
         population = self.store.sync()
         infos = [info for info in self.store.lease_infos() if info.lease is not None]
-        leases = {info.lease.member: self._lease_status(info) for info in infos}
+        here = Holder.this_process("hopt-status")
+        leases = {info.lease.member: self._lease_status(info, here) for info in infos}
         window = getattr(self.recipe.policy, "ready", 2)
         members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
         started = population.started
         now = population.progress[-1][0] if population.complete and population.progress else time.time()
         live = sorted({s.worker for s in leases.values() if not s.stale})
-        eta = 0.0 if population.complete else self._eta(population, now) if live else None
+        eta = 0.0 if population.complete else self._eta(population) if live else None
         r = self.recipe
         return Status(
             r.name, r.policy_name, r.objective.metric, r.objective.mode, r.population, r.intervals,
@@ -129,10 +133,11 @@ class Experiment:
             started, None if started is None else round(now - started, 3), eta, live,
             sorted({s.worker for s in leases.values() if s.stale} - set(live)), window, members)
 
-    def _lease_status(self, info: LeaseInfo) -> LeaseStatus:
+    def _lease_status(self, info: LeaseInfo, here: Holder) -> LeaseStatus:
         holder = info.lease.holder
+        gone = holder.is_gone(here)
         return LeaseStatus(holder.worker, holder.host, holder.pid, info.lease.interval, round(info.age, 1),
-                           info.age > self.recipe.lease.timeout)
+                           gone or info.age > self.recipe.lease.timeout, gone)
 
     @staticmethod
     def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:
@@ -141,15 +146,15 @@ class Experiment:
         return MemberStatus(state.member, state.interval, scores[-1] if scores else None, robust, state.hparams,
                             state.sigma, state.explorer, state.failures, state.last_error, lease)
 
-    def _eta(self, population: Population, now: float) -> float | None:
-        """Seconds left at the rate of the population's recent commits; None without progress."""
+    def _eta(self, population: Population) -> float | None:
+        """Seconds left at the rate of the population's recent commits, measured up to the last one (so
+        it moves when something is committed, not while waiting); None without progress."""
         if not population.progress:
             return None
-        since, done_then = population.progress[0]
-        done = population.intervals_done
-        if done <= done_then or now <= since:
+        (since, done_then), (last, done) = population.progress[0], population.progress[-1]
+        if done <= done_then or last <= since:
             return None
-        return round((self.recipe.population * self.recipe.intervals - done) * (now - since) / (done - done_then), 3)
+        return round((self.recipe.population * self.recipe.intervals - done) * (last - since) / (done - done_then), 3)
 
     def watch(self, every: float) -> Iterator[Status]:
         """The status every `every` seconds, until the experiment is complete or has failed."""

@@ -225,6 +225,8 @@ class Population:
         member.claims += 1
         member.token = event["token"]
         decision = event["decision"]
+        if member.checkpoint is None:  # nothing committed yet: show what its first interval trains with
+            member.hparams, member.sigma = dict(event["hparams"]), decision["sigma"]
         if decision["action"] == "exploit":
             self.pending[member.member] = self.members[decision["parent"]].lineage.copy()
         else:

@@ -11,7 +11,10 @@ from click.testing import CliRunner
 
 from hopt_cli.cli import cli
 from hopt_cli.experiment import Experiment
-from tests.conftest import REPO
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.worker import Worker
+from tests.conftest import REPO, toy_recipe
 from tests.hopt_cli.conftest import hopt, mid_run
 
 
@@ -107,3 +110,20 @@ def test_best_out_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(qua
     assert result.stderr == (f"hopt: error: cannot export to {disk}/best: No space left on device; choose an "
                              "--out you can write to, with room for the checkpoint\n")
     assert result.stdout == "status=2\n"  # and `ls -A` of the export folder printed nothing: it is empty
+
+
+def test_a_large_population_is_summarised_and_all_lists_every_member(tmp_path):
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=30, intervals=2)))
+    worker = Worker(store, "pytest-worker")
+    for _ in range(35):
+        worker.train_and_commit(worker.claim())
+    scores = sorted(m.lineage.scores[-1] for m in store.sync().members if m.lineage.scores)[::-1]
+
+    lines = run("status", "--dir", str(tmp_path / "exp")).splitlines()
+    every = run("status", "--dir", str(tmp_path / "exp"), "--all").splitlines()
+
+    rows = [line for line in lines[3:] if line.split()[0].rstrip("*").isdigit()]
+    assert len(rows) == 20 and sorted(float(r.split()[2]) for r in rows)[0] == pytest.approx(scores[19], rel=1e-3)
+    assert lines[3 + 20] == ("... and 10 more members (intervals 1-1, 0 training, 0 with failures): "
+                             "`hopt status --all` lists every one")
+    assert len([line for line in every[3:] if line.split()[0].rstrip("*").isdigit()]) == 30

@@ -13,8 +13,10 @@ import pytest
 import hopt_cli
 from hopt_cli.errors import HoptError
 from hopt_cli.experiment import Experiment
+from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from tests.conftest import REPO
+from hopt_cli.worker import Worker
+from tests.conftest import REPO, toy_recipe
 from tests.hopt_cli.conftest import mid_run, reclaimed_and_failed
 
 
@@ -134,3 +136,25 @@ def test_watch_refreshes_until_complete(tmp_path, quadratic):
 
     assert len(waiting) == 3 and not any(s.complete for s in waiting)
     assert len(finished) == 1 and finished[0].complete
+
+
+def test_a_member_claimed_before_its_first_commit_shows_what_it_trains_with(tmp_path):
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=4, intervals=6)))
+    claim = Worker(store, "pytest-worker").claim()
+
+    member = Experiment(tmp_path / "exp").status().members[claim.member]
+
+    assert claim.decision.action == "start" and member.lease is not None
+    assert member.hparams == claim.hparams and member.sigma == claim.decision.sigma > 0
+
+
+def test_the_eta_moves_when_a_commit_lands_not_while_waiting(tmp_path, monkeypatch):
+    store, _ = mid_run(tmp_path / "exp")
+    progress = store.sync().progress
+    (since, done_then), (last, done) = progress[0], progress[-1]
+    expected = round((4 * 6 - done) * (last - since) / (done - done_then), 3)
+
+    monkeypatch.setattr(time, "time", lambda: last + 3600)  # an hour later, nothing committed
+    status = Experiment(tmp_path / "exp").status()
+
+    assert status.live_workers == ["pytest-worker"] and status.eta == expected

@@ -8,7 +8,8 @@ def _events(member: int, action: str, parent: int | None, interval: int, checkpo
             x: float) -> list[dict]:
     decision = Decision(action, parent, checkpoint, interval, (x,), 0.1, interval, False).to_dict()
     token = f"{member}-{interval}-{action}"
-    return [{"type": "claim", "member": member, "interval": interval, "token": token, "decision": decision},
+    return [{"type": "claim", "member": member, "interval": interval, "token": token, "decision": decision,
+             "hparams": {"x": x}},
             {"type": "commit", "member": member, "interval": interval, "token": token, "checkpoint": token,
              "score": score, "hparams": {"x": x}, "decision": decision}]
 

@@ -199,3 +199,26 @@ def test_a_straggler_behind_finished_members_takes_over_the_best_lineage(tmp_pat
     shown = hopt("log", "--dir", str(root), "--member", "3").stdout.splitlines()[-1]
     assert shown.endswith(f"adopt    member 3 takes over member {adopted.member}'s finished lineage "
                           f"(score {adopted.lineage.scores[-1]:.6g})"), shown
+
+
+def test_status_counts_a_killed_worker_dead_at_once(tmp_path, write_recipe):
+    recipe = write_recipe(toy_recipe(population=2, intervals=2, worker="tests.hopt_cli.trainables:waits_for_go"))
+    root, markers = tmp_path / "exp", tmp_path / "markers"
+    markers.mkdir()
+    assert hopt("init", str(recipe), "--dir", str(root)).returncode == 0
+    env = {**os.environ, "HOPT_TEST_MARKER": str(markers), "HOPT_TEST_GO": str(tmp_path / "go")}
+    worker = subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--name", "doomed"],
+                              cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(not p.name.startswith(".") for p in markers.iterdir()), DEADLINE, "the interval")
+    finally:
+        worker.kill()
+        worker.wait()
+
+    status = json.loads(hopt("status", "--dir", str(root), "--json").stdout)
+    table = hopt("status", "--dir", str(root)).stdout.splitlines()
+
+    lease = status["members"][0]["lease"]
+    assert (lease["gone"], lease["stale"], lease["age"] < 60) == (True, True, True)
+    assert status["live_workers"] == [] and status["stale_workers"] == ["doomed"] and status["eta"] is None
+    assert table[1].endswith("ETA -, workers: 0 live, 1 stale") and " DEAD doomed " in table[3]
