@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from hopt_cli.errors import HoptError
 from hopt_cli.history import Commit
+from hopt_cli.store.fsio import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,26 +25,36 @@ if TYPE_CHECKING:
 
 DPI = 100
 BEST = "black"
-EXPLOIT = "#d62728"
+EXPLOIT = "#d62728"  # tab10's red, which no member line uses (see _colors)
+MEMBER_LINE = {"lw": 1.2, "alpha": 0.85}  # how member lines are drawn, and so how the legend shows them
+_RED = {"tab10": {3}, "tab20": {6, 7}}  # the palettes' reds, kept for exploits
 
 
 def plot(experiment: Experiment, out: str | Path) -> list[Path]:
-    """Draw scores.png, schedule.png, lineage.png and sigma.png into `out`; returns their paths."""
+    """Draw scores.png, schedule.png, lineage.png and sigma.png into `out`; returns their paths.
+
+    Each file is written whole or not at all (a full disk leaves the previous version, or none)."""
+    drawn = {name: _png(figure) for name, figure in figures(experiment).items()}
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in drawn.items():
+            write_atomic(out / name, data, sync_dir=False)
+    except OSError as err:
+        raise HoptError(f"cannot write figures to {out}: {err.strerror}; choose an --out you can write to, "
+                        "with room for them") from None
+    return [out / name for name in drawn]
+
+
+def figures(experiment: Experiment) -> dict[str, Figure]:
+    """The four figures by file name, drawn from the journal (in a notebook: display them directly)."""
     _matplotlib()
     commits = experiment.history()
     if not commits:
         raise HoptError(f"{experiment.store.paths.root}: nothing to plot yet, no interval has been committed")
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise HoptError(f"cannot write figures to {out}: {err.strerror}; choose an --out you can write to") from None
     best = experiment.best()
-    figures = {"scores.png": _scores(experiment, commits, best), "schedule.png": _schedule(experiment, commits, best),
-               "lineage.png": _lineage(experiment, commits, best), "sigma.png": _sigma(experiment, commits, best)}
-    for name, figure in figures.items():
-        _save(figure, out / name)
-    return [out / name for name in figures]
+    return {"scores.png": _scores(experiment, commits, best), "schedule.png": _schedule(experiment, commits, best),
+            "lineage.png": _lineage(experiment, commits, best), "sigma.png": _sigma(experiment, commits, best)}
 
 
 def _matplotlib() -> None:
@@ -53,14 +64,16 @@ def _matplotlib() -> None:
         raise HoptError("hopt plot needs matplotlib: pip install 'hopt[plot]'") from None
 
 
-def _save(figure: Figure, path: Path) -> None:
-    """Write a palette PNG: a few times smaller than matplotlib's RGBA, and as sharp for line plots."""
+def _png(figure: Figure) -> bytes:
+    """A palette PNG: a few times smaller than matplotlib's RGBA, and as sharp for line plots."""
     from PIL import Image  # pillow is a dependency of matplotlib
 
     buffer = BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
-    image.save(path, format="png", optimize=True)
+    packed = BytesIO()
+    image.save(packed, format="png", optimize=True)
+    return packed.getvalue()
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -70,14 +83,21 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _colors(n: int) -> list[Any]:
-    """One colour per member: distinct for up to 20 members, a gradient beyond."""
+    """One colour per member, never the exploit red: distinct for up to 18 members, a gradient beyond."""
     from matplotlib import colormaps
 
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
+    for name, size in (("tab10", 10), ("tab20", 20)):
+        palette = [colormaps[name](i) for i in range(size) if i not in _RED[name]]
+        if n <= len(palette):
+            return palette[:n]
     return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
+
+
+def _integer_intervals(ax: Axes) -> None:
+    """Ticks on whole intervals only: there is no interval 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _title(experiment: Experiment, what: str) -> str:
@@ -90,9 +110,9 @@ def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> Non
     from matplotlib.lines import Line2D
 
     if n <= 10:
-        handles = [Line2D([], [], color=colors[m], lw=2, label=f"member {m}") for m in range(n)]
+        handles = [Line2D([], [], color=colors[m], **MEMBER_LINE, label=f"member {m}") for m in range(n)]
     else:
-        handles = [Line2D([], [], color="gray", lw=1.2, label=f"members 0-{n - 1} (one colour each)")]
+        handles = [Line2D([], [], color="gray", **MEMBER_LINE, label=f"members 0-{n - 1} (one colour each)")]
     ax.legend(handles=extra + handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
@@ -123,6 +143,7 @@ def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure
     _member_legend(ax, n, colors, extra)
     ax.set(xlabel="interval", ylabel=experiment.recipe.objective.metric,
            title=_title(experiment, f"{experiment.recipe.objective.metric} per interval"))
+    _integer_intervals(ax)
     ax.grid(alpha=0.3)
     return figure
 
@@ -150,7 +171,7 @@ def _log_y(ax: Axes) -> None:
 
 def _draw_run(ax: Axes, run: list[Commit], color: Any) -> None:
     if run:
-        ax.plot([c.interval for c in run], [c.score for c in run], color=color, lw=1.2, alpha=0.85)
+        ax.plot([c.interval for c in run], [c.score for c in run], color=color, **MEMBER_LINE)
 
 
 def _schedule(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
@@ -202,6 +223,7 @@ def _schedule_panel(ax: Axes, param: Param, commits: list[Commit], best: Best) -
     elif param.log:
         _log_y(ax)
     ax.set_ylabel(f"{param.name}{' (log)' if param.log else ''}")
+    _integer_intervals(ax)
     ax.grid(alpha=0.3)
 
 
@@ -240,6 +262,7 @@ def _lineage(experiment: Experiment, commits: list[Commit], best: Best) -> Figur
                        Line2D([], [], color=BEST, lw=2.5, alpha=0.6, label=f"best lineage (member {best.member})")],
               loc="outside lower center", ncols=2, frameon=False, fontsize=9)
     ax.set(xlabel="interval", ylabel="member", title=_title(experiment, "who copied whom, and when"))
+    _integer_intervals(ax)
     ax.grid(axis="x", alpha=0.3)
     return figure
 
@@ -262,13 +285,14 @@ def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
     explorers = {c.member for c in commits if c.explorer}
     for member in range(n):
         xs = sorted(i for m, i in sigma if m == member)
-        ax.step(xs, [sigma[member, x] for x in xs], where="post", color=colors[member], lw=1, alpha=0.5,
+        ax.step(xs, [sigma[member, x] for x in xs], where="post", color=colors[member], **MEMBER_LINE,
                 ls=":" if member in explorers else "-")
     xs, spread = _spread((interval, value) for (_, interval), value in sigma.items())
     ax.step(xs, [s[len(s) // 2] for s in spread], where="post", color="gray", lw=2.5, ls="--")
     ax.step([s.interval for s in best.schedule], [sigma[s.member, s.interval] for s in best.schedule], where="post",
             color=BEST, lw=2.5)
     _log_y(ax)
+    _integer_intervals(ax)
     ax.grid(alpha=0.3, which="both")
     extra = [Line2D([], [], color=BEST, lw=2.5, label=f"best lineage (member {best.member})"),
              Line2D([], [], color="gray", lw=2.5, ls="--", label="population median")]

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 import sys
 
 import pytest
 from click.testing import CliRunner
+from matplotlib.colors import to_hex
 
 from hopt_cli import cli as cli_module
 from hopt_cli.cli import cli
+from hopt_cli.experiment import Experiment
+from hopt_cli.plots import EXPLOIT, figures
+from tests.conftest import REPO
 
 
 def png_size(path) -> tuple[int, int]:
@@ -42,3 +47,45 @@ def test_plot_without_matplotlib_says_how_to_install_it(quadratic, tmp_path, mon
     assert exit.value.code == 2
     assert capsys.readouterr().err == "hopt: error: hopt plot needs matplotlib: pip install 'hopt[plot]'\n"
     assert not (tmp_path / "plots").exists()
+
+
+def test_intervals_are_whole_numbers_on_every_axis(quadratic):
+    """8 intervals drew ticks at 2.5 and 7.5; there is no half interval."""
+    for name, figure in figures(Experiment(quadratic)).items():
+        for ax in figure.axes:
+            if ax.get_visible() and ax.get_xlabel() == "interval":
+                ticks = ax.get_xticks()
+                assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks), (name, ticks)
+
+
+def test_member_lines_look_as_the_legend_shows_them_and_never_in_the_exploit_red(quadratic):
+    drawn = figures(Experiment(quadratic))
+    for name in ("scores.png", "sigma.png"):
+        ax = drawn[name].axes[0]
+        handles = [h for h in ax.get_legend().legend_handles if h.get_label().startswith("member ")]
+        assert len(handles) == 5
+        for handle in handles:
+            assert to_hex(handle.get_color()) != EXPLOIT, f"{name}: {handle.get_label()} is drawn in the exploit red"
+            same = [line for line in ax.lines if to_hex(line.get_color()) == to_hex(handle.get_color())
+                    and line.get_linestyle() in ("-", ":")]  # exploit jumps and markers have their own entry
+            assert same and all((line.get_linewidth(), line.get_alpha()) == (handle.get_linewidth(), handle.get_alpha())
+                                for line in same), f"{name}: {handle.get_label()} looks unlike its lines"
+
+
+def test_plot_on_a_full_disk_is_one_line_and_leaves_no_partial_png(quadratic, tmp_path):
+    """`hopt plot` onto a 64 KiB tmpfs that a file has filled, in a mount namespace of its own."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = ('mount -t tmpfs -o size=64k tmpfs "$1" && (head -c 1M /dev/zero > "$1/filler" 2>/dev/null || true) && '
+              '"$3" -m hopt_cli plot --dir "$2" --out "$1/plots"; echo "status=$?"; ls -A "$1/plots"')
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1"', "sh", str(disk)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.strip()}")
+
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), str(quadratic), sys.executable],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    assert result.stderr == (f"hopt: error: cannot write figures to {disk}/plots: No space left on device; choose "
+                             "an --out you can write to, with room for them\n")
+    assert result.stdout == "status=2\n"  # and `ls -A` printed nothing: no PNG, whole or partial, no temp file
