@@ -177,15 +177,19 @@ def run(recipe: Path, root: Path, workers: int) -> None:
 
 class ProgressLine:
     """Progress on stderr: on a terminal one line redrawn in place and fitted to its width, elsewhere
-    a line per update; a message always starts on a line of its own."""
+    a line per update that says something new; a message always starts on a line of its own."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.open = False
+        self.last: str | None = None
 
     def show(self, done: int, total: int, note: str) -> None:
         if not self.tty:
-            click.echo(progress_text(done, total, note, None), err=True)
+            text = progress_text(done, total, note, None)
+            if text != self.last:
+                click.echo(text, err=True)
+            self.last = text
             return
         line = progress_text(done, total, note, shutil.get_terminal_size().columns - 1)
         click.echo(f"\r{line}\x1b[K", err=True, nl=done == total)

@@ -155,3 +155,15 @@ def test_a_message_after_a_progress_line_starts_on_a_line_of_its_own(monkeypatch
     drawn, message = capsys.readouterr().err.split("\n")[:2]
     assert drawn.startswith("\r[") and len(drawn.removeprefix("\r").removesuffix("\x1b[K")) <= 79
     assert message == "stopped by SIGINT; run the same command again to resume"
+
+
+def test_progress_into_a_pipe_prints_a_line_only_when_it_says_something_new(capsys):
+    """`hopt run` reports the final count again after its workers exit; a log got that line twice."""
+    line = ProgressLine()
+    assert not line.tty  # pytest captures stderr
+
+    for done in (1, 2, 2, 4, 4):
+        line.show(done, 4, "best score 1")
+
+    assert [text.split("] ")[1] for text in capsys.readouterr().err.splitlines()] == [
+        f"{done}/4 intervals  best score 1" for done in (1, 2, 4)]
