@@ -4,14 +4,16 @@
 never deleted; if an operator deletes or replaces it anyway, a locker notices that its descriptor no
 longer names the file and takes the lock again on the new one, so waiters cannot split across inodes.
 
-`hardlink`, for shared filesystems where flock is not exclusive across nodes (NFS with `local_lock`,
-Lustre without `-o flock`): the classic NFS-safe lock. A would-be holder writes a unique file naming
-itself and hard-links it to `lock.link`; it holds the lock when its file then has two links (checked
-even when link() reports an error, which NFS may do for a link that succeeded). A holder whose process
+`hardlink`, for shared filesystems where flock is not exclusive across nodes (sshfs, NFS with
+`local_lock`, Lustre without `-o flock`): the classic NFS-safe lock. A would-be holder writes a unique
+file holding its token and hard-links it to `lock.link`: a link() that succeeds wins. When link()
+reports an error, the holder of `lock.link` is read from its content: NFS may report an error for a
+retransmitted link that succeeded. Link counts and inode numbers are never consulted: on sshfs a
+successful link leaves st_nlink at 1 and gives each name its own inode number. A holder whose process
 is gone (same host and pid namespace) is broken at once, any other after `STALE_SECONDS` on the
 filesystem's clock; breakers take turns (see `_break_if_stale`). Breaking by age can still let a holder
-that stalled for STALE_SECONDS overlap with the next; then fencing tokens and the journal's order keep
-the data correct.
+that stalled for STALE_SECONDS overlap with the next: the journal's sequence numbers then void the
+later writer's events.
 """
 from __future__ import annotations
 
@@ -142,31 +144,55 @@ def _names_file(fd: int, path: Path) -> bool:
 
 @dataclass(frozen=True)
 class _Stale:
-    seen: os.stat_result
-    token: str | None
+    content: bytes  # what the stale file holds: its token makes it unique
+    token: str | None  # None when the content is not a lock file's
     reason: str
 
 
-def _link(claim: Path, lock: Path) -> bool:
-    """Try to take `lock` by hard-linking our unique `claim` to it; True when we hold it.
-
-    Judged by the claim's link count, not by link()'s result: over NFS a link that succeeded may
-    report an error (a retransmitted request), and one that failed never adds a link.
-    """
-    with contextlib.suppress(OSError):
-        os.link(claim, lock)
-    return os.stat(claim).st_nlink == 2
-
-
-def _unlink_if_same(path: Path, seen: os.stat_result) -> bool:
-    """Unlink `path` if it is still the file `seen`; True if it was."""
+def _token_of(path: Path) -> str | None:
+    """The token written in a lock or claim file; None if it is gone or unreadable."""
     try:
-        now = os.stat(path)
+        return str(json.loads(path.read_bytes())["token"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _link(claim: Path, token: str, lock: Path) -> bool:
+    """Try to take `lock` by hard-linking our unique `claim` (holding `token`) to it; True when we hold it.
+
+    A link() that succeeds wins. On an error the lock's content decides: over NFS a link that
+    succeeded may report one (a retransmitted request). A missing claim (collected) raises.
+    """
+    try:
+        os.link(claim, lock)
+        return True
+    except FileNotFoundError:
+        if not claim.exists():
+            raise
+        return False
+    except OSError:
+        return _token_of(lock) == token
+
+
+def _unlink_if_token(path: Path, token: str) -> bool:
+    """Unlink `path` if it still holds `token`; True if it did."""
+    return _token_of(path) == token and _unlink(path)
+
+
+def _unlink_if_content(path: Path, content: bytes) -> bool:
+    """Unlink `path` if it still holds exactly `content`; True if it did."""
+    try:
+        same = path.read_bytes() == content
+    except OSError:
+        return False
+    return same and _unlink(path)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        os.unlink(path)
     except FileNotFoundError:
         return False
-    if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
-        return False
-    os.unlink(path)
     return True
 
 
@@ -180,23 +206,24 @@ class HardLinkLock(ExperimentLock):
         self.paths = paths
         self.stale_after = stale_after
         self.here = Holder.this_process("lock")
-        self._mine: Path | None = None
+        self._mine: tuple[Path, str] | None = None
 
     def _try_acquire(self) -> bool:
         if self._mine is None:
             self._mine = self._write_claim()
+        claim, token = self._mine
         try:
-            won = _link(self._mine, self.path)
+            won = _link(claim, token, self.path)
         except FileNotFoundError:  # collected as a dead waiter's (we waited longer than the lock timeout)
             self._mine = None
             return False
         if won:
-            touch(self._mine)  # the lock's age counts from now, not from when we started waiting
+            touch(claim)  # the lock's age counts from now, not from when we started waiting
             return True
         self._break_if_stale()
         return False
 
-    def _write_claim(self) -> Path:
+    def _write_claim(self) -> tuple[Path, str]:
         token = secrets.token_hex(8)
         path = self.paths.hardlink_claim(token)
         data = json.dumps({"holder": dataclasses.asdict(self.here), "token": token}).encode()
@@ -206,7 +233,7 @@ class HardLinkLock(ExperimentLock):
             os.fsync(fd)
         finally:
             os.close(fd)
-        return path
+        return path, token
 
     def _break_if_stale(self) -> None:
         """Remove a stale lock, one breaker at a time.
@@ -219,45 +246,51 @@ class HardLinkLock(ExperimentLock):
         stale = self._stale(self.path)
         if stale is None:
             return
-        breaker = self._write_claim()
+        breaker, token = self._write_claim()
         try:
-            if not _link(breaker, self.paths.hardlink_breaker):
+            if not _link(breaker, token, self.paths.hardlink_breaker):
                 dead_breaker = self._stale(self.paths.hardlink_breaker)
                 if dead_breaker is not None:  # a breaker died mid-break: clear the way for the next attempt
-                    _unlink_if_same(self.paths.hardlink_breaker, dead_breaker.seen)
+                    _unlink_if_content(self.paths.hardlink_breaker, dead_breaker.content)
                 return
             try:
-                if _unlink_if_same(self.path, stale.seen):
+                if _unlink_if_content(self.path, stale.content):
                     log.warning("broke the experiment lock %s: %s", self.path, stale.reason)
                     if stale.token is not None:
                         self.paths.hardlink_claim(stale.token).unlink(missing_ok=True)
             finally:
-                _unlink_if_same(self.paths.hardlink_breaker, os.stat(breaker))
+                _unlink_if_token(self.paths.hardlink_breaker, token)
         finally:
             breaker.unlink(missing_ok=True)
 
     def _stale(self, path: Path) -> _Stale | None:
-        """Why the lock file `path` is stale (its holder is gone, or it is too old), or None if it is not."""
+        """Why the lock file `path` is stale (its holder is gone, or it is too old), or None if it is not.
+
+        A file that cannot be read now (a transient ESTALE) is looked at again at the next attempt."""
         try:
             with open(path, "rb") as handle:
                 seen = os.fstat(handle.fileno())
-                content = json.loads(handle.read())
-            holder, token = Holder(**content["holder"]), str(content["token"])
+                data = handle.read()
         except FileNotFoundError:
             return None  # released meanwhile: the next attempt may win
-        except (ValueError, TypeError, KeyError, OSError):
-            holder, token = None, None  # unreadable: only its age can tell
+        except OSError:
+            return None  # ESTALE and the like: look again at the next attempt
+        try:
+            content = json.loads(data)
+            holder, token = Holder(**content["holder"]), str(content["token"])
+        except (ValueError, TypeError, KeyError):
+            holder, token = None, None
         if holder is not None and holder.is_gone(self.here):
-            return _Stale(seen, token, f"its holder (pid {holder.pid} on this host) is gone")
+            return _Stale(data, token, f"its holder (pid {holder.pid} on this host) is gone")
         age = touch(self.paths.clock) - seen.st_mtime
         if age > self.stale_after:
-            return _Stale(seen, token, f"held for {age:.0f} s (limit {self.stale_after:.0f} s)")
+            return _Stale(data, token, f"held for {age:.0f} s (limit {self.stale_after:.0f} s)")
         return None
 
     def _abandon(self) -> None:
         if self._mine is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._mine)
+                os.unlink(self._mine[0])
             self._mine = None
 
     def _release(self) -> None:
@@ -265,38 +298,30 @@ class HardLinkLock(ExperimentLock):
         self._mine = None
         if mine is None:
             return
-        try:
-            current = os.stat(self.path)
-            ours = os.stat(mine)
-            if (current.st_dev, current.st_ino) == (ours.st_dev, ours.st_ino):
-                os.unlink(self.path)
-            else:
-                log.warning("%s was broken while we held it (judged stale); fencing tokens keep the data safe",
-                            self.path)
-        except FileNotFoundError:
-            log.warning("%s vanished while we held it (deleted by hand?)", self.path)
+        claim, token = mine
+        if not _unlink_if_token(self.path, token):
+            log.warning("%s was broken while we held it (judged stale, or deleted by hand); the journal's "
+                        "sequence numbers void whatever a second holder wrote meanwhile", self.path)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(mine)
+            os.unlink(claim)
 
 
 def abandoned_claims(paths: ExperimentPaths, here: Holder, now: float, older_than: float) -> list[Path]:
     """Unique files of hard-link lockers that died waiting or breaking: not linked to a lock, and their
     process is gone or they are older than any waiter waits. `now` is the filesystem's clock."""
-    held = set()
-    for lock in (paths.hardlink_lock, paths.hardlink_breaker):
-        with contextlib.suppress(FileNotFoundError):
-            seen = os.stat(lock)
-            held.add((seen.st_dev, seen.st_ino))
+    held = {_token_of(lock) for lock in (paths.hardlink_lock, paths.hardlink_breaker)}
     found = []
     for path in paths.hardlink_claims():
         try:
             seen = os.stat(path)
-            holder: Holder | None = Holder(**json.loads(path.read_bytes())["holder"])
+            content = json.loads(path.read_bytes())
+            holder: Holder | None = Holder(**content["holder"])
+            token = str(content["token"])
         except FileNotFoundError:
             continue
         except (ValueError, TypeError, KeyError, OSError):
-            holder = None
-        if (seen.st_dev, seen.st_ino) in held:
+            holder, token = None, None
+        if token is not None and token in held:
             continue
         if (holder is not None and holder.is_gone(here)) or now - seen.st_mtime > older_than:
             found.append(path)
