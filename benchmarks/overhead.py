@@ -99,7 +99,7 @@ def run_hopt(population: int, intervals: int, workers: int, runs: Runs) -> None:
         runs.disk_excess.append(watch.excess(population, store.recipe.keep_best))
         if failed or not store.sync().complete:
             raise SystemExit(f"a worker failed (exit statuses {failed}); see {logs[0]}")
-        events = store.journal.read(0)[0]
+        events = store.journal.read()[0]
         commits = [e for e in events if e["type"] == "commit"]
         runs.intervals.append(len(commits))
         runs.span.append(commits[-1]["time"] - events[0]["time"])

@@ -18,6 +18,7 @@ from typing import Any
 from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
+from hopt_cli.store.journal import Cursor
 from workers.noop import STATE_FILE
 
 EXPLOIT_RATE = 0.13  # share of decisions that exploit in the no-op benchmark's ROMUL runs
@@ -119,16 +120,20 @@ def generate(root: Path, population: int, commits: int, seed: int = 0) -> Store:
     state = store.population
     snapshot_at = max(0, commits - population // 2)  # a tail of one population's worth of events
     dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    cursor = Cursor()
     with open(store.paths.journal, "ab") as journal:
         for index in range(commits):
             if index == snapshot_at:
                 journal.flush()
-                store.offset = journal.tell()
+                store.cursor = cursor
                 store.write_snapshot()
             for event in generator.events():
                 state.apply(event)
-                journal.write((dumps(event) + "\n").encode())
-    store.offset = store.paths.journal.stat().st_size
+                numbered = {**event, "seq": cursor.lines + 1, "prev": cursor.last}
+                line = (dumps(numbered) + "\n").encode()
+                journal.write(line)
+                cursor, _ = cursor.after(line, numbered)
+    store.cursor = cursor
     _write_checkpoints(store, state)
     return store
 

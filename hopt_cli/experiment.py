@@ -22,6 +22,7 @@ from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.leases import Holder
 from hopt_cli.store.fsio import write_atomic
+from hopt_cli.store.journal import Cursor
 
 SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
 
@@ -110,7 +111,7 @@ class Experiment:
         self.store = Store.open(path)
         self.recipe = self.store.recipe
         self._events: list[dict[str, Any]] = []
-        self._offset = 0
+        self._cursor = Cursor()
 
     def status(self) -> Status:
         """Where the experiment stands now."""
@@ -247,7 +248,7 @@ class Experiment:
 
     def _journal(self) -> list[dict[str, Any]]:
         """The journal's events so far, read incrementally."""
-        events, self._offset = self.store.journal.read(self._offset)
+        events, self._cursor = self.store.journal.read(self._cursor)
         self._events.extend(events)
         return self._events
 

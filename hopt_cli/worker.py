@@ -27,7 +27,7 @@ from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainabl
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
 STOPPED = Outcome(None, {}, "stop requested before training")
-ADOPTED = object()  # a claim that took over a finished lineage: claim again at once
+AGAIN = object()  # no claim, but no reason to wait: an adoption, or a claim made on a stale view
 
 
 class StopRequest(Protocol):
@@ -110,7 +110,7 @@ class Worker:
             started = time.perf_counter()
             claim = self._try_claim()
             self._log_timing("busy" if claim is False else "done" if claim is None else "claim", started)
-            if claim is ADOPTED:
+            if claim is AGAIN:
                 continue
             if claim is not False:
                 return claim
@@ -118,6 +118,7 @@ class Worker:
         return None
 
     def _try_claim(self) -> Claim | None | bool | object:
+        """A claim; None when complete; False when every free member is leased; AGAIN to retry now."""
         with self.store.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
@@ -132,12 +133,14 @@ class Worker:
                 if plan is None:
                     return False
                 if plan.adopt:
-                    self.store.adopt(plan.member, plan.decision, self.holder)
                     parent = population.members[int(plan.decision.parent)]
-                    log.info("member %d takes over member %d's finished lineage (score %.6g): nothing left to train",
-                             plan.member, parent.member, parent.lineage.scores[-1])
-                    return ADOPTED
+                    if self.store.adopt(plan.member, plan.decision, self.holder):
+                        log.info("member %d takes over member %d's finished lineage (score %.6g): nothing left "
+                                 "to train", plan.member, parent.member, parent.lineage.scores[-1])
+                    return AGAIN
                 lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
+                if lease is None:
+                    return AGAIN
         if complete:
             self.store.empty_trash()
             return None

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.netfs_cluster import make_shared_dir, netfs, shared_dir  # noqa: F401 - the fixtures of tests marked netfs
 from tests.slurm_cluster import cluster  # noqa: F401 - the fixture of every test marked slurm
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ def check_finished_experiment(root: Path) -> Summary:
     store = Store.open(root)
     population = store.sync()
     recipe = store.recipe
-    events = store.journal.read(0)[0]
+    events = store.journal.read()[0]
     assert store.rebuild().to_dict() == population.to_dict(), "snapshot + tail differs from a full replay"
 
     assert population.complete and population.failed is None

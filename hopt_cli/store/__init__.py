@@ -13,24 +13,26 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hopt_cli.errors import CorruptFile, HoptError, RecipeError
+from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError
 from hopt_cli.population import Decision, Population, adopt_event, claim_event, commit_event, fail_event
 from hopt_cli.recipe import Recipe
-from hopt_cli.store.fsio import create_exclusive, fsync_dir, is_temporary, touch, write_json_atomic
-from hopt_cli.store.journal import Journal
+from hopt_cli.store.fsio import (RETRIES, RETRY_SECONDS, create_exclusive, fsync_dir, is_temporary, read_bytes,
+                                retrying, touch, write_json_atomic)
+from hopt_cli.store.journal import Cursor, Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
 from hopt_cli.store.paths import ExperimentPaths, checkpoint_name, checkpoint_token
 from hopt_cli.store.snapshot import decode, encode, events_in
 
 NOT_A_LEASE = "not a valid lease file"
+CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ class Store:
         self.journal = Journal(self.paths.journal)
         self.lock = make_lock(recipe.lock, self.paths)
         self.population = self._empty_population()
-        self.offset = 0
+        self.cursor = Cursor()
+        self.conflicts = 0  # our appends in a row that read back void
+        self._mine: bytes | None = None  # the line we appended last, until we read it back
+        self._landed: bool | None = None  # whether it read back valid
         self._loaded = False
         self._leases_read: dict[tuple[str, int, int, int], tuple[Path, Lease | None]] = {}
 
@@ -120,8 +125,17 @@ class Store:
         if not self._loaded:
             self._load_snapshot()
             self._loaded = True
-        self.offset = self.journal.replay(self.offset, self._apply)
+        self.cursor = self.journal.replay(self.cursor, self._visit)
         return self.population
+
+    def _visit(self, event: dict[str, Any], line: bytes, valid: bool) -> None:
+        if valid:
+            self._apply(event)
+        else:
+            logging.getLogger("hopt").debug("journal line %d is void (it does not follow the line before it): %s",
+                                            self.cursor.lines, line.decode(errors="replace").rstrip())
+        if line == self._mine:
+            self._landed = valid
 
     def _apply(self, event: dict[str, Any]) -> None:
         try:
@@ -135,20 +149,27 @@ class Store:
     def _load_snapshot(self) -> None:
         """Start from state.json when it is valid; otherwise from an empty population (full replay)."""
         try:
-            population, offset = decode(json.loads(self.paths.state.read_bytes()))
-            self._check_journal_reaches(offset)
-            if not self._is_line_boundary(offset):
+            population, cursor = decode(json.loads(read_bytes(self.paths.state)))
+            self._check_journal_reaches(cursor.offset)
+            if not self._is_line_boundary(cursor.offset):
                 raise ValueError("snapshot does not match the journal")
         except FileNotFoundError:
             return
         except (ValueError, TypeError, KeyError, AttributeError):
             self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
             return
-        self.population, self.offset = population, offset
+        self.population, self.cursor = population, cursor
 
     def _check_journal_reaches(self, offset: int) -> None:
-        """A journal shorter than the snapshot lost committed events: never replay it as if nothing happened."""
-        size = self.paths.journal.stat().st_size
+        """A journal shorter than the snapshot lost committed events: never replay it as if nothing happened.
+
+        A network client may report a cached size: the journal is looked at again, through fresh opens
+        for about a second, before anything is said."""
+        for attempt in range(RETRIES):
+            size = retrying(lambda: _size(self.paths.journal), self.paths.journal)
+            if offset <= size:
+                return
+            time.sleep(RETRY_SECONDS * 2 ** attempt)
         if offset > size:
             raise CorruptFile(self.paths.journal, f"is shorter than state.json records ({size} < {offset} bytes): "
                               "it was truncated or replaced, so committed intervals would be lost",
@@ -164,7 +185,7 @@ class Store:
     def rebuild(self) -> Population:
         """The population replayed from the whole journal, ignoring the snapshot."""
         population = self._empty_population()
-        self.journal.replay(0, population.apply)
+        self.journal.replay(Cursor(), lambda event, line, valid: population.apply(event) if valid else None)
         return population
 
     def lease_infos(self) -> list[LeaseInfo]:
@@ -183,7 +204,7 @@ class Store:
         infos, seen = [], {}
         for entry in found:
             try:
-                stat = entry.stat()
+                stat = retrying(entry.stat, Path(entry.path))
             except FileNotFoundError:
                 continue
             key = (entry.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -219,10 +240,42 @@ class Store:
         if due:
             self.write_snapshot()
 
-    def _append(self, event: dict[str, Any]) -> None:
-        event = {**event, "time": round(time.time(), 3)}
-        self.offset = self.journal.append(event)
-        self.population.apply(event)
+    def _append(self, event: dict[str, Any]) -> bool:
+        """Append `event` and read it back, with whatever others appended before it; True if it is
+        valid. A void one (our view was stale) changed nothing, and the population is current now.
+
+        Past CONFLICT_LIMIT void appends in a row, someone writes while we hold the lock: stop."""
+        self._mine, self._landed = self.journal.append({**event, "time": round(time.time(), 3)}, self.cursor), None
+        try:
+            for attempt in range(RETRIES):
+                self.sync()
+                if self._landed is not None:
+                    break
+                time.sleep(RETRY_SECONDS * 2 ** attempt)  # our own append not visible yet: a cached size
+            else:
+                raise FilesystemError(self.paths.journal, "the event just appended cannot be read back", RETRIES)
+            landed = self._landed
+        finally:
+            self._mine = self._landed = None
+        self.conflicts = 0 if landed else self.conflicts + 1
+        if not landed:
+            self._note(f"our {event['type']} event for member {event.get('member')} is void: other workers "
+                       "appended to the journal after we last read it (a stale cache, or a lock that did not "
+                       "exclude); read again")
+        if self.conflicts >= CONFLICT_LIMIT:
+            raise LockNotExclusive(self.paths.journal, self.conflicts, self.recipe.lock)
+        return landed
+
+    def _append_while(self, event: dict[str, Any], wanted: Callable[[], bool]) -> bool:
+        """Append `event` until it lands valid, as long as `wanted()` holds for the state read back."""
+        while wanted():
+            if self._append(event):
+                return True
+        return False
+
+    def _holding(self, lease: Lease) -> Callable[[], bool]:
+        """Whether the journal, as read back, still has `lease` as its member's latest claim."""
+        return lambda: self.population.members[lease.member].token == lease.token
 
     def reclaim(self, here: Holder) -> list[Lease]:
         """Drop leases that are expired, unreadable, already committed or held by a dead local process.
@@ -255,21 +308,24 @@ class Store:
             return f"its holder (pid {lease.holder.pid} on this host) is gone"
         return None
 
-    def claim(self, member: int, decision: Decision, hparams: dict[str, Any], holder: Holder) -> Lease:
-        """Record a claim and hand out a lease with a fresh fencing token. Call inside `transaction()`."""
+    def claim(self, member: int, decision: Decision, hparams: dict[str, Any], holder: Holder) -> Lease | None:
+        """Record a claim and hand out a lease with a fresh fencing token; None if the claim read back
+        void (the decision was made on a stale view). Call inside `transaction()`."""
         lease = Lease(member, decision.interval, secrets.token_hex(8), holder, touch(self.paths.clock),
                       decision.checkpoint)
         origin = {"worker": holder.worker, "host": holder.host, "pid": holder.pid}
-        self._append(claim_event(member, decision, hparams, lease.token, self.population.members[member].claims,
-                                 origin))
+        if not self._append(claim_event(member, decision, hparams, lease.token,
+                                        self.population.members[member].claims, origin)):
+            return None  # decided on a stale view: plan again on the current one
         write_json_atomic(self.paths.lease(member), lease.to_dict(), sync_dir=False)
         return lease
 
-    def adopt(self, member: int, decision: Decision, holder: Holder) -> None:
+    def adopt(self, member: int, decision: Decision, holder: Holder) -> bool:
         """Record that `member` takes over the finished lineage of `decision.parent`. Call inside
-        `transaction()`: no lease, no training, the parent's checkpoint becomes the member's too."""
+        `transaction()`: no lease, no training, the parent's checkpoint becomes the member's too.
+        False if it read back void (plan again)."""
         parent = self.population.members[int(decision.parent)]
-        self._append(adopt_event(member, decision, parent, secrets.token_hex(8), holder.worker))
+        return self._append(adopt_event(member, decision, parent, secrets.token_hex(8), holder.worker))
 
     def holds(self, lease: Lease) -> bool:
         """Whether `lease` is still the one on disk (its token was not fenced off)."""
@@ -287,10 +343,17 @@ class Store:
             self._discard(staging)
             return None
         name = checkpoint_name(lease.member, lease.interval, lease.token)
-        os.rename(staging, self.paths.checkpoint(name))
+        try:
+            os.rename(staging, self.paths.checkpoint(name))
+        except FileNotFoundError:  # collected as an orphan (a lock that did not exclude, a stale listing)
+            self._note(f"{staging} was collected while its interval trained; the interval is discarded")
+            self.release(lease, "its staging folder was collected while it trained", staging)
+            return None
         fsync_dir(self.paths.checkpoints)
-        self._append(commit_event(lease.member, decision, hparams, lease.token, name, score, metrics,
-                                  lease.holder.worker, threads))
+        event = commit_event(lease.member, decision, hparams, lease.token, name, score, metrics, lease.holder.worker,
+                             threads)
+        if not self._append_while(event, self._holding(lease)):
+            return None  # another claim of the member came first: our checkpoint is unreferenced garbage
         self.paths.lease(lease.member).unlink()
         return name
 
@@ -299,7 +362,9 @@ class Store:
         self._discard(staging)
         if not self.holds(lease):
             return False
-        self._append(fail_event(lease.member, lease.interval, lease.token, error, lease.holder.worker))
+        if not self._append_while(fail_event(lease.member, lease.interval, lease.token, error, lease.holder.worker),
+                                  self._holding(lease)):
+            return False
         self.paths.lease(lease.member).unlink()
         return True
 
@@ -308,8 +373,10 @@ class Store:
         self._discard(staging)
         if not self.holds(lease):
             return False
-        self._append({"type": "release", "member": lease.member, "interval": lease.interval,
-                      "token": lease.token, "reason": reason, "worker": lease.holder.worker})
+        event = {"type": "release", "member": lease.member, "interval": lease.interval, "token": lease.token,
+                 "reason": reason, "worker": lease.holder.worker}
+        if not self._append_while(event, self._holding(lease)):
+            return False
         self.paths.lease(lease.member).unlink()
         return True
 
@@ -318,8 +385,7 @@ class Store:
         with self.transaction() as population:
             if population.failed is None:
                 return False
-            self._append({"type": "retry"})
-            return True
+            return self._append_while({"type": "retry"}, lambda: self.population.failed is not None)
 
     def heartbeat(self, lease: Lease) -> bool:
         """Refresh our lease's age without the lock; False once the lease is no longer ours."""
@@ -341,7 +407,7 @@ class Store:
 
         Two writers may race and the older snapshot win: a reader then replays a longer tail.
         """
-        write_json_atomic(self.paths.state, encode(self.population, self.offset), sync_dir=False)
+        write_json_atomic(self.paths.state, encode(self.population, self.cursor), sync_dir=False)
 
     def collect_garbage(self, live: list[Lease]) -> int:
         """Move unreferenced checkpoints and orphan staging folders to trash/.
@@ -406,6 +472,12 @@ class Store:
 
     def _note(self, message: str) -> None:
         logging.getLogger("hopt").warning(message)
+
+
+def _size(path: Path) -> int:
+    """The file's size as a fresh open sees it (and as reading it to the end would)."""
+    with open(path, "rb") as handle:
+        return handle.seek(0, os.SEEK_END)
 
 
 def _any_entry(folder: Path) -> bool:

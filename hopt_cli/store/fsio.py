@@ -1,13 +1,45 @@
-"""Crash-safe file primitives: atomic replace, whole-line appends, directory fsync."""
+"""Crash-safe file primitives: atomic replace, whole-line appends, directory fsync, and reads that
+outlast the transient errors of network filesystems."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from hopt_cli.errors import FilesystemError
 
 TEMP_MARK = ".tmp-"
+TRANSIENT = frozenset({errno.ESTALE, errno.EIO})  # a FUSE or NFS client's file handle went stale, or a hiccup
+RETRIES = 6  # attempts; the waits between them double from RETRY_SECONDS: about 1.3 s in all
+RETRY_SECONDS = 0.02
+T = TypeVar("T")
+
+
+def retrying(action: Callable[[], T], path: Path) -> T:
+    """`action()`, tried again after a transient error (ESTALE, EIO) of the filesystem holding `path`.
+
+    Past RETRIES attempts it is one FilesystemError naming the file; other errors pass through.
+    """
+    for attempt in range(RETRIES):
+        try:
+            return action()
+        except OSError as err:
+            if err.errno not in TRANSIENT:
+                raise
+            if attempt == RETRIES - 1:
+                raise FilesystemError(path, err.strerror or str(err), RETRIES) from None
+            time.sleep(RETRY_SECONDS * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file, outlasting transient errors; FileNotFoundError when it is not there."""
+    return retrying(path.read_bytes, path)
 
 
 def fsync_dir(path: Path) -> None:

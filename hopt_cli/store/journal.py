@@ -2,49 +2,93 @@
 
 A crash mid-append leaves a last line without its newline: readers stop before it, and the next
 writer (holding the lock) cuts it off before appending, so no later line can ever follow a torn one.
+
+Every event carries its sequence number (`seq`, its line number from 1) and the hash of the line
+before it (`prev`), as its writer saw the journal. A writer whose view was stale (a network client's
+cached size, or a lock that did not exclude) writes numbers that do not follow the lines before its
+own: that event is void, for every reader alike, since the rule looks at the journal's bytes only.
+The writer reads its line back and learns it. Lines before the first numbered one were written by a
+hopt that did not number them; they count as valid.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hopt_cli.errors import CorruptFile
-from hopt_cli.store.fsio import append_line
+from hopt_cli.store.fsio import append_line, retrying
 
 CHUNK = 1 << 22  # bytes read at a time: replaying a journal of any length needs only this much at once
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """How far a reader got: the byte offset, the lines read (valid or void), the hash of the last one,
+    and whether numbered lines have begun."""
+
+    offset: int = 0
+    lines: int = 0
+    last: str = ""
+    numbered: bool = False
+
+    def after(self, line: bytes, event: dict[str, Any]) -> tuple[Cursor, bool]:
+        """The cursor past `line` (holding `event`), and whether the event is valid."""
+        if "seq" in event:
+            valid = event["seq"] == self.lines + 1 and event.get("prev") == self.last
+        else:
+            valid = not self.numbered
+        return Cursor(self.offset + len(line), self.lines + 1, line_hash(line), self.numbered or "seq" in event), valid
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.blake2b(line, digest_size=8).hexdigest()
+
+
+Visit = Callable[[dict[str, Any], bytes, bool], None]  # (event, its line, valid)
 
 
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Complete events after byte `offset`, and the offset just past the last complete line."""
+    def read(self, cursor: Cursor = Cursor()) -> tuple[list[dict[str, Any]], Cursor]:
+        """The valid complete events after `cursor`, and the cursor past the last complete line."""
         events: list[dict[str, Any]] = []
-        return events, self.replay(offset, events.append)
+        return events, self.replay(cursor, lambda event, line, valid: events.append(event) if valid else None)
 
-    def replay(self, offset: int, apply: Callable[[dict[str, Any]], None]) -> int:
-        """Call `apply` on each complete event after byte `offset`, in order, reading in chunks.
+    def replay(self, cursor: Cursor, visit: Visit) -> Cursor:
+        """Call `visit(event, line, valid)` on each complete line after `cursor`, in order, in chunks.
 
-        Returns the offset just past the last complete line; a torn last line is left unread.
+        Returns the cursor past the last complete line; a torn last line is left unread.
         """
-        position = offset
+        offset = cursor.offset
+        rest = b""
+        while chunk := retrying(lambda: self._read_at(offset, CHUNK), self.path):
+            offset += len(chunk)
+            data = rest + chunk
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines(keepends=True):
+                event = self._parse(line, cursor.offset)
+                cursor, valid = cursor.after(line, event)
+                visit(event, line, valid)
+            rest = data[end:]
+            if len(chunk) < CHUNK:  # the end: what follows the last newline may be cut under the lock
+                break
+        return cursor
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes from `offset`, through a fresh open (which a network client revalidates)."""
         with open(self.path, "rb") as handle:
             handle.seek(offset)
-            rest = b""
-            while chunk := handle.read(CHUNK):
-                data = rest + chunk
-                end = data.rfind(b"\n") + 1
-                for line in data[:end].splitlines(keepends=True):
-                    apply(self._parse(line, position))
-                    position += len(line)
-                rest = data[end:]
-                if len(chunk) < CHUNK:  # the end: what follows the last newline may be cut under the lock
-                    break
-        return position
+            return handle.read(size)
 
     def _parse(self, line: bytes, position: int) -> dict[str, Any]:
         try:
@@ -87,6 +131,10 @@ class Journal:
             before = start
         return 0
 
-    def append(self, event: dict[str, Any]) -> int:
-        """Append one event (call under the lock, after repair_tail); returns the new size."""
-        return append_line(self.path, (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode())
+    def append(self, event: dict[str, Any], cursor: Cursor) -> bytes:
+        """Append one event numbered as following `cursor` (call under the lock, after repair_tail);
+        returns the line written, which only reading it back can show valid."""
+        numbered = {**event, "seq": cursor.lines + 1, "prev": cursor.last}
+        line = (json.dumps(numbered, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        append_line(self.path, line)
+        return line

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hopt_cli.store.fsio import read_bytes
+
 
 def pid_namespace() -> int | None:
     """Identifies the pid namespace, so a pid is only checked where it means the same process."""
@@ -72,10 +74,12 @@ class Lease:
 
     @classmethod
     def read(cls, path: Path) -> Lease | None:
-        """The lease in `path`, or None when it is gone or not a valid lease (e.g. edited by hand)."""
+        """The lease in `path`, or None when it is gone or not a valid lease (e.g. edited by hand).
+
+        A transient error (ESTALE) is retried: a live lease must never read as invalid and be reclaimed."""
         try:
-            return cls.from_dict(json.loads(path.read_bytes()))
-        except (OSError, ValueError, TypeError, KeyError):
+            return cls.from_dict(json.loads(read_bytes(path)))
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
             return None
 
     def holder_is_gone(self, here: Holder) -> bool:

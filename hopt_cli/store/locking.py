@@ -32,6 +32,7 @@ from types import TracebackType
 from hopt_cli.errors import HoptError
 from hopt_cli.store.fsio import touch
 from hopt_cli.store.leases import Holder
+from hopt_cli.store.mounts import flock_problem
 from hopt_cli.store.paths import ExperimentPaths
 
 POLL_SECONDS = 0.001  # fixed and short: with backoff, one worker ran ahead of the rest and PBT did worse
@@ -102,8 +103,11 @@ class FlockLock(ExperimentLock):
     def __init__(self, path: Path, timeout: float = 600.0) -> None:
         super().__init__(path, timeout)
         self._fd: int | None = None
+        self._checked = False
 
     def _try_acquire(self) -> bool:
+        if not self._checked:
+            self._refuse_a_filesystem_where_flock_does_not_exclude()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -120,6 +124,14 @@ class FlockLock(ExperimentLock):
             return False
         self._fd = fd
         return True
+
+    def _refuse_a_filesystem_where_flock_does_not_exclude(self) -> None:
+        problem = flock_problem(self.path.parent)
+        if problem is not None:
+            raise HoptError(f"{self.path.parent}: {problem}, so workers on two nodes could both hold the "
+                            "experiment lock; use `lock: hardlink` (in the recipe, or in experiment.yaml while "
+                            "no worker runs); `hopt doctor --dir D` tests a filesystem")
+        self._checked = True
 
     def _release(self) -> None:
         if self._fd is None:

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from hopt_cli.population import BestEntry, Lineage, MemberState, Population, Segment
+from hopt_cli.store.fsio import retrying
+from hopt_cli.store.journal import Cursor
 
-FORMAT = 4  # 3: segments stored once as a tree, scores as float64 bytes, claim tokens; 4: recent progress
+FORMAT = 5  # 3: segments as a tree, scores as float64 bytes, claim tokens; 4: recent progress; 5: the cursor
 _LISTS = ("members", "pending", "best")
 _HEAD = re.compile(rb'\{"format":(\d+),"offset":\d+,"events":(\d+),')  # as write_json_atomic writes it
 
@@ -46,19 +48,19 @@ class _Writer:
         return number
 
 
-def encode(population: Population, offset: int) -> dict[str, Any]:
-    """The snapshot document of `population`, the state after the journal's first `offset` bytes."""
+def encode(population: Population, cursor: Cursor) -> dict[str, Any]:
+    """The snapshot document of `population`, the state after the journal's lines up to `cursor`."""
     writer = _Writer()
     data = {f.name: getattr(population, f.name) for f in dataclasses.fields(population) if f.name not in _LISTS}
     data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage)} for m in population.members]
     data["pending"] = {str(member): writer.lineage(lineage) for member, lineage in population.pending.items()}
     data["best"] = [{**vars(b), "lineage": writer.lineage(b.lineage)} for b in population.best]
-    return {"format": FORMAT, "offset": offset, "events": population.events, "segments": writer.segments,
-            "population": data}
+    return {"format": FORMAT, "offset": cursor.offset, "events": population.events, "cursor": cursor.to_dict(),
+            "segments": writer.segments, "population": data}
 
 
-def decode(document: dict[str, Any]) -> tuple[Population, int]:
-    """The population and journal offset a snapshot document holds; ValueError if it is not one."""
+def decode(document: dict[str, Any]) -> tuple[Population, Cursor]:
+    """The population and journal cursor a snapshot document holds; ValueError if it is not one."""
     if document.get("format") != FORMAT:
         raise ValueError(f"snapshot format {document.get('format')!r}, not {FORMAT}")
     rows = document["segments"]
@@ -78,7 +80,10 @@ def decode(document: dict[str, Any]) -> tuple[Population, int]:
     data["pending"] = {int(k): lineage(v) for k, v in data["pending"].items()}
     data["best"] = [BestEntry(**{**b, "lineage": lineage(b["lineage"])}) for b in data["best"]]
     data["progress"] = [(at, done) for at, done in data["progress"]]
-    return Population(**data), int(document["offset"])
+    cursor = Cursor(**document["cursor"])
+    if cursor.offset != document["offset"]:
+        raise ValueError("the cursor and the offset disagree")
+    return Population(**data), cursor
 
 
 def events_in(path: Path) -> int:
@@ -87,11 +92,15 @@ def events_in(path: Path) -> int:
     Tells every worker when the snapshot is due, whoever wrote the last one, without parsing it.
     """
     try:
-        with open(path, "rb") as handle:
-            head = _HEAD.match(handle.read(100))
+        head = _HEAD.match(retrying(lambda: _head(path), path))
     except FileNotFoundError:
         return 0
     return int(head[2]) if head and int(head[1]) == FORMAT else 0
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(100)
 
 
 def _pack(scores: list[float]) -> str:

@@ -13,9 +13,9 @@ def test_a_generated_experiment_is_valid_and_replays_to_its_snapshot(tmp_path):
 
     store = Store.open(tmp_path / "exp")
     population = store.sync()
-    events = store.journal.read(0)[0]
+    events = store.journal.read()[0]
     assert sum(e["type"] == "commit" for e in events) == 500
-    assert 0 < json.loads(store.paths.state.read_text())["offset"] < store.offset
+    assert 0 < json.loads(store.paths.state.read_text())["offset"] < store.cursor.offset
     assert population.to_dict() == store.rebuild().to_dict()
     assert not population.complete and population.failed is None
     for name in population.referenced_checkpoints():
@@ -31,7 +31,7 @@ def test_a_real_worker_trains_on_a_generated_experiment_and_stops_on_sigterm(tmp
     assert len(run.commits) == 3 and len(run.claims) == 3 and run.startup > 0
     store = Store.open(tmp_path / "exp")
     assert store.sync().to_dict() == store.rebuild().to_dict()
-    assert sum(e["type"] == "commit" for e in store.journal.read(0)[0]) >= 203
+    assert sum(e["type"] == "commit" for e in store.journal.read()[0]) >= 203
 
 
 def test_percentile_is_the_nearest_rank():

@@ -60,7 +60,7 @@ def test_a_failing_member_is_journaled_retried_a_bounded_number_of_times_then_st
     message = str(caught.value)
     assert message.startswith(f"member {failing} failed 2 times in a row; last error: {error}")
     assert "\n" not in message
-    fails = [e for e in store.journal.read(0)[0] if e["type"] == "fail"]
+    fails = [e for e in store.journal.read()[0] if e["type"] == "fail"]
     assert [e["member"] for e in fails] == [failing, failing]
     assert all(error in e["error"] for e in fails)
     assert not list(store.paths.leases.iterdir()) and not list(store.paths.staging.iterdir())

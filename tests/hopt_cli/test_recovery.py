@@ -196,7 +196,7 @@ def test_corrupt_checkpoints_fail_their_intervals_naming_the_checkpoint(tmp_path
 def test_two_claims_of_one_member_are_settled_by_the_journals_order(tmp_path):
     store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=1)))
     Worker(store, "w").run()
-    claim, commit = [e for e in store.journal.read(0)[0] if e["member"] == 0 and e["type"] in ("claim", "commit")]
+    claim, commit = [e for e in store.journal.read()[0] if e["member"] == 0 and e["type"] in ("claim", "commit")]
     rival = {"token": "rival", "worker": "rival"}
     events = [claim, {**claim, **rival}, commit, {**commit, **rival, "checkpoint": "m00000-i00000-rival"}]
 

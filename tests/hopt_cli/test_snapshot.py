@@ -8,6 +8,7 @@ import pytest
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.fsio import write_json_atomic
+from hopt_cli.store.journal import Cursor
 from hopt_cli.store.snapshot import decode, encode, events_in
 from hopt_cli.worker import Worker
 from tests.conftest import toy_recipe
@@ -23,10 +24,10 @@ def test_a_population_round_trips_exactly_through_json(tmp_path):
     population = _finished(tmp_path).population
     population.members[0].lineage.scores[0] = 0.1 + 0.2  # a float whose shortest repr is long
 
-    document = json.loads(json.dumps(encode(population, 1234)))
-    again, offset = decode(document)
+    document = json.loads(json.dumps(encode(population, Cursor(1234, 20, "0123456789abcdef", True))))
+    again, cursor = decode(document)
 
-    assert offset == 1234
+    assert cursor == Cursor(1234, 20, "0123456789abcdef", True)
     assert again.to_dict() == population.to_dict()
 
 
@@ -36,7 +37,7 @@ def test_each_shared_segment_is_stored_once_and_shared_again_when_read(tmp_path)
     distinct = {id(s) for lineage in lineages for s in lineage.segments}
     assert len(distinct) < sum(len(lineage.segments) for lineage in lineages), "the run should have exploited"
 
-    document = encode(population, 0)
+    document = encode(population, Cursor())
     again, _ = decode(json.loads(json.dumps(document)))
 
     assert len(document["segments"]) == len(distinct)
@@ -47,7 +48,7 @@ def test_each_shared_segment_is_stored_once_and_shared_again_when_read(tmp_path)
 def test_a_snapshot_in_an_older_format_is_rebuilt_from_the_journal(tmp_path):
     store = _finished(tmp_path)
     expected = store.population.to_dict()
-    store.paths.state.write_text(json.dumps({"format": 1, "offset": store.offset, "population": expected}))
+    store.paths.state.write_text(json.dumps({"format": 1, "offset": store.cursor.offset, "population": expected}))
 
     assert Store.open(store.paths.root).sync().to_dict() == expected
 
@@ -71,12 +72,12 @@ def test_workers_share_one_snapshot_per_population_of_events_whoever_writes_it(t
 
 
 def _write_snapshot(store: Store) -> None:
-    write_json_atomic(store.paths.state, encode(store.population, store.offset))
+    write_json_atomic(store.paths.state, encode(store.population, store.cursor))
 
 
 def test_a_snapshot_whose_segments_loop_is_refused(tmp_path):
     store = _finished(tmp_path)
-    document = encode(store.population, store.offset)
+    document = encode(store.population, store.cursor)
     document["segments"][0] = [len(document["segments"]) - 1, document["segments"][0][1]]
 
     with pytest.raises(ValueError, match="does not follow an earlier one"):

@@ -8,12 +8,13 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import HoptError, LockNotExclusive
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.store.leases import Holder
+from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.worker import Worker
 from tests.conftest import toy_recipe
 
@@ -43,15 +44,15 @@ class TestStoreProtocol:
     def test_torn_last_journal_line_is_ignored_then_cut(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
         Worker(store, "w").run()
-        events, end = store.journal.read(0)
+        events, end = store.journal.read()
         with open(store.paths.journal, "ab") as journal:
             journal.write(b'{"type": "commit", "member": 0, "inter')
 
-        again, offset = store.journal.read(0)
+        again, offset = store.journal.read()
         assert again == events and offset == end
         with store.transaction():
             pass
-        assert store.paths.journal.stat().st_size == end
+        assert store.paths.journal.stat().st_size == end.offset
         assert store.paths.journal.read_bytes().endswith(b"\n")
 
 
@@ -117,7 +118,7 @@ class TestStoreProtocol:
 
         assert [lease.token for lease in kept] == [live.lease.token]
         assert not store.paths.lease(expired.member).exists()
-        last = store.journal.read(0)[0][-1]
+        last = store.journal.read()[0][-1]
         assert last["type"] == "reclaim" and last["member"] == expired.member and "no heartbeat" in last["reason"]
 
 
@@ -133,7 +134,7 @@ class TestStoreProtocol:
         with store.transaction():
             kept = store.reclaim(Holder.this_process("me"))
 
-        assert kept == [] and "holder" in store.journal.read(0)[0][-1]["reason"]
+        assert kept == [] and "holder" in store.journal.read()[0][-1]["reason"]
 
 
     def test_a_hand_edited_lease_is_reclaimed_and_fences_its_holder(self, make_store, tmp_path):
@@ -230,3 +231,49 @@ def test_files_respect_the_umask(make_store, tmp_path):
     assert len(claims) == (store.recipe.lock == "hardlink")
     for folder in (*store.paths.folders, *store.paths.checkpoints.iterdir()):
         assert folder.stat().st_mode & 0o777 == 0o750, folder
+
+
+def _two_writers_whose_locks_do_not_exclude(root: Path) -> tuple[Store, Store]:
+    """Two stores on one experiment, one locking with flock and one with the hard link: they do not
+    exclude each other, as flock across two sshfs mounts does not."""
+    recipe = Recipe.from_dict(toy_recipe(population=4, intervals=6))
+    first = Store.create(root, recipe)
+    second = Store(root, Recipe.from_dict(toy_recipe(population=4, intervals=6, lock="hardlink")))
+    return first, second
+
+
+def _plan(store: Store, member: int):
+    decision = store.recipe.policy.decide(store.population.view(), member, store.recipe.space,
+                                          np.random.default_rng(member))
+    return decision, store.recipe.space.decode(decision.coords)
+
+
+def test_a_claim_appended_on_a_stale_view_is_void_for_every_reader(tmp_path):
+    """The issue's local reproduction: a second writer appends between our read and our append."""
+    ours, theirs = _two_writers_whose_locks_do_not_exclude(tmp_path / "exp")
+    here = Holder.this_process("ours")
+    with ours.transaction():
+        with theirs.transaction():
+            their_lease = theirs.claim(0, *_plan(theirs, 0), Holder.this_process("theirs"))
+        our_lease = ours.claim(0, *_plan(ours, 0), here)  # our view predates their claim
+
+    assert their_lease is not None and our_lease is None
+    assert ours.population.members[0].token == their_lease.token  # we read theirs back with our void one
+    fresh = Store.open(tmp_path / "exp").sync()
+    assert fresh.to_dict() == ours.population.to_dict() == theirs.sync().to_dict()
+    assert Lease.read(ours.paths.lease(0)).token == their_lease.token  # no lease written for a void claim
+    lines = ours.paths.journal.read_text().splitlines()
+    assert len(lines) == 2 and [json.loads(line)["seq"] for line in lines] == [1, 1]
+
+
+def test_appends_that_keep_conflicting_stop_the_worker_with_one_line(tmp_path):
+    ours, theirs = _two_writers_whose_locks_do_not_exclude(tmp_path / "exp")
+    with pytest.raises(LockNotExclusive, match=r"3 of our appends in a row came after other workers' appends we "
+                                               r"had not read, although we held the flock lock: it does not "
+                                               r"exclude on this filesystem; use `lock: hardlink`"):
+        with ours.transaction():
+            for member in range(3):
+                with theirs.transaction():
+                    theirs.claim(member, *_plan(theirs, member), Holder.this_process("theirs"))
+                ours.claim(member + 1, *_plan(ours, member + 1), Holder.this_process("ours"))
+    assert Store.open(tmp_path / "exp").sync().to_dict() == theirs.sync().to_dict()

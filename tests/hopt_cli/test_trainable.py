@@ -23,7 +23,7 @@ def test_numpy_scalars_are_scores_and_an_array_metric_is_dropped_with_one_warnin
         report = Worker(store, "w").run()
 
     assert report.complete and report.failures == 0
-    commits = [e for e in store.journal.read(0)[0] if e["type"] == "commit"]
+    commits = [e for e in store.journal.read()[0] if e["type"] == "commit"]
     assert all(set(e["metrics"]) == {"score", "count", "zero_d", "tensor"} for e in commits)
     assert all(e["metrics"]["zero_d"] == 0.5 and e["metrics"]["tensor"] == 0.25 for e in commits)
     assert all(isinstance(e["score"], float) for e in commits)
@@ -38,7 +38,7 @@ def test_an_exception_puts_its_traceback_in_the_log_and_one_line_in_the_journal(
         Worker(store, "w").run()
 
     assert "Traceback (most recent call last)" in caplog.text and 'raise RuntimeError("boom")' in caplog.text
-    fail = next(e for e in store.journal.read(0)[0] if e["type"] == "fail")
+    fail = next(e for e in store.journal.read()[0] if e["type"] == "fail")
     assert fail["error"] == "RuntimeError: boom"
 
 

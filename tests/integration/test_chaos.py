@@ -166,7 +166,7 @@ def test_sigkilled_workers_lose_nothing(tmp_path, write_recipe, lock, planned, i
 
     assert [p.returncode for p in workers.processes] == [0] * WORKERS
     summary = check_finished_experiment(root)
-    events = store.journal.read(0)[0]
+    events = store.journal.read()[0]
     journaled = {(e["member"], e["interval"], f"{e['score']:.6g}") for e in events if e["type"] == "commit"}
     logged = {match.groups() for log in logs.iterdir() for match in COMMITTED.finditer(log.read_text())}
     lost = {(int(m), int(i), s) for m, i, s in logged} - journaled

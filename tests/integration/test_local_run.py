@@ -190,7 +190,7 @@ def test_a_straggler_behind_finished_members_takes_over_the_best_lineage(tmp_pat
             worker.wait()
 
     check_finished_experiment(root)
-    events = [e for e in store.journal.read(0)[0] if e["member"] == 3 and e["type"] in ("commit", "adopt")]
+    events = [e for e in store.journal.read()[0] if e["member"] == 3 and e["type"] in ("commit", "adopt")]
     assert [e["type"] for e in events] == ["commit", "commit", "adopt"], "the straggler trained on alone"
     population = store.sync()
     adopted = population.members[events[-1]["decision"]["parent"]]

@@ -71,7 +71,7 @@ def test_a_worker_array_survives_cancel_requeue_and_preemption(tmp_path, write_r
 
     summary = check_finished_experiment(root)
     assert summary.failures == 0
-    events = store.journal.read(0)[0]
+    events = store.journal.read()[0]
     released = {e["worker"] for e in events if e["type"] == "release" and e["reason"] == "stop requested"}
     assert {f"slurm-{task[i]}" for i in range(3)} <= released
     log = {i: store.paths.log(f"slurm-{task[i]}").read_text() for i in range(4)}

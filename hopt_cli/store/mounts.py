@@ -1,0 +1,62 @@
+"""Which filesystem a path is on (from /proc/self/mountinfo), and what that means for the lock.
+
+The lock kinds are only as good as the filesystem under the experiment directory: flock(2) on a FUSE
+mount of sshfs locks the local mount only, so two nodes would both hold it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+FLOCK_DOES_NOT_EXCLUDE = {
+    "fuse.sshfs": "flock does not exclude across sshfs mounts (each mount locks only itself)",
+}
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: str
+    fstype: str
+    source: str
+    options: str  # the mount's and the superblock's options, comma-separated
+
+
+def mount_of(path: str | os.PathLike) -> Mount | None:
+    """The mount holding `path` (the longest mount point above its real path); None off Linux."""
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best: Mount | None = None
+    for line in lines:
+        mount = _parse(line)
+        if mount is not None and _contains(mount.point, real) and (best is None or len(mount.point) > len(best.point)):
+            best = mount
+    return best
+
+
+def _parse(line: str) -> Mount | None:
+    """One mountinfo line: `id parent major:minor root point options [optional...] - fstype source super`."""
+    fields = line.split()
+    if "-" not in fields:
+        return None
+    dash = fields.index("-")
+    if dash < 6 or len(fields) < dash + 3:
+        return None
+    point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+    return Mount(point, fields[dash + 1], fields[dash + 2], f"{fields[5]},{fields[dash + 3] if len(fields) > dash + 3 else ''}")
+
+
+def _contains(point: str, path: str) -> bool:
+    return path == point or path.startswith(point.rstrip("/") + "/")
+
+
+def flock_problem(path: str | os.PathLike) -> str | None:
+    """Why flock cannot be the experiment lock under `path`, or None when nothing is known against it."""
+    mount = mount_of(path)
+    if mount is None:
+        return None
+    return FLOCK_DOES_NOT_EXCLUDE.get(mount.fstype)
