@@ -114,6 +114,10 @@ class MemberState:
     claims: int = 0
     last_error: str | None = None
     token: str | None = None  # of the latest claim; only its lease may end it
+    claim_open: bool = False  # the latest claim has not ended yet (its staging folder is in use)
+    claim_parent: str | None = None  # the checkpoint the open claim resumes from
+    claim_time: float | None = None  # when its writer made the latest claim (its clock)
+    claim_holder: dict[str, Any] | None = None  # who made it: worker, host, pid, pidns
 
 
 @dataclass
@@ -188,9 +192,20 @@ class Population:
         return min(free, key=lambda m: (m.interval, m.member)).member if free else None
 
     def referenced_checkpoints(self) -> set[str]:
-        """Checkpoints a member or the best-so-far list points at (live leases add their parents)."""
+        """Checkpoints a member, an open claim or the best-so-far list points at."""
         names = {m.checkpoint for m in self.members if m.checkpoint}
+        names |= {m.claim_parent for m in self.members if m.claim_open and m.claim_parent}
         return names | {b.checkpoint for b in self.best}
+
+    def recently_claimed(self, now: float, within: float) -> set[int]:
+        """Members whose open claim is younger than `within` seconds: a worker may have just made it,
+        though its lease file is not listed yet (a stale directory listing)."""
+        return {m.member for m in self.members if m.claim_open and m.claim_time is not None
+                and now - m.claim_time < within}
+
+    def open_claims(self) -> set[str]:
+        """The tokens of claims that have not ended: their staging folders are in use."""
+        return {str(m.token) for m in self.members if m.claim_open}
 
     def apply(self, event: dict[str, Any]) -> None:
         """Advance the state by one journal event."""
@@ -225,6 +240,9 @@ class Population:
         member.claims += 1
         member.token = event["token"]
         decision = event["decision"]
+        member.claim_open, member.claim_parent = True, decision["checkpoint"]
+        member.claim_time = event.get("time")
+        member.claim_holder = {key: event.get(key) for key in ("worker", "host", "pid", "pidns")}
         if member.checkpoint is None:  # nothing committed yet: show what its first interval trains with
             member.hparams, member.sigma = dict(event["hparams"]), decision["sigma"]
         if decision["action"] == "exploit":
@@ -259,6 +277,7 @@ class Population:
         member.metrics = event.get("metrics", {})
         member.failures = member.claims = 0
         member.last_error = None
+        member.claim_open, member.claim_parent = False, None
         self._views.pop(member.member, None)
         self._view = None
         self._record_best(member)
@@ -275,6 +294,7 @@ class Population:
         member.token = event["token"]
         member.failures = member.claims = 0
         member.last_error = None
+        member.claim_open, member.claim_parent = False, None
         self.pending.pop(member.member, None)
         self._views.pop(member.member, None)
         self._view = None
@@ -285,6 +305,7 @@ class Population:
         if member is None:
             return
         self.pending.pop(member.member, None)
+        member.claim_open, member.claim_parent = False, None
         member.failures += 1
         member.last_error = event["error"]
         if member.failures >= self.max_failures and self.failed is None:
@@ -299,8 +320,10 @@ class Population:
         self.failed = None
 
     def _on_end_of_lease(self, event: dict[str, Any]) -> None:
-        if self._current(event) is not None:
+        member = self._current(event)
+        if member is not None:
             self.pending.pop(event["member"], None)
+            member.claim_open, member.claim_parent = False, None
 
     def _record_best(self, member: MemberState) -> None:
         score = member.lineage.scores[-1]

@@ -128,7 +128,9 @@ class Worker:
                 self.store.collect_garbage(live)
                 self.store.drop_leftovers()
             else:
-                plan = plan_next(population, {lease.member for lease in live}, self.recipe.policy, self.recipe.space,
+                leased = {lease.member for lease in live} | population.recently_claimed(time.time(),
+                                                                                         self.recipe.lease.timeout)
+                plan = plan_next(population, leased, self.recipe.policy, self.recipe.space,
                                  self.recipe.seed)
                 if plan is None:
                     return False

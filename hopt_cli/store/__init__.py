@@ -28,7 +28,8 @@ from hopt_cli.store.fsio import (RETRIES, RETRY_SECONDS, create_exclusive, fsync
 from hopt_cli.store.journal import Cursor, Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
-from hopt_cli.store.paths import ExperimentPaths, checkpoint_name, checkpoint_token
+from hopt_cli.store.paths import (ExperimentPaths, checkpoint_name, checkpoint_position, checkpoint_token,
+                                 lease_member)
 from hopt_cli.store.snapshot import decode, encode, events_in
 
 NOT_A_LEASE = "not a valid lease file"
@@ -155,7 +156,7 @@ class Store:
                 raise ValueError("snapshot does not match the journal")
         except FileNotFoundError:
             return
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, FilesystemError):
             self._note(f"{self.paths.state} is unreadable or stale; rebuilding it from the journal")
             return
         self.population, self.cursor = population, cursor
@@ -208,7 +209,10 @@ class Store:
             except FileNotFoundError:
                 continue
             key = (entry.name, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            path, lease = seen[key] = self._leases_read.get(key) or self._read_lease(entry.name)
+            try:
+                path, lease = seen[key] = self._leases_read.get(key) or self._read_lease(entry.name)
+            except FilesystemError:  # a stale handle that outlasted the retries: neither live nor stale now
+                continue
             infos.append(LeaseInfo(path, lease, now - stat.st_mtime))
         self._leases_read = seen
         return infos
@@ -230,6 +234,7 @@ class Store:
         """
         self.sync()
         with self.lock:
+            touch(self.paths.journal)  # a setattr: a network client's reply refreshes its cached size
             if self.journal.repair_tail():
                 self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
             before = self.sync().events
@@ -274,8 +279,11 @@ class Store:
         return False
 
     def _holding(self, lease: Lease) -> Callable[[], bool]:
-        """Whether the journal, as read back, still has `lease` as its member's latest claim."""
-        return lambda: self.population.members[lease.member].token == lease.token
+        """Whether the journal, as read, still has `lease` as its member's latest claim, not ended."""
+        def holding() -> bool:
+            member = self.population.members[lease.member]
+            return member.token == lease.token and member.claim_open
+        return holding
 
     def reclaim(self, here: Holder) -> list[Lease]:
         """Drop leases that are expired, unreadable, already committed or held by a dead local process.
@@ -283,18 +291,56 @@ class Store:
         Returns the live leases. Call inside `transaction()`.
         """
         live = []
-        for info in self.lease_infos():
+        infos = self.lease_infos()
+        for info in infos:
             reason = self._why_stale(info, here)
+            if reason is not None and info.lease is not None:  # judged on a cached read: read it again
+                info = LeaseInfo(info.path, Lease.read(info.path), info.age)
+                reason = self._why_stale(info, here)
             if reason is None:
                 live.append(info.lease)
                 continue
-            if reason != NOT_A_LEASE:  # only a lease of one of our members has an end to record
-                self._append({"type": "reclaim", "member": info.lease.member, "interval": info.lease.interval,
-                              "token": info.lease.token, "reason": reason, "holder": info.lease.holder.worker,
-                              "by": here.worker})
+            self._end_claim_of(info, reason, here)
             info.path.unlink(missing_ok=True)  # after the event: a crash between leaves it to reclaim again
             self._note(f"reclaimed lease {info.path.name}: {reason}")
+        self._end_claims_without_lease({lease_member(info.path.name) for info in infos}, here)
         return live
+
+    def _end_claims_without_lease(self, listed: set[int | None], here: Holder) -> None:
+        """End open claims that have no lease file, once that cannot be a listing not caught up yet: its
+        holder is gone (a worker killed between the claim and its lease file), or the claim is older
+        than the lease timeout."""
+        now = time.time()
+        for state in self.population.members:
+            if not state.claim_open or state.member in listed:
+                continue
+            holder = Holder(**state.claim_holder) if state.claim_holder and state.claim_holder.get("pid") else None
+            age = now - (state.claim_time or now)
+            if holder is not None and holder.is_gone(here):
+                reason = f"its claim has no lease file and its holder (pid {holder.pid} on this host) is gone"
+            elif age > self.recipe.lease.timeout:
+                reason = f"its claim has no lease file after {age:.0f} s (timeout {self.recipe.lease.timeout:.0f} s)"
+            else:
+                continue
+            token = state.token
+            event = {"type": "reclaim", "member": state.member, "interval": state.interval, "token": token,
+                     "reason": reason, "holder": holder.worker if holder else None, "by": here.worker}
+            if self._append_while(event, lambda: state.token == token and state.claim_open):
+                self._note(f"reclaimed the claim of member {state.member}: {reason}")
+
+    def _end_claim_of(self, info: LeaseInfo, reason: str, here: Holder) -> None:
+        """Journal the end of the claim a reclaimed lease file stood for (found by its file name when its
+        content is no lease), if the journal has that claim open."""
+        member = info.lease.member if info.lease is not None else lease_member(info.path.name)
+        if member is None or not 0 <= member < self.recipe.population:
+            return
+        state = self.population.members[member]
+        token = info.lease.token if info.lease is not None else state.token
+        holder = info.lease.holder.worker if info.lease is not None else None
+        interval = info.lease.interval if info.lease is not None else state.interval
+        event = {"type": "reclaim", "member": member, "interval": interval, "token": token,
+                 "reason": reason, "holder": holder, "by": here.worker}
+        self._append_while(event, lambda: state.token == token and state.claim_open)
 
     def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
         lease = info.lease
@@ -313,7 +359,7 @@ class Store:
         void (the decision was made on a stale view). Call inside `transaction()`."""
         lease = Lease(member, decision.interval, secrets.token_hex(8), holder, touch(self.paths.clock),
                       decision.checkpoint)
-        origin = {"worker": holder.worker, "host": holder.host, "pid": holder.pid}
+        origin = {"worker": holder.worker, "host": holder.host, "pid": holder.pid, "pidns": holder.pidns}
         if not self._append(claim_event(member, decision, hparams, lease.token,
                                         self.population.members[member].claims, origin)):
             return None  # decided on a stale view: plan again on the current one
@@ -337,9 +383,10 @@ class Store:
         """Publish the checkpoint and record the interval (trained with these thread settings); None if
         our token was fenced off.
 
-        Call inside `transaction()`. The rename is made durable before the event that names it.
+        Call inside `transaction()`. The rename is made durable before the event that names it. Whether
+        the lease is still ours is the journal's to say (a lease file read back may be a cached copy).
         """
-        if not self.holds(lease):
+        if not self._holding(lease)():
             self._discard(staging)
             return None
         name = checkpoint_name(lease.member, lease.interval, lease.token)
@@ -360,7 +407,7 @@ class Store:
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""
         self._discard(staging)
-        if not self.holds(lease):
+        if not self._holding(lease)():
             return False
         if not self._append_while(fail_event(lease.member, lease.interval, lease.token, error, lease.holder.worker),
                                   self._holding(lease)):
@@ -371,7 +418,7 @@ class Store:
     def release(self, lease: Lease, reason: str, staging: Path) -> bool:
         """Give a member back untrained (preemption); another worker may take it at once."""
         self._discard(staging)
-        if not self.holds(lease):
+        if not self._holding(lease)():
             return False
         event = {"type": "release", "member": lease.member, "interval": lease.interval, "token": lease.token,
                  "reason": reason, "worker": lease.holder.worker}
@@ -431,14 +478,35 @@ class Store:
         return moved
 
     def _wanted(self, live: list[Lease]) -> set[str]:
-        """Names of checkpoints and staging folders in use: referenced, resumed or trained by a lease."""
-        return (self.population.referenced_checkpoints() | {l.parent_checkpoint for l in live if l.parent_checkpoint}
-                | {l.token for l in live})
+        """Names of checkpoints and staging folders in use: referenced, resumed or trained by an open
+        claim of the journal or a lease."""
+        return (self.population.referenced_checkpoints() | self.population.open_claims()
+                | {l.parent_checkpoint for l in live if l.parent_checkpoint} | {l.token for l in live})
 
     def _unwanted(self, live: list[Lease]) -> list[os.DirEntry]:
+        """Garbage as far as the journal we read can tell; a listing alone proves nothing.
+
+        A checkpoint is garbage once its member has moved past its interval: one whose commit we have
+        not read yet (a stale view) is never taken. A staging folder is garbage once no claim we know
+        trains in it and it is older than the lease timeout, so a claim we have not read yet keeps it
+        (once the experiment is complete, nothing trains any more)."""
         wanted = self._wanted(live)
-        return [entry for folder in (self.paths.checkpoints, self.paths.staging) for entry in os.scandir(folder)
-                if entry.name not in wanted]
+        now = touch(self.paths.clock)
+        found = [entry for entry in os.scandir(self.paths.checkpoints)
+                 if entry.name not in wanted and self._superseded(entry.name)]
+        for entry in os.scandir(self.paths.staging):
+            if entry.name not in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    age = now - retrying(entry.stat, Path(entry.path)).st_mtime
+                    if self.population.complete or age > self.recipe.lease.timeout:
+                        found.append(entry)
+        return found
+
+    def _superseded(self, name: str) -> bool:
+        """Whether the checkpoint `name` (m<member>-i<interval>-<token>) is behind its member in our view."""
+        member, interval = checkpoint_position(name)
+        return member is None or (0 <= member < len(self.population.members)
+                                  and self.population.members[member].interval > interval)
 
     def drop_leftovers(self) -> None:
         """Delete temporary files and hard-lock claims that crashed writers left behind.

@@ -15,7 +15,8 @@ from hopt_cli.errors import FilesystemError
 
 TEMP_MARK = ".tmp-"
 TRANSIENT = frozenset({errno.ESTALE, errno.EIO})  # a FUSE or NFS client's file handle went stale, or a hiccup
-RETRIES = 6  # attempts; the waits between them double from RETRY_SECONDS: about 1.3 s in all
+RETRIES = 8  # attempts; the waits between them double from RETRY_SECONDS: about 2.5 s in all (GlusterFS's
+# stale file handles after another mount replaced a file last about its 1 s entry timeout)
 RETRY_SECONDS = 0.02
 T = TypeVar("T")
 

@@ -22,6 +22,18 @@ def checkpoint_token(name: str) -> str:
     return name.rsplit("-", 1)[-1]
 
 
+def lease_member(name: str) -> int | None:
+    """The member a lease file's name (00042.json) stands for; None for another name."""
+    match = re.fullmatch(r"(\d+)\.json", name)
+    return int(match[1]) if match else None
+
+
+def checkpoint_position(name: str) -> tuple[int | None, int]:
+    """(member, interval) of a checkpoint folder's name; (None, 0) for a name hopt did not give."""
+    match = re.fullmatch(r"m(\d+)-i(\d+)-[0-9a-f]+", name)
+    return (int(match[1]), int(match[2])) if match else (None, 0)
+
+
 @dataclass(frozen=True)
 class ExperimentPaths:
     """Fixed paths are computed once (cached): a claim and a commit join two dozen of them."""

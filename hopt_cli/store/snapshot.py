@@ -17,6 +17,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from hopt_cli.errors import FilesystemError
 from hopt_cli.population import BestEntry, Lineage, MemberState, Population, Segment
 from hopt_cli.store.fsio import retrying
 from hopt_cli.store.journal import Cursor
@@ -93,7 +94,7 @@ def events_in(path: Path) -> int:
     """
     try:
         head = _HEAD.match(retrying(lambda: _head(path), path))
-    except FileNotFoundError:
+    except (FileNotFoundError, FilesystemError):  # unreadable now: a snapshot is due, which is harmless
         return 0
     return int(head[2]) if head and int(head[1]) == FORMAT else 0
 

@@ -91,8 +91,9 @@ class TestStoreProtocol:
         store = make_store(tmp_path / "exp", population=2, intervals=2)
         slow, fast = Worker(store, "slow"), Worker(store, "fast")
         claim, staging = claim_one(store, slow)
-        store.paths.lease(claim.member).unlink()  # the lease expired and was reclaimed...
-        retry = fast.claim()  # ...and another worker took the member
+        old = os.stat(store.paths.lease(claim.member)).st_mtime - 1000
+        os.utime(store.paths.lease(claim.member), (old, old))  # the lease expired...
+        retry = fast.claim()  # ...so another worker reclaimed it and took the member
         assert retry.member == claim.member and retry.lease.token != claim.lease.token
         size = store.paths.journal.stat().st_size
 
