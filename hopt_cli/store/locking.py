@@ -138,8 +138,8 @@ class FlockLock(ExperimentLock):
             return
         if not _names_file(self._fd, self.path):
             log.warning("%s was deleted or replaced while we held it (never delete it): another process may "
-                        "have locked the new file meanwhile; fencing tokens and the journal's order keep the "
-                        "data right", self.path)
+                        "have locked the new file meanwhile; the journal's sequence numbers void whatever it "
+                        "wrote on a stale view", self.path)
         os.close(self._fd)
         self._fd = None
 
