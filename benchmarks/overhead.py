@@ -1,18 +1,21 @@
 """hopt's own cost per interval: a no-op population trained by 1, 2, 4 and 8 local worker processes.
 
-    python -m benchmarks.overhead [--ray --ray-python /path/to/python-with-ray]
+    python -m benchmarks.overhead [--ray --ray-python /path/to/python-with-ray] [--scratch DIR [--lock KIND]]
 
-Each run creates a fresh experiment (under $TMPDIR) of workers/noop.py, starts real `hopt worker
+Each run creates a fresh experiment (under $TMPDIR, or --scratch, e.g. a network filesystem's mount) of
+workers/noop.py, starts real `hopt worker
 --verbose` processes and waits for them. Intervals per second are counted twice: over the whole wall
 time (interpreter start-up, imports and the last worker's exit included) and over the journal's span
 from the first claim to the last commit. Claim and commit times and lock wait and hold come from the
 workers' timing lines (hopt_cli/timing.py). With --ray, the same population runs under Ray Tune's PBT
-(benchmarks/ray_noop.py, in the interpreter given) in the same invocation. Prints a markdown report.
+(benchmarks/ray_noop.py, in the interpreter given) in the same invocation. With --scratch, the report
+also gives the latency of each filesystem operation a claim and a commit make there. Prints a markdown report.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,14 +31,15 @@ from benchmarks.processes import hopt_command, start, wait
 from benchmarks.scale import percentile
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
+from hopt_cli.store.fsio import append_line, fsync_dir, touch, write_atomic
 from hopt_cli.timing import STEPS, StepTiming
 
 RAY_SCRIPT = REPO / "benchmarks" / "ray_noop.py"
 DISK_EVERY = 0.01  # seconds between samples of checkpoints/: rarely enough to leave the CPUs to the workers
 
 
-def noop_recipe(population: int, intervals: int) -> Recipe:
-    return Recipe.from_dict({
+def noop_recipe(population: int, intervals: int, lock: str = "flock") -> Recipe:
+    return Recipe.from_dict({"lock": lock,
         "name": "noop", "seed": 0, "objective": {"metric": "score", "mode": "max"}, "population": population, "intervals": intervals, "steps": 1,
         "policy": {"name": "romul"}, "worker": "workers.noop:noop",
         "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}, "lease": {"timeout": 60, "heartbeat": 10},
@@ -81,13 +85,14 @@ class Runs:
         return f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f}"
 
 
-def run_hopt(population: int, intervals: int, workers: int, runs: Runs) -> None:
+def run_hopt(population: int, intervals: int, workers: int, runs: Runs, scratch: Path | None, lock: str) -> None:
     """One complete no-op experiment with `workers` worker processes, added to `runs`."""
-    with tempfile.TemporaryDirectory(prefix="hopt-overhead-") as temp:
+    with tempfile.TemporaryDirectory(prefix="hopt-overhead-", dir=scratch) as temp, \
+            tempfile.TemporaryDirectory(prefix="hopt-overhead-logs-") as local:
         root = Path(temp) / "exp"
-        logs = [Path(temp) / f"worker-{i}.log" for i in range(workers)]
+        logs = [Path(local) / f"worker-{i}.log" for i in range(workers)]
         started = time.perf_counter()
-        store = Store.create(root, noop_recipe(population, intervals))
+        store = Store.create(root, noop_recipe(population, intervals, lock))
         with DiskWatch(root, DISK_EVERY) as watch:
             processes = []
             for index, log in enumerate(logs):
@@ -144,7 +149,8 @@ def hopt_row(workers: int, runs: Runs) -> str:
             f"| {max(runs.disk_excess):+d} |")
 
 
-def report(population: int, intervals: int, workers: list[int], repeats: int, ray_python: str | None) -> str:
+def report(population: int, intervals: int, workers: list[int], repeats: int, ray_python: str | None,
+           scratch: Path | None = None, lock: str = "flock") -> str:
     lines = [f"no-op population {population} x {intervals} intervals; hopt: each figure is the median over "
              f"{repeats} runs of that run's figure", "",
              "| system | workers | intervals trained | wall | intervals/s (with start-up) | intervals/s (steady) "
@@ -158,7 +164,7 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
         loads.append(f"{count} workers: {load_average()}")
         runs = Runs()
         for _ in range(repeats):
-            run_hopt(population, intervals, count, runs)
+            run_hopt(population, intervals, count, runs, scratch, lock)
         results[count] = runs
         lines.append(hopt_row(count, runs))
     if ray_python:
@@ -170,11 +176,50 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
         lines += [f"| {count} workers | {runs.rate() / ray.rate:.0f}x | {runs.steady_rate() / ray.steady_rate:.0f}x |"
                   for count, runs in results.items()]
     loads.append(f"end: {load_average()}")
+    if scratch is not None:
+        lines += ["", *operation_latencies(scratch)]
     notes = [f"checkpoints beyond the bound: the most ever sampled (every {DISK_EVERY * 1e3:.0f} ms) in checkpoints/ "
              f"beyond population + live leases + keep_best; the bound allows {SLACK} (benchmarks/disk.py)",
              "load average (1, 5, 15 min) at the start of each row (after the first, raised by this benchmark's own "
              "processes): " + "; ".join(loads)]
     return "\n".join(lines + [""] + notes)
+
+
+OPERATIONS = 200  # timed repetitions of each filesystem operation
+
+
+def operation_latencies(scratch: Path) -> list[str]:
+    """p50 / p99 of the filesystem operations a claim and a commit consist of, in a folder under `scratch`."""
+    with tempfile.TemporaryDirectory(prefix="hopt-ops-", dir=scratch) as temp:
+        folder = Path(temp)
+        journal, lease = folder / "journal.jsonl", folder / "lease.json"
+        journal.touch()
+        counter = iter(range(10 ** 9))
+
+        def rename_into() -> None:
+            staging = folder / f"s{next(counter)}"
+            staging.mkdir()
+            os.rename(staging, folder / f"c{staging.name}")
+            fsync_dir(folder)
+
+        operations = {
+            "append one line + fsync (a journal event)": lambda: append_line(journal, b'{"type":"x"}\n'),
+            "setattr (touch: refresh a cached size)": lambda: touch(journal),
+            "read the journal's tail through a fresh open": lambda: journal.open("rb").close(),
+            "write a file atomically (temp, fsync, rename; a lease)": lambda: write_atomic(lease, b"{}", sync_dir=False),
+            "rename a folder + fsync the directory (publish a checkpoint)": rename_into,
+            "list a directory (leases/)": lambda: os.listdir(folder),
+        }
+        lines = [f"filesystem operations in {scratch} ({OPERATIONS} each)", "",
+                 "| operation | p50 (ms) | p99 (ms) |", "|---|---|---|"]
+        for name, operation in operations.items():
+            seconds = []
+            for _ in range(OPERATIONS):
+                began = time.perf_counter()
+                operation()
+                seconds.append(time.perf_counter() - began)
+            lines.append(f"| {name} | {percentile(seconds, 50) * 1e3:.2f} | {percentile(seconds, 99) * 1e3:.2f} |")
+    return lines
 
 
 def main() -> None:
@@ -185,10 +230,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ray", action="store_true", help="also run the population under Ray Tune's PBT")
     parser.add_argument("--ray-python", default=sys.executable, help="an interpreter with ray[tune] installed")
+    parser.add_argument("--scratch", type=Path, help="create the experiments in this folder (default: $TMPDIR)")
+    parser.add_argument("--lock", choices=["flock", "hardlink"], default="flock")
     args = parser.parse_args()
-    machine = Machine.describe(Path(tempfile.gettempdir()))
+    machine = Machine.describe(args.scratch or Path(tempfile.gettempdir()))
     print(f"command: `python -m benchmarks.overhead {' '.join(sys.argv[1:])}`", machine.markdown(), "", sep="\n")
-    print(report(args.population, args.intervals, args.workers, args.repeats, args.ray_python if args.ray else None))
+    print(report(args.population, args.intervals, args.workers, args.repeats, args.ray_python if args.ray else None,
+                 args.scratch, args.lock))
 
 
 if __name__ == "__main__":

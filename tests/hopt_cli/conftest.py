@@ -65,3 +65,20 @@ def reclaimed_and_failed(root: Path) -> tuple[Claim, Claim]:
     failed = failing.claim()
     failing.train_and_commit(failed)
     return silent, failed
+
+
+def hopt_onto_a_full_disk(tmp_path: Path, command: str, experiment: Path, out: str) -> subprocess.CompletedProcess:
+    """`hopt COMMAND --dir EXPERIMENT --out DISK/OUT` onto a 64 KiB tmpfs that a file has filled, in a mount
+    namespace of its own; stdout gets `status=N` and then what `ls -A` finds in DISK/OUT. Skips where no
+    tmpfs can be mounted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1"', "sh", str(disk)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.strip()}")
+    script = ('mount -t tmpfs -o size=64k tmpfs "$1" && (head -c 1M /dev/zero > "$1/filler" 2>/dev/null || true) && '
+              '"$3" -m hopt_cli "$4" --dir "$2" --out "$1/$5"; echo "status=$?"; ls -A "$1/$5"')
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), str(experiment), sys.executable,
+                           command, out], cwd=REPO, capture_output=True, text=True, timeout=120)
+

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -14,8 +12,8 @@ from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
-from tests.conftest import REPO, toy_recipe
-from tests.hopt_cli.conftest import hopt, mid_run
+from tests.conftest import toy_recipe
+from tests.hopt_cli.conftest import hopt, hopt_onto_a_full_disk, mid_run
 
 
 def run(*args: str) -> str:
@@ -94,18 +92,8 @@ def test_user_errors_are_one_line_and_exit_2(quadratic, args, message):
 
 
 def test_best_out_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(quadratic, tmp_path):
-    """`hopt best --out` onto a 64 KiB tmpfs that a file has filled, in a mount namespace of its own."""
+    result = hopt_onto_a_full_disk(tmp_path, "best", quadratic, "best")
     disk = tmp_path / "disk"
-    disk.mkdir()
-    script = ('mount -t tmpfs -o size=64k tmpfs "$1" && (head -c 1M /dev/zero > "$1/filler" 2>/dev/null || true) && '
-              '"$3" -m hopt_cli best --dir "$2" --out "$1/best"; echo "status=$?"; ls -A "$1/best"')
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1"', "sh", str(disk)],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.strip()}")
-
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), str(quadratic), sys.executable],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
 
     assert result.stderr == (f"hopt: error: cannot export to {disk}/best: No space left on device; choose an "
                              "--out you can write to, with room for the checkpoint\n")

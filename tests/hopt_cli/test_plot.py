@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import struct
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ from hopt_cli import cli as cli_module
 from hopt_cli.cli import cli
 from hopt_cli.experiment import Experiment
 from hopt_cli.plots import EXPLOIT, figures
-from tests.conftest import REPO
+from tests.hopt_cli.conftest import hopt_onto_a_full_disk
 
 
 def png_size(path) -> tuple[int, int]:
@@ -73,18 +72,8 @@ def test_member_lines_look_as_the_legend_shows_them_and_never_in_the_exploit_red
 
 
 def test_plot_on_a_full_disk_is_one_line_and_leaves_no_partial_png(quadratic, tmp_path):
-    """`hopt plot` onto a 64 KiB tmpfs that a file has filled, in a mount namespace of its own."""
+    result = hopt_onto_a_full_disk(tmp_path, "plot", quadratic, "plots")
     disk = tmp_path / "disk"
-    disk.mkdir()
-    script = ('mount -t tmpfs -o size=64k tmpfs "$1" && (head -c 1M /dev/zero > "$1/filler" 2>/dev/null || true) && '
-              '"$3" -m hopt_cli plot --dir "$2" --out "$1/plots"; echo "status=$?"; ls -A "$1/plots"')
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$1"', "sh", str(disk)],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a mount namespace here: {probe.stderr.strip()}")
-
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), str(quadratic), sys.executable],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
 
     assert result.stderr == (f"hopt: error: cannot write figures to {disk}/plots: No space left on device; choose "
                              "an --out you can write to, with room for them\n")

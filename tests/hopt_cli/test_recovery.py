@@ -173,7 +173,7 @@ def test_missing_checkpoints_stop_the_experiment_naming_one(tmp_path):
         Worker(Store.open(store.paths.root), "after").run()
 
     message = str(caught.value)
-    assert f"is missing (deleted outside hopt?); restore it from a backup" in message
+    assert "is missing (deleted outside hopt?); restore it from a backup" in message
     assert f"checkpoint {store.paths.checkpoints}/m0" in message
 
 

@@ -9,6 +9,8 @@
 # Settings (environment): HOPT_NETFS_TIMEOUT (seconds, default 60), HOPT_NETFS_SSH_PORT (default 2222).
 # See tests/netfs/README.md.
 set -euo pipefail
+# shellcheck source=../daemons.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../daemons.sh"
 
 TIMEOUT=${HOPT_NETFS_TIMEOUT:-60}
 SSH_PORT=${HOPT_NETFS_SSH_PORT:-2222}
@@ -53,26 +55,7 @@ install_packages() {
     command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
     ((${#missing[@]})) || return 0
     echo "start-netfs: installing ${missing[*]}" >&2
-    # Keep dpkg from starting the daemons itself: there is no init system to own them.
-    local policy=/usr/sbin/policy-rc.d added=
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    local ok=1 out
-    out=$(mktemp)
-    apt-get update -q >"$out" 2>&1 || ok=
-    [[ -n $ok ]] && { apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$out" 2>&1 || ok=; }
-    [[ -n $added ]] && rm -f "$policy"
-    [[ -n $ok ]] || { tail -n 20 "$out" >&2; rm -f "$out"; die "apt-get install ${missing[*]} failed"; }
-    rm -f "$out"
-}
-
-alive() { # alive PIDFILE NAME: the pid file names a live (not zombie) process called NAME
-    local pid
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] \
-        && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+    apt_install "${missing[@]}"
 }
 
 fstype_of() { # fstype_of MOUNTPOINT: the type /proc/mounts gives it (last entry wins), or nothing

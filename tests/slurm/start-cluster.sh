@@ -6,6 +6,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../daemons.sh
+. "$HERE/../daemons.sh"
 HOST=$(hostname -s)
 CPUS=${HOPT_SLURM_CPUS:-$(nproc)}
 TIMEOUT=${HOPT_SLURM_TIMEOUT:-60}
@@ -39,24 +41,7 @@ install_packages() {
     command -v munged >/dev/null || missing+=(munge)
     ((${#missing[@]})) || return 0
     echo "start-cluster: installing ${missing[*]}" >&2
-    # Keep dpkg from starting the daemons itself: there is no init system to own them.
-    local policy=/usr/sbin/policy-rc.d added=
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    local ok=1
-    apt-get update -q >/dev/null || ok=
-    [[ -n $ok ]] && { apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || ok=; }
-    [[ -n $added ]] && rm -f "$policy"
-    [[ -n $ok ]] || die "apt-get install ${missing[*]} failed"
-}
-
-alive() { # alive PIDFILE NAME: the pid file names a live (not zombie) process called NAME
-    local pid
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] \
-        && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+    apt_install "${missing[@]}"
 }
 
 start_munge() {

@@ -1,0 +1,34 @@
+# Shell functions shared by the test scripts that start and stop daemons (tests/slurm, tests/netfs).
+# Source it; the sourcing script defines die().
+
+alive() { # alive PIDFILE NAME: the pid file names a live (not zombie) process called NAME
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == "$2" ]] \
+        && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+stop() { # stop PIDFILE NAME: SIGTERM, then SIGKILL after 10 s; the pid file goes too
+    alive "$1" "$2" || return 0
+    local pid
+    pid=$(cat "$1")
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do alive "$1" "$2" || { rm -f "$1"; return 0; }; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null
+    rm -f "$1"
+}
+
+apt_install() { # apt_install PACKAGE...: install from Debian without letting dpkg start daemons
+    # There is no init system to own them: a policy-rc.d that says no keeps dpkg from starting them.
+    local policy=/usr/sbin/policy-rc.d added= ok=1 out
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    out=$(mktemp)
+    apt-get update -q >"$out" 2>&1 || ok=
+    [[ -n $ok ]] && { apt-get install -y -q --no-install-recommends "$@" >>"$out" 2>&1 || ok=; }
+    [[ -n $added ]] && rm -f "$policy"
+    [[ -n $ok ]] || { tail -n 20 "$out" >&2; rm -f "$out"; die "apt-get install $* failed"; }
+    rm -f "$out"
+}
