@@ -36,7 +36,8 @@ from hopt_cli.store.mounts import flock_problem
 from hopt_cli.store.paths import ExperimentPaths
 
 POLL_SECONDS = 0.001  # fixed and short: with backoff, one worker ran ahead of the rest and PBT did worse
-STALE_SECONDS = 60.0  # a hard-link lock this old is broken; critical sections take milliseconds
+STALE_SECONDS = 15.0  # a hard-link lock this old is broken: critical sections take milliseconds, and a holder
+# that only stalled and overlaps with the next has its late events voided by the journal's sequence numbers
 
 log = logging.getLogger("hopt")
 
