@@ -432,17 +432,23 @@ def retry(root: Path) -> None:
 @cli.command()
 @DIR
 @click.option("--lock", "lock_kind", type=click.Choice(LOCK_KINDS),
-              help="The lock kind to test [default: the experiment's, else flock].")
+              help="The lock kind to test [default: the experiment's, else flock; --peer tests both].")
 @click.option("--min-free-gb", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Fail when less space than this is free.")
-def doctor(root: Path, lock_kind: str | None, min_free_gb: float) -> None:
-    """Check the filesystem under --dir: lock exclusion, atomic replace, fsync, clock skew, free space."""
-    if lock_kind is None:
-        lock_kind = Store.open(root).recipe.lock if ExperimentPaths(root).experiment.is_file() else "flock"
-    checks = diagnose(root, lock_kind, min_free_gb)
-    for check in checks:
+@click.option("--peer", is_flag=True,
+              help="Test across two nodes: run it on both at once, e.g. `srun -N2 hopt doctor --peer --dir D`.")
+@click.option("--peer-timeout", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait for the other node's `hopt doctor --peer`.")
+def doctor(root: Path, lock_kind: str | None, min_free_gb: float, peer: bool, peer_timeout: float) -> None:
+    """Check the filesystem under --dir: its type, hard links, the lock, atomic replace, fsync, clock skew,
+    free space; with --peer, lock exclusion, appends, listings and replaces across two nodes."""
+    if lock_kind is None and ExperimentPaths(root).experiment.is_file():
+        lock_kind = Store.open(root).recipe.lock
+    failed = False
+    for check in diagnose(root, lock_kind, min_free_gb, peer_timeout if peer else None):
         click.echo(check.line())
-    if not all(check.ok for check in checks):
+        failed = failed or not check.ok
+    if failed:
         sys.exit(1)
 
 

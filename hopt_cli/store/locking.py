@@ -96,19 +96,17 @@ class ExperimentLock:
         """Clean up after giving up waiting (timeout, Ctrl-C)."""
 
 
-class FlockLock(ExperimentLock):
-    """flock(2) on `lock`; released by the kernel when the holder's descriptor closes or it dies."""
+class KernelFlock(ExperimentLock):
+    """flock(2) on one file and nothing more; released by the kernel when the holder's descriptor closes
+    or it dies. `hopt doctor --peer` measures with it what flock does on a filesystem."""
 
     kind = "flock"
 
     def __init__(self, path: Path, timeout: float = 600.0) -> None:
         super().__init__(path, timeout)
         self._fd: int | None = None
-        self._checked = False
 
     def _try_acquire(self) -> bool:
-        if not self._checked:
-            self._refuse_a_filesystem_where_flock_does_not_exclude()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -118,12 +116,33 @@ class FlockLock(ExperimentLock):
         except BaseException:
             os.close(fd)
             raise
-        if not _names_file(fd, self.path):
-            os.close(fd)  # we locked a file that was deleted or replaced meanwhile: it guards nothing
+        self._fd = fd
+        return True
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class FlockLock(KernelFlock):
+    """The experiment's flock on `lock`: refused where flock is known not to exclude across mounts, and
+    taken again if the file was deleted or replaced under us."""
+
+    def __init__(self, path: Path, timeout: float = 600.0) -> None:
+        super().__init__(path, timeout)
+        self._checked = False
+
+    def _try_acquire(self) -> bool:
+        if not self._checked:
+            self._refuse_a_filesystem_where_flock_does_not_exclude()
+        if not super()._try_acquire():
+            return False
+        if not _names_file(self._fd, self.path):
+            super()._release()  # we locked a file that was deleted or replaced meanwhile: it guards nothing
             log.warning("%s was deleted or replaced while in use (never delete it); locking the new file",
                         self.path)
             return False
-        self._fd = fd
         return True
 
     def _refuse_a_filesystem_where_flock_does_not_exclude(self) -> None:
@@ -141,8 +160,7 @@ class FlockLock(ExperimentLock):
             log.warning("%s was deleted or replaced while we held it (never delete it): another process may "
                         "have locked the new file meanwhile; the journal's sequence numbers void whatever it "
                         "wrote on a stale view", self.path)
-        os.close(self._fd)
-        self._fd = None
+        super()._release()
 
 
 def _names_file(fd: int, path: Path) -> bool:
