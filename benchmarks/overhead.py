@@ -85,7 +85,8 @@ class Runs:
         return f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f}"
 
 
-def run_hopt(population: int, intervals: int, workers: int, runs: Runs, scratch: Path | None, lock: str) -> None:
+def run_hopt(population: int, intervals: int, workers: int, runs: Runs, scratch: Path | None = None,
+             lock: str = "flock") -> None:
     """One complete no-op experiment with `workers` worker processes, added to `runs`."""
     with tempfile.TemporaryDirectory(prefix="hopt-overhead-", dir=scratch) as temp, \
             tempfile.TemporaryDirectory(prefix="hopt-overhead-logs-") as local:

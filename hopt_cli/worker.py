@@ -184,7 +184,6 @@ class Worker:
                 else:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
-            self.store.collect_garbage(self.store.reclaim(self.holder))
             done = population.intervals_done
         self.store.empty_trash()
         self._log_timing("commit", committing)

@@ -240,8 +240,9 @@ class Store:
             before = self.sync().events
             yield self.population
             due = self.population.events != before and self._snapshot_due()
-            if due:
-                self.drop_leftovers()  # crashes are rare: once per snapshot keeps their leftovers bounded
+            if due:  # crashes are rare: once per snapshot keeps their leftovers bounded
+                self.drop_leftovers()
+                self.collect_garbage([info.lease for info in self.lease_infos() if info.lease is not None])
         if due:
             self.write_snapshot()
 
@@ -399,10 +400,20 @@ class Store:
         fsync_dir(self.paths.checkpoints)
         event = commit_event(lease.member, decision, hparams, lease.token, name, score, metrics, lease.holder.worker,
                              threads)
+        before = self.population.referenced_checkpoints()
         if not self._append_while(event, self._holding(lease)):
             return None  # another claim of the member came first: our checkpoint is unreferenced garbage
         self.paths.lease(lease.member).unlink()
+        self._collect_released(before)
         return name
+
+    def _collect_released(self, before: set[str]) -> None:
+        """Trash the checkpoints the events since `before` left without a reference (the member's previous
+        one, a best entry displaced): known from the journal, so no listing is needed."""
+        for released in before - self.population.referenced_checkpoints():
+            if self._superseded(released):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.paths.checkpoint(released), self.paths.trash / f"{released}.{secrets.token_hex(4)}")
 
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""

@@ -20,3 +20,11 @@ def test_the_report_has_a_row_per_worker_count_and_no_ray_unless_asked():
 
     assert "| hopt | 1 |" in text and "| hopt | 2 |" in text
     assert "Ray" not in text
+
+
+def test_a_scratch_folder_gets_the_experiments_and_a_table_of_its_operations(tmp_path):
+    text = report(population=4, intervals=2, workers=[1], repeats=1, ray_python=None, scratch=tmp_path,
+                  lock="hardlink")
+
+    assert "| hopt | 1 |" in text and f"filesystem operations in {tmp_path} (200 each)" in text
+    assert "| append one line + fsync (a journal event) |" in text and not list(tmp_path.iterdir())
