@@ -21,10 +21,10 @@ from typing import Any
 import yaml
 
 from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError
-from hopt_cli.population import Decision, Population, adopt_event, claim_event, commit_event, fail_event
+from hopt_cli.population import Decision, MemberState, Population, adopt_event, claim_event, commit_event, fail_event
 from hopt_cli.recipe import Recipe
-from hopt_cli.store.fsio import (RETRIES, RETRY_SECONDS, create_exclusive, fsync_dir, is_temporary, read_bytes,
-                                retrying, touch, write_json_atomic)
+from hopt_cli.store.fsio import (RETRIES, create_exclusive, fsync_dir, is_temporary, patience, read_bytes, retrying,
+                                touch, write_json_atomic)
 from hopt_cli.store.journal import Cursor, Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
@@ -166,13 +166,11 @@ class Store:
 
         A network client may report a cached size: the journal is looked at again, through fresh opens
         for about a second, before anything is said."""
-        for attempt in range(RETRIES):
+        for _ in patience():
             size = retrying(lambda: _size(self.paths.journal), self.paths.journal)
             if offset <= size:
                 return
-            time.sleep(RETRY_SECONDS * 2 ** attempt)
-        if offset > size:
-            raise CorruptFile(self.paths.journal, f"is shorter than state.json records ({size} < {offset} bytes): "
+        raise CorruptFile(self.paths.journal, f"is shorter than state.json records ({size} < {offset} bytes): "
                               "it was truncated or replaced, so committed intervals would be lost",
                               "restore it from a backup; or, to accept the loss, delete state.json")
 
@@ -253,11 +251,10 @@ class Store:
         Past CONFLICT_LIMIT void appends in a row, someone writes while we hold the lock: stop."""
         self._mine, self._landed = self.journal.append({**event, "time": round(time.time(), 3)}, self.cursor), None
         try:
-            for attempt in range(RETRIES):
+            for _ in patience():  # until our own append is visible: a size may be cached
                 self.sync()
                 if self._landed is not None:
                     break
-                time.sleep(RETRY_SECONDS * 2 ** attempt)  # our own append not visible yet: a cached size
             else:
                 raise FilesystemError(self.paths.journal, "the event just appended cannot be read back", RETRIES)
             landed = self._landed
@@ -323,10 +320,7 @@ class Store:
                 reason = f"its claim has no lease file after {age:.0f} s (timeout {self.recipe.lease.timeout:.0f} s)"
             else:
                 continue
-            token = state.token
-            event = {"type": "reclaim", "member": state.member, "interval": state.interval, "token": token,
-                     "reason": reason, "holder": holder.worker if holder else None, "by": here.worker}
-            if self._append_while(event, lambda: state.token == token and state.claim_open):
+            if self._end_claim(state, state.interval, state.token, reason, holder.worker if holder else None, here):
                 self._note(f"reclaimed the claim of member {state.member}: {reason}")
 
     def _end_claim_of(self, info: LeaseInfo, reason: str, here: Holder) -> None:
@@ -335,13 +329,18 @@ class Store:
         member = info.lease.member if info.lease is not None else lease_member(info.path.name)
         if member is None or not 0 <= member < self.recipe.population:
             return
-        state = self.population.members[member]
-        token = info.lease.token if info.lease is not None else state.token
-        holder = info.lease.holder.worker if info.lease is not None else None
-        interval = info.lease.interval if info.lease is not None else state.interval
-        event = {"type": "reclaim", "member": member, "interval": interval, "token": token,
-                 "reason": reason, "holder": holder, "by": here.worker}
-        self._append_while(event, lambda: state.token == token and state.claim_open)
+        state, lease = self.population.members[member], info.lease
+        if lease is None:
+            self._end_claim(state, state.interval, state.token, reason, None, here)
+        else:
+            self._end_claim(state, lease.interval, lease.token, reason, lease.holder.worker, here)
+
+    def _end_claim(self, state: MemberState, interval: int, token: str | None, reason: str, holder: str | None,
+                   here: Holder) -> bool:
+        """Journal a reclaim ending the claim `token` of `state`'s member, if the journal still has it open."""
+        event = {"type": "reclaim", "member": state.member, "interval": interval, "token": token, "reason": reason,
+                 "holder": holder, "by": here.worker}
+        return self._append_while(event, lambda: state.token == token and state.claim_open)
 
     def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
         lease = info.lease
@@ -412,14 +411,11 @@ class Store:
         one, a best entry displaced): known from the journal, so no listing is needed."""
         for released in before - self.population.referenced_checkpoints():
             if self._superseded(released):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.paths.checkpoint(released), self.paths.trash / f"{released}.{secrets.token_hex(4)}")
+                self._discard(self.paths.checkpoint(released))
 
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""
         self._discard(staging)
-        if not self._holding(lease)():
-            return False
         if not self._append_while(fail_event(lease.member, lease.interval, lease.token, error, lease.holder.worker),
                                   self._holding(lease)):
             return False
@@ -429,8 +425,6 @@ class Store:
     def release(self, lease: Lease, reason: str, staging: Path) -> bool:
         """Give a member back untrained (preemption); another worker may take it at once."""
         self._discard(staging)
-        if not self._holding(lease)():
-            return False
         event = {"type": "release", "member": lease.member, "interval": lease.interval, "token": lease.token,
                  "reason": reason, "worker": lease.holder.worker}
         if not self._append_while(event, self._holding(lease)):

@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,21 +21,29 @@ RETRY_SECONDS = 0.02
 T = TypeVar("T")
 
 
+def patience() -> Iterator[int]:
+    """Attempts 0 .. RETRIES-1, waiting before each but the first (RETRY_SECONDS, doubling): how long
+    anything waits for a network filesystem's transient state to pass."""
+    for attempt in range(RETRIES):
+        if attempt:
+            time.sleep(RETRY_SECONDS * 2 ** (attempt - 1))
+        yield attempt
+
+
 def retrying(action: Callable[[], T], path: Path) -> T:
     """`action()`, tried again after a transient error (ESTALE, EIO) of the filesystem holding `path`.
 
     Past RETRIES attempts it is one FilesystemError naming the file; other errors pass through.
     """
-    for attempt in range(RETRIES):
+    problem = ""
+    for _ in patience():
         try:
             return action()
         except OSError as err:
             if err.errno not in TRANSIENT:
                 raise
-            if attempt == RETRIES - 1:
-                raise FilesystemError(path, err.strerror or str(err), RETRIES) from None
-            time.sleep(RETRY_SECONDS * 2 ** attempt)
-    raise AssertionError("unreachable")
+            problem = err.strerror or str(err)
+    raise FilesystemError(path, problem, RETRIES)
 
 
 def read_bytes(path: Path) -> bytes:

@@ -47,7 +47,8 @@ def _parse(line: str) -> Mount | None:
     if dash < 6 or len(fields) < dash + 3:
         return None
     point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-    return Mount(point, fields[dash + 1], fields[dash + 2], f"{fields[5]},{fields[dash + 3] if len(fields) > dash + 3 else ''}")
+    superblock = fields[dash + 3] if len(fields) > dash + 3 else ""
+    return Mount(point, fields[dash + 1], fields[dash + 2], f"{fields[5]},{superblock}")
 
 
 def _contains(point: str, path: str) -> bool:
