@@ -108,17 +108,18 @@ def _describe(status: int | None) -> str:
     return f"exit status {status}"
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL us when the worker dies, however it dies (Linux; elsewhere a no-op)."""
+def die_with_parent(parent: int, signum: signal.Signals) -> None:
+    """Have the kernel send us `signum` when our parent dies, however it dies (Linux; elsewhere a no-op);
+    exit at once if it died before we asked."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the worker died before we asked
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+    if os.getppid() != parent:
         os._exit(1)
 
 
 def serve(fd: int, worker: str, parent: int) -> None:
     """The child's loop: receive a context, run one interval, send back ("ok", result) or ("error", text)."""
-    _die_with_parent(parent)
+    die_with_parent(parent, signal.SIGKILL)  # the worker decides when we end, and it may die any way
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(fd)

@@ -7,7 +7,6 @@ kernel sends every worker SIGTERM (PR_SET_PDEATHSIG), so no worker outlives the 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -17,12 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
+from hopt_cli.isolation import die_with_parent
 from hopt_cli.store import Store
 from hopt_cli.trainable import THREAD_VARIABLES
 
 POLL_SECONDS = 0.5
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -103,19 +102,11 @@ def _start(store: Store, workers: int) -> dict[str, subprocess.Popen]:
                 processes[name] = subprocess.Popen(
                     worker_command(store.paths.root, name), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, env=environment,
-                    preexec_fn=lambda: _stop_with(runner))
+                    preexec_fn=lambda: die_with_parent(runner, signal.SIGTERM))  # before exec
     except BaseException:
         _kill(processes)
         raise
     return processes
-
-
-def _stop_with(runner: int) -> None:
-    """In a new worker, before exec: have the kernel send SIGTERM when the runner dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != runner:  # the runner died before we asked
-        os._exit(1)
 
 
 def _running(processes: dict[str, subprocess.Popen]) -> list[subprocess.Popen]:
