@@ -13,8 +13,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from hopt_cli import events
+from hopt_cli.decision import Decision
+from hopt_cli.events import Claim, Commit
 from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
@@ -61,30 +63,28 @@ class _Generator:
         self.time = 1.7e9
         self.count = 0
 
-    def events(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def events(self) -> tuple[Claim, Commit]:
         """The claim and commit of the next interval."""
         _, m = heapq.heappop(self.queue)
         me = self.members[m]
         decision = self._decide(m, me)
-        hparams = self.store.recipe.space.decode(decision["coords"])
-        parent_score = self.members[decision["parent"]].score if decision["parent"] is not None else 0.0
+        hparams = self.store.recipe.space.decode(decision.coords)
+        parent_score = self.members[decision.parent].score if decision.parent is not None else 0.0
         score = 0.5 * parent_score + hparams["x"] + self.rng.gauss(0.0, 0.01)  # the better x, the better
-        interval = decision["interval"]
+        interval = decision.interval
         token = f"{self.count:016x}"
         self.count += 1
         name = f"m{m:05d}-i{interval:05d}-{token}"
         self.time += 0.005
-        claim = {"type": "claim", "member": m, "interval": interval, "token": token, "attempt": 0,
-                 "worker": "synthetic", "host": "node", "pid": 1, "decision": decision, "hparams": hparams,
-                 "time": round(self.time, 3)}
-        commit = {"type": "commit", "member": m, "interval": interval, "token": token, "checkpoint": name,
-                  "score": score, "metrics": {"score": score}, "hparams": hparams, "decision": decision,
-                  "worker": "synthetic", "time": round(self.time + 0.002, 3)}
-        self.members[m] = _Member(interval + 1, name, decision["coords"], decision["last_change"], score)
+        claim = Claim(member=m, token=token, decision=decision, hparams=hparams, worker="synthetic", host="node",
+                      pid=1, time=round(self.time, 3))
+        commit = Commit(member=m, token=token, decision=decision, hparams=hparams, checkpoint=name, score=score,
+                        metrics={"score": score}, worker="synthetic", time=round(self.time + 0.002, 3))
+        self.members[m] = _Member(interval + 1, name, decision.coords, decision.last_change, score)
         heapq.heappush(self.queue, (interval + 1, m))
         return claim, commit
 
-    def _decide(self, m: int, me: _Member) -> dict[str, Any]:
+    def _decide(self, m: int, me: _Member) -> Decision:
         rng = self.rng
         if me.checkpoint is None:
             coords = tuple(rng.random() for _ in range(self.recipe.space.dim))
@@ -108,9 +108,8 @@ class _Generator:
 
 
 def _decision(action: str, parent: int | None, checkpoint: str | None, interval: int,
-              coords: tuple[float, ...], last_change: int) -> dict[str, Any]:
-    return {"action": action, "parent": parent, "checkpoint": checkpoint, "interval": interval,
-            "coords": list(coords), "sigma": 0.1, "last_change": last_change, "explorer": False}
+              coords: tuple[float, ...], last_change: int) -> Decision:
+    return Decision(action, parent, checkpoint, interval, tuple(coords), 0.1, last_change, False)
 
 
 def generate(root: Path, population: int, commits: int, seed: int = 0) -> Store:
@@ -129,7 +128,7 @@ def generate(root: Path, population: int, commits: int, seed: int = 0) -> Store:
                 store.write_snapshot()
             for event in generator.events():
                 state.apply(event)
-                numbered = {**event, "seq": cursor.lines + 1, "prev": cursor.last}
+                numbered = {**events.encode(event), "seq": cursor.lines + 1, "prev": cursor.last}
                 line = (dumps(numbered) + "\n").encode()
                 journal.write(line)
                 cursor, _ = cursor.after(line, numbered)

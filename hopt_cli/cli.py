@@ -415,7 +415,7 @@ def _event_text(e: Event) -> str:
     if e.kind == "fail":
         return f"{where} FAILED: {e.reason}"
     if e.kind == "reclaim":
-        return f"{where}: lease of {e.worker} dropped: {e.reason}"
+        return f"{where}: lease of {e.worker} dropped" + (f" by {e.by}" if e.by else "") + f": {e.reason}"
     return f"{where}: {e.reason}"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from hopt_cli import history, schedule
 from hopt_cli.errors import HoptError
+from hopt_cli.events import JournalEvent
 from hopt_cli.history import Commit, Event
 from hopt_cli.population import Lineage, MemberState, Population
 from hopt_cli.schedule import ScheduleStep
@@ -110,7 +111,7 @@ class Experiment:
     def __init__(self, path: str | Path) -> None:
         self.store = Store.open(path)
         self.recipe = self.store.recipe
-        self._events: list[dict[str, Any]] = []
+        self._events: list[JournalEvent] = []
         self._cursor = Cursor()
 
     def status(self) -> Status:
@@ -246,9 +247,9 @@ class Experiment:
         if not 0 <= member < self.recipe.population:
             raise HoptError(f"there is no member {member}: the population has members 0 to {self.recipe.population - 1}")
 
-    def _journal(self) -> list[dict[str, Any]]:
+    def _journal(self) -> list[JournalEvent]:
         """The journal's events so far, read incrementally."""
-        events, self._cursor = self.store.journal.read(self._cursor)
+        events, self._cursor = self.store.read_events(self._cursor)
         self._events.extend(events)
         return self._events
 

@@ -5,8 +5,13 @@ the same history the workers wrote.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from hopt_cli import events
+from hopt_cli.decision import Decision
+from hopt_cli.events import JournalEvent
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,9 @@ class Event:
     """One journal event as a reader wants it: what happened to which member interval, and why.
 
     `kind` is claim, commit, adopt, fail, release, reclaim or retry (which concerns no member);
-    `changes` lists an exploit's mutation (claims and commits); `reason` holds a failure's error or
-    why a lease was released or reclaimed.
+    `worker` wrote the event, except for a reclaim: there it is the worker whose lease was dropped,
+    and `by` the one that dropped it; `changes` lists an exploit's mutation (claims and commits);
+    `reason` holds a failure's error or why a lease was released or reclaimed.
     """
 
     time: float
@@ -64,42 +70,41 @@ class Event:
     hparams: dict[str, Any] = field(default_factory=dict)
     changes: tuple[Change, ...] = ()
     reason: str | None = None
+    by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def commits(events: list[dict[str, Any]]) -> list[Commit]:
+def commits(journal: Iterable[JournalEvent]) -> list[Commit]:
     """Every commit of the journal, in journal order."""
-    return [_commit(e) for e in events if e["type"] == "commit"]
+    return [_commit(e) for e in journal if isinstance(e, events.Commit)]
 
 
-def _commit(event: dict[str, Any]) -> Commit:
-    decision = event["decision"]
-    return Commit(event["time"], event["member"], event["interval"], event["score"], event["hparams"],
-                  decision["action"], decision["parent"], decision["sigma"], decision["explorer"],
-                  event["worker"], event["checkpoint"], decision["checkpoint"], event.get("metrics", {}))
+def _commit(event: events.Commit) -> Commit:
+    d = event.decision
+    return Commit(float(event.time or 0.0), event.member, event.interval, event.score, event.hparams, d.action,
+                  d.parent, d.sigma, d.explorer, str(event.worker), event.checkpoint, d.checkpoint, event.metrics)
 
 
-def readable(events: list[dict[str, Any]]) -> list[Event]:
+def readable(journal: Iterable[JournalEvent]) -> list[Event]:
     """Every journal event as an Event; exploits carry the diff against the parent's hyperparameters."""
     hparams_of: dict[str, dict[str, Any]] = {}
-    interval_of: dict[str, int] = {}
     records = []
-    for e in events:
-        kind = e["type"]
-        if kind == "claim":
-            interval_of[e["token"]] = e["interval"]
-        if kind == "commit":
-            hparams_of[e["checkpoint"]] = e["hparams"]
-        decision = e.get("decision", {})
-        changes = _changes(hparams_of.get(decision.get("checkpoint")), e["hparams"]) \
-            if decision.get("action") == "exploit" else ()
+    for e in journal:
+        if isinstance(e, events.Commit):
+            hparams_of[e.checkpoint] = e.hparams
+        decision: Decision | None = getattr(e, "decision", None)
+        hparams = getattr(e, "hparams", {})
+        changes = _changes(hparams_of.get(str(decision.checkpoint)), hparams) \
+            if decision is not None and decision.action == "exploit" else ()
+        reclaim = isinstance(e, events.Reclaim)
         records.append(Event(
-            time=e["time"], kind=kind, member=e.get("member"), interval=e.get("interval", interval_of.get(e.get("token"))),
-            worker=e.get("worker", e.get("holder")), action=decision.get("action"), parent=decision.get("parent"),
-            score=e.get("score"), hparams=e.get("hparams", {}), changes=changes,
-            reason=e.get("error", e.get("reason"))))
+            time=float(e.time or 0.0), kind=e.kind, member=getattr(e, "member", None),
+            interval=getattr(e, "interval", None), worker=e.holder if reclaim else e.worker,
+            action=decision.action if decision else None, parent=decision.parent if decision else None,
+            score=getattr(e, "score", None), hparams=hparams, changes=changes, reason=getattr(e, "reason", None),
+            by=e.worker if reclaim else None))
     return records
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hopt_cli.policies import Policy, decision_rng
-from hopt_cli.population import Decision, Population
+from hopt_cli.decision import Decision
+from hopt_cli.population import Population
 from hopt_cli.space import SearchSpace
 
 

@@ -5,10 +5,11 @@ journal order; nothing here does I/O, so the state after any prefix of the journ
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from collections.abc import Mapping
 from typing import Any
+
+from hopt_cli.decision import Decision
+from hopt_cli.events import Adopt, Claim, Commit, Fail, JournalEvent, LeaseEnd, Reclaim, Release, Retry
 
 PROGRESS_WINDOW = 2  # commits per member of recent progress the population keeps for the ETA
 
@@ -47,28 +48,6 @@ class PopulationView:
     @property
     def size(self) -> int:
         return len(self.members)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A policy's choice for one member: where to resume from and with which coordinates."""
-
-    action: str  # "start", "continue" or "exploit"
-    parent: int | None  # member whose checkpoint is resumed; None for a fresh start
-    checkpoint: str | None
-    interval: int  # the interval to train next (a parent's, after an exploit)
-    coords: tuple[float, ...]
-    sigma: float
-    last_change: int
-    explorer: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """The decision as journal events carry it (a shallow copy: asdict's deep one cost 10% of a claim)."""
-        return dict(vars(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Decision:
-        return cls(**{**data, "coords": tuple(data["coords"])})
 
 
 @dataclass(frozen=True)
@@ -207,54 +186,52 @@ class Population:
         """The tokens of claims that have not ended: their staging folders are in use."""
         return {str(m.token) for m in self.members if m.claim_open}
 
-    def apply(self, event: dict[str, Any]) -> None:
+    def apply(self, event: JournalEvent) -> None:
         """Advance the state by one journal event."""
-        if self.started is None and "time" in event:
-            self.started = event["time"]
+        if self.started is None and event.time is not None:
+            self.started = event.time
             self.progress.append((self.started, 0))
-        handler = _HANDLERS.get(event["type"])
-        if handler is not None:
-            handler(self, event)
+        _HANDLERS[type(event)](self, event)
         self.events += 1
 
-    def _record_progress(self, event: dict[str, Any]) -> None:
+    def _record_progress(self, event: Commit | Adopt) -> None:
         """Keep (time, intervals done) after the last PROGRESS_WINDOW x size commits: a status's ETA
         extrapolates them without reading the journal."""
-        if "time" in event:
-            self.progress.append((event["time"], self.intervals_done))
+        if event.time is not None:
+            self.progress.append((event.time, self.intervals_done))
             excess = len(self.progress) - PROGRESS_WINDOW * self.size - 1
             if excess > 0:
                 del self.progress[:excess]
 
-    def _current(self, event: dict[str, Any]) -> MemberState | None:
+    def _current(self, event: Commit | LeaseEnd) -> MemberState | None:
         """The member an end-of-lease event is about, or None if a later claim superseded its lease.
 
         Under the lock that never happens; if a lock ever fails and two workers claim the same member,
         the journal's order settles it: only the latest claim's commit, failure or release counts.
         """
-        member = self.members[event["member"]]
-        return member if event["token"] == member.token else None
+        member = self.members[event.member]
+        return member if event.token == member.token else None
 
-    def _on_claim(self, event: dict[str, Any]) -> None:
-        member = self.members[event["member"]]
+    def _on_claim(self, event: Claim) -> None:
+        member = self.members[event.member]
         member.claims += 1
-        member.token = event["token"]
-        decision = event["decision"]
-        member.claim_open, member.claim_parent = True, decision["checkpoint"]
-        member.claim_time = event.get("time")
-        member.claim_holder = {key: event.get(key) for key in ("worker", "host", "pid", "pidns")}
+        member.token = event.token
+        decision = event.decision
+        member.claim_open, member.claim_parent = True, decision.checkpoint
+        member.claim_time = event.time
+        member.claim_holder = {"worker": event.worker, "host": event.host, "pid": event.pid, "pidns": event.pidns}
         if member.checkpoint is None:  # nothing committed yet: show what its first interval trains with
-            member.hparams, member.sigma = dict(event["hparams"]), decision["sigma"]
-        if decision["action"] == "exploit":
-            self.pending[member.member] = self.members[decision["parent"]].lineage.copy()
+            member.hparams, member.sigma = dict(event.hparams), decision.sigma
+        if decision.action == "exploit":
+            self.pending[member.member] = self.members[int(decision.parent)].lineage.copy()
         else:
             self.pending.pop(member.member, None)
 
-    def _on_commit(self, event: dict[str, Any]) -> None:
+    def _on_commit(self, event: Commit) -> None:
         member = self._current(event)
         if member is None:
             return
-        decision = Decision.from_dict(event["decision"])
+        decision = event.decision
         lineage = self.pending.pop(member.member, None) if decision.action == "exploit" else None
         if lineage is not None:
             member.lineage = lineage
@@ -263,18 +240,18 @@ class Population:
         if len(member.lineage.scores) != decision.interval:
             raise ValueError(f"commit of member {member.member} interval {decision.interval} does not follow "
                              f"its lineage of {len(member.lineage.scores)} intervals")
-        hparams = event["hparams"]
-        _extend_schedule(member.lineage, decision, member.member, hparams, event.get("threads"))
-        member.lineage.scores.append(event["score"])
+        hparams = event.hparams
+        _extend_schedule(member.lineage, decision, member.member, hparams, event.threads)
+        member.lineage.scores.append(event.score)
         self.intervals_done += min(decision.interval + 1, self.intervals) - min(member.interval, self.intervals)
         member.interval = decision.interval + 1
-        member.checkpoint = event["checkpoint"]
+        member.checkpoint = event.checkpoint
         member.coords = list(decision.coords)
         member.hparams = hparams
         member.sigma = decision.sigma
         member.last_change = decision.last_change
         member.explorer = decision.explorer
-        member.metrics = event.get("metrics", {})
+        member.metrics = event.metrics
         member.failures = member.claims = 0
         member.last_error = None
         member.claim_open, member.claim_parent = False, None
@@ -283,15 +260,15 @@ class Population:
         self._record_best(member)
         self._record_progress(event)
 
-    def _on_adopt(self, event: dict[str, Any]) -> None:
+    def _on_adopt(self, event: Adopt) -> None:
         """The member takes over a finished lineage whole (there is nothing left of it to train)."""
-        member = self.members[event["member"]]
-        parent = self.members[event["decision"]["parent"]]
+        member = self.members[event.member]
+        parent = self.members[int(event.decision.parent)]
         self.intervals_done += min(parent.interval, self.intervals) - min(member.interval, self.intervals)
         for name in ("interval", "checkpoint", "coords", "hparams", "sigma", "last_change", "metrics"):
             setattr(member, name, getattr(parent, name))
         member.lineage = parent.lineage.copy()
-        member.token = event["token"]
+        member.token = event.token
         member.failures = member.claims = 0
         member.last_error = None
         member.claim_open, member.claim_parent = False, None
@@ -300,29 +277,29 @@ class Population:
         self._view = None
         self._record_progress(event)
 
-    def _on_fail(self, event: dict[str, Any]) -> None:
+    def _on_fail(self, event: Fail) -> None:
         member = self._current(event)
         if member is None:
             return
         self.pending.pop(member.member, None)
         member.claim_open, member.claim_parent = False, None
         member.failures += 1
-        member.last_error = event["error"]
+        member.last_error = event.reason
         if member.failures >= self.max_failures and self.failed is None:
             self.failed = (f"member {member.member} failed {member.failures} times in a row; last error: "
-                           f"{event['error']}; fix the trainable, then run `hopt retry` on the experiment and start "
+                           f"{event.reason}; fix the trainable, then run `hopt retry` on the experiment and start "
                            "the workers again")
 
-    def _on_retry(self, event: dict[str, Any]) -> None:
+    def _on_retry(self, event: Retry) -> None:
         """The user fixed what failed: every member gets its full budget of failures again."""
         for member in self.members:
             member.failures = 0
         self.failed = None
 
-    def _on_end_of_lease(self, event: dict[str, Any]) -> None:
+    def _on_end_of_lease(self, event: LeaseEnd) -> None:
         member = self._current(event)
         if member is not None:
-            self.pending.pop(event["member"], None)
+            self.pending.pop(event.member, None)
             member.claim_open, member.claim_parent = False, None
 
     def _record_best(self, member: MemberState) -> None:
@@ -339,13 +316,13 @@ class Population:
 
 
 _HANDLERS = {
-    "claim": Population._on_claim,
-    "commit": Population._on_commit,
-    "adopt": Population._on_adopt,
-    "fail": Population._on_fail,
-    "release": Population._on_end_of_lease,
-    "reclaim": Population._on_end_of_lease,
-    "retry": Population._on_retry,
+    Claim: Population._on_claim,
+    Commit: Population._on_commit,
+    Adopt: Population._on_adopt,
+    Fail: Population._on_fail,
+    Release: Population._on_end_of_lease,
+    Reclaim: Population._on_end_of_lease,
+    Retry: Population._on_retry,
 }
 
 
@@ -358,47 +335,3 @@ def _extend_schedule(lineage: Lineage, decision: Decision, member: int, hparams:
     copied = decision.parent if decision.action == "exploit" else None
     lineage.segments.append(Segment(decision.interval, member, dict(hparams), copied,
                                     decision.checkpoint if copied is not None else None, threads))
-
-
-def claim_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, attempt: int,
-                origin: Mapping[str, Any]) -> dict[str, Any]:
-    """A claim as the journal records it; `origin` names the claimer (worker, host, pid)."""
-    return {"type": "claim", "member": member, "interval": decision.interval, "token": token, "attempt": attempt,
-            **origin, "decision": decision.to_dict(), "hparams": hparams}
-
-
-def commit_event(member: int, decision: Decision, hparams: dict[str, Any], token: str, checkpoint: str,
-                 score: float, metrics: dict[str, Any], worker: str,
-                 threads: dict[str, str] | None = None) -> dict[str, Any]:
-    """A committed interval as the journal records it: everything needed to replay the decision, and
-    the thread settings it was trained with (None: not known), which a replay needs for the same floats."""
-    event = {"type": "commit", "member": member, "interval": decision.interval, "token": token,
-             "checkpoint": checkpoint, "score": score, "metrics": finite_metrics(metrics), "hparams": hparams,
-             "decision": decision.to_dict(), "worker": worker}
-    return event if threads is None else {**event, "threads": dict(threads)}
-
-
-def adopt_event(member: int, decision: Decision, parent: MemberState, token: str, worker: str) -> dict[str, Any]:
-    """A member taking over `parent`'s finished lineage (an exploit with nothing left to train)."""
-    return {"type": "adopt", "member": member, "interval": decision.interval, "token": token,
-            "checkpoint": parent.checkpoint, "score": parent.lineage.scores[-1], "hparams": parent.hparams,
-            "decision": decision.to_dict(), "worker": worker}
-
-
-def fail_event(member: int, interval: int, token: str, error: str, worker: str) -> dict[str, Any]:
-    """A failed interval as the journal records it (the error's tail only)."""
-    return {"type": "fail", "member": member, "interval": interval, "token": token, "error": error[-2000:],
-            "worker": worker}
-
-
-def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics safe for strict JSON: non-finite floats become None, other non-numbers are dropped.
-
-    The trainable's values arrive as Python scalars already (trainable.scalar_metrics)."""
-    clean: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool) or isinstance(value, str):
-            clean[str(key)] = value
-        elif isinstance(value, (int, float)):
-            clean[str(key)] = float(value) if math.isfinite(value) else None
-    return clean

@@ -16,7 +16,8 @@ from hopt_cli.errors import HoptError, RecipeError
 from hopt_cli.policies import Policy, make_policy, policy_settings
 from hopt_cli.space import SearchSpace
 
-FORMAT = 1
+FORMAT = 2  # of experiment.yaml; 2: journal events written through hopt_cli/events.py, keys unified
+READABLE_FORMATS = (1, 2)  # an experiment of format 1 (hopt 0.1) is read, never written (store.Store.transaction)
 CONTEXT_PLACEHOLDERS = ("parent", "out", "interval", "steps", "member", "seed")
 LOCK_KINDS = ("flock", "hardlink")
 MAX_POPULATION = 100_000  # measured: hopt status at 100,000 members takes 1.3 s and 165 MB
@@ -99,8 +100,9 @@ class Recipe:
         unknown = sorted(set(data) - _TOP_KEYS)
         if unknown:
             raise RecipeError(unknown[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS - {'format'}))})")
-        if data.get("format", FORMAT) != FORMAT:
-            raise RecipeError("format", f"this hopt reads format {FORMAT} (got {data['format']!r}); upgrade hopt")
+        if data.get("format", FORMAT) not in READABLE_FORMATS:
+            raise RecipeError("format", f"this hopt reads formats {READABLE_FORMATS[0]} to {FORMAT} "
+                              f"(got {data['format']!r}); upgrade hopt")
         space = SearchSpace.from_recipe(data.get("space"))
         policy_name, policy = _policy(data.get("policy", {"name": "romul"}))
         worker, command = _trainable(data, space)

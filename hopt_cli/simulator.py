@@ -19,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from hopt_cli import events
 from hopt_cli.errors import ExperimentFailed
+from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
 from hopt_cli.planning import Plan, plan_next
 from hopt_cli.policies import trainable_seed
-from hopt_cli.population import Population, adopt_event, claim_event, commit_event, fail_event
+from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
 from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval, thread_settings
 
@@ -31,7 +33,8 @@ DURATION_STREAM = 0xD0_2A_71  # keeps the durations' generator apart from every 
 
 @dataclass(frozen=True)
 class Simulation:
-    """A finished simulated experiment: its population and its journal (events carry a simulated `time`)."""
+    """A finished simulated experiment: its population and its journal, as the objects its lines would hold
+    (`events.encode`; with a simulated `time`)."""
 
     population: Population
     events: list[dict[str, Any]]
@@ -106,15 +109,17 @@ class _Simulator:
             if plan is None:
                 return
             if plan.adopt:
-                self._apply(adopt_event(plan.member, plan.decision, self.population.members[int(plan.decision.parent)],
-                                        f"{self.claims:08x}", idle[0]))
+                parent = self.population.members[int(plan.decision.parent)]
+                self._apply(Adopt(member=plan.member, token=f"{self.claims:08x}", decision=plan.decision,
+                                  hparams=parent.hparams, checkpoint=str(parent.checkpoint),
+                                  score=parent.lineage.scores[-1], worker=idle[0]))
                 self.claims += 1
                 continue
             worker = idle.popleft()
             token = f"{self.claims:08x}"
             self.claims += 1
-            self._apply(claim_event(plan.member, plan.decision, plan.hparams, token, plan.attempt,
-                                    {"worker": worker}))
+            self._apply(Claim(member=plan.member, token=token, decision=plan.decision, hparams=plan.hparams,
+                              attempt=plan.attempt, worker=worker))
             self.leased.add(plan.member)
             staging = self.staging / token
             staging.mkdir()
@@ -140,19 +145,21 @@ class _Simulator:
         self.leased.discard(plan.member)
         if outcome.error is not None:
             shutil.rmtree(job.staging)
-            self._apply(fail_event(plan.member, plan.decision.interval, job.token, outcome.error, job.worker))
+            self._apply(events.fail(plan.member, plan.decision.interval, job.token, outcome.error, job.worker))
             return
         name = f"m{plan.member:05d}-i{plan.decision.interval:05d}-{job.token}"
         os.rename(job.staging, self.checkpoints / name)
         self.on_disk.add(name)
-        self._apply(commit_event(plan.member, plan.decision, plan.hparams, job.token, name, outcome.score,
-                                 outcome.metrics, job.worker, thread_settings()))
+        self._apply(Commit(member=plan.member, token=job.token, decision=plan.decision, hparams=plan.hparams,
+                           checkpoint=name, score=outcome.score, metrics=outcome.metrics, threads=thread_settings(),
+                           worker=job.worker))
         self._collect_garbage()
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        event["time"] = self.now
-        self.population.apply(event)
-        self.events.append(event)
+    def _apply(self, event: JournalEvent) -> None:
+        """Apply `event` as a worker would read it back from the journal, and record that line's object."""
+        data = events.encode(event.at(self.now))
+        self.population.apply(events.decode(data))
+        self.events.append(data)
 
     def _collect_garbage(self) -> None:
         """Delete checkpoints nothing references, so disk use stays bounded by the population."""

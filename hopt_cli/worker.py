@@ -17,7 +17,7 @@ from hopt_cli.errors import ExperimentFailed
 from hopt_cli.isolation import IsolatedTrainable
 from hopt_cli.planning import plan_next
 from hopt_cli.policies import trainable_seed
-from hopt_cli.population import Decision
+from hopt_cli.decision import Decision
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease

@@ -12,7 +12,8 @@ from hopt_cli.errors import RecipeError
 from hopt_cli.policies.pbt import Pbt
 from hopt_cli.policies.random_search import RandomSearch
 from hopt_cli.policies.romul import Romul
-from hopt_cli.population import Decision, PopulationView
+from hopt_cli.decision import Decision
+from hopt_cli.population import PopulationView
 from hopt_cli.space import SearchSpace
 
 

@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from hopt_cli.population import Decision, MemberView, PopulationView
+from hopt_cli.decision import Decision
+from hopt_cli.population import MemberView, PopulationView
 from hopt_cli.space import SearchSpace
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hopt_cli.policies import common
-from hopt_cli.population import Decision, MemberView, PopulationView
+from hopt_cli.decision import Decision
+from hopt_cli.population import MemberView, PopulationView
 from hopt_cli.space import Param, SearchSpace
 
 

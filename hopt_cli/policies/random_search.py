@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hopt_cli.policies import common
-from hopt_cli.population import Decision, PopulationView
+from hopt_cli.decision import Decision
+from hopt_cli.population import PopulationView
 from hopt_cli.space import SearchSpace
 
 

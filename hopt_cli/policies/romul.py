@@ -12,7 +12,8 @@ import numpy as np
 
 from hopt_cli.policies import common
 from hopt_cli.policies.pbt import Pbt
-from hopt_cli.population import Decision, MemberView, PopulationView
+from hopt_cli.decision import Decision
+from hopt_cli.population import MemberView, PopulationView
 from hopt_cli.space import SearchSpace
 
 STEP_FACTORS = (0.5, 1.0, 2.0)

@@ -20,9 +20,13 @@ from typing import Any
 
 import yaml
 
+from hopt_cli import events
+from hopt_cli.decision import Decision
 from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError
-from hopt_cli.population import Decision, MemberState, Population, adopt_event, claim_event, commit_event, fail_event
-from hopt_cli.recipe import Recipe
+from hopt_cli.events import Adopt, Claim, Commit, JournalEvent, Reclaim, Release, Retry
+from hopt_cli.population import MemberState, Population
+from hopt_cli.recipe import FORMAT, Recipe
+from hopt_cli.store import snapshot
 from hopt_cli.store.fsio import (RETRIES, create_exclusive, fsync_dir, is_temporary, patience, read_bytes, retrying,
                                 touch, write_json_atomic)
 from hopt_cli.store.journal import Cursor, Journal
@@ -30,9 +34,10 @@ from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
 from hopt_cli.store.paths import (ExperimentPaths, checkpoint_name, checkpoint_position, checkpoint_token,
                                  lease_member)
-from hopt_cli.store.snapshot import decode, encode, events_in
+from hopt_cli.store.snapshot import events_in
 
 NOT_A_LEASE = "not a valid lease file"
+RETRY_WORKER = "hopt-retry"  # who a retry event names: the user, through `hopt retry`
 CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
 
@@ -48,9 +53,10 @@ class LeaseInfo:
 class Store:
     """One experiment directory, opened by one process."""
 
-    def __init__(self, root: Path, recipe: Recipe) -> None:
+    def __init__(self, root: Path, recipe: Recipe, format: int = FORMAT) -> None:
         self.paths = ExperimentPaths(root)
         self.recipe = recipe
+        self.format = format  # of experiment.yaml: one older than FORMAT is read, never written
         self.journal = Journal(self.paths.journal)
         self.lock = make_lock(recipe.lock, self.paths)
         self.population = self._empty_population()
@@ -73,6 +79,7 @@ class Store:
             raise HoptError(f"cannot create the experiment in {root}: {err.strerror}; "
                             "choose a --dir you can write to") from None
         store = cls.open(root)
+        store.check_writable()
         if not created and store.recipe.to_dict() != recipe.to_dict():
             key = _first_difference(store.recipe.to_dict(), recipe.to_dict())
             if key == "project":
@@ -91,11 +98,12 @@ class Store:
             raise HoptError(f"{root} is not a hopt experiment (no experiment.yaml); "
                             f"create one with `hopt init RECIPE --dir {root}`")
         try:
-            recipe = Recipe.from_dict(yaml.safe_load(paths.experiment.read_text()))
+            data = yaml.safe_load(paths.experiment.read_text())
+            recipe = Recipe.from_dict(data)
         except (RecipeError, yaml.YAMLError) as err:
             raise CorruptFile(paths.experiment, f"not a valid resolved recipe ({err})",
                               "restore it, or start the experiment again in a new --dir") from None
-        store = cls(root, recipe)
+        store = cls(root, recipe, data.get("format", FORMAT))
         store._ensure_layout()
         return store
 
@@ -115,6 +123,15 @@ class Store:
             raise HoptError(f"cannot set up {self.paths.root}: {err.strerror}; "
                             "check the directory's permissions") from None
 
+    def check_writable(self) -> None:
+        """Refuse to write to an experiment of an older format: its own hopt's workers, still running
+        on it perhaps, could not read our events (a fail's error is its `reason` now)."""
+        if self.format != FORMAT:
+            raise HoptError(f"{self.paths.root} is an experiment of format {self.format}, made by hopt 0.1, whose "
+                            f"workers cannot read the events this hopt writes (format {FORMAT}); finish it with "
+                            "hopt 0.1, or start it again in a new --dir (`hopt status`, `best`, `log` and `plot` "
+                            "read it as it is)")
+
     def _empty_population(self) -> Population:
         r = self.recipe
         return Population(r.population, r.intervals, r.objective.maximize, r.keep_best, r.max_failures)
@@ -129,28 +146,48 @@ class Store:
         self.cursor = self.journal.replay(self.cursor, self._visit)
         return self.population
 
-    def _visit(self, event: dict[str, Any], line: bytes, valid: bool) -> None:
+    def _visit(self, data: dict[str, Any], line: bytes, valid: bool) -> None:
         if valid:
-            self._apply(event)
+            self._apply(data)
         else:
             logging.getLogger("hopt").debug("journal line %d is void (it does not follow the line before it): %s",
                                             self.cursor.lines, line.decode(errors="replace").rstrip())
         if line == self._mine:
             self._landed = valid
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    def _apply(self, data: dict[str, Any], population: Population | None = None) -> None:
+        """Apply one valid journal line's event to `population` (ours by default)."""
+        population = self.population if population is None else population
         try:
-            self.population.apply(event)
+            population.apply(events.decode(data))
         except (ValueError, KeyError, TypeError, IndexError) as err:
-            raise CorruptFile(self.paths.journal, f"event {self.population.events + 1} ({event.get('type')} of "
-                              f"member {event.get('member')}) cannot be applied: {err}",
-                              "restore the file from a backup, or cut the journal before that event and "
-                              "delete state.json") from None
+            raise self._bad_event(data, f"event {population.events + 1}", err) from None
+
+    def _bad_event(self, data: dict[str, Any], where: str, err: Exception) -> CorruptFile:
+        return CorruptFile(self.paths.journal, f"{where} ({data.get('type')} of member {data.get('member')}) "
+                           f"cannot be applied: {err}", "restore the file from a backup, or cut the journal before "
+                           "that event and delete state.json")
+
+    def read_events(self, cursor: Cursor = Cursor()) -> tuple[list[JournalEvent], Cursor]:
+        """The journal's valid events after `cursor`, typed, and the cursor past them."""
+        found: list[JournalEvent] = []
+        lines = cursor.lines
+
+        def visit(data: dict[str, Any], line: bytes, valid: bool) -> None:
+            nonlocal lines
+            lines += 1
+            if valid:
+                try:
+                    found.append(events.decode(data))
+                except ValueError as err:
+                    raise self._bad_event(data, f"line {lines}", err) from None
+
+        return found, self.journal.replay(cursor, visit)
 
     def _load_snapshot(self) -> None:
         """Start from state.json when it is valid; otherwise from an empty population (full replay)."""
         try:
-            population, cursor = decode(json.loads(read_bytes(self.paths.state)))
+            population, cursor = snapshot.decode(json.loads(read_bytes(self.paths.state)))
             self._check_journal_reaches(cursor.offset)
             if not self._is_line_boundary(cursor.offset):
                 raise ValueError("snapshot does not match the journal")
@@ -184,7 +221,7 @@ class Store:
     def rebuild(self) -> Population:
         """The population replayed from the whole journal, ignoring the snapshot."""
         population = self._empty_population()
-        self.journal.replay(Cursor(), lambda event, line, valid: population.apply(event) if valid else None)
+        self.journal.replay(Cursor(), lambda data, line, valid: self._apply(data, population) if valid else None)
         return population
 
     def lease_infos(self) -> list[LeaseInfo]:
@@ -230,6 +267,7 @@ class Store:
         experiment otherwise held the lock while it read the snapshot. A transaction that appended
         events may refresh the snapshot, after the lock is released.
         """
+        self.check_writable()
         self.sync()
         with self.lock:
             touch(self.paths.journal)  # a setattr: a network client's reply refreshes its cached size
@@ -244,12 +282,12 @@ class Store:
         if due:
             self.write_snapshot()
 
-    def _append(self, event: dict[str, Any]) -> bool:
+    def _append(self, event: JournalEvent) -> bool:
         """Append `event` and read it back, with whatever others appended before it; True if it is
         valid. A void one (our view was stale) changed nothing, and the population is current now.
 
         Past CONFLICT_LIMIT void appends in a row, someone writes while we hold the lock: stop."""
-        self._mine, self._landed = self.journal.append({**event, "time": round(time.time(), 3)}, self.cursor), None
+        self._mine, self._landed = self.journal.append(events.encode(event.at(round(time.time(), 3))), self.cursor), None
         try:
             for _ in patience():  # until our own append is visible: a size may be cached
                 self.sync()
@@ -262,14 +300,14 @@ class Store:
             self._mine = self._landed = None
         self.conflicts = 0 if landed else self.conflicts + 1
         if not landed:
-            self._note(f"our {event['type']} event for member {event.get('member')} is void: other workers "
+            self._note(f"our {event.kind} event for member {getattr(event, 'member', None)} is void: other workers "
                        "appended to the journal after we last read it (a stale cache, or a lock that did not "
                        "exclude); read again")
         if self.conflicts >= CONFLICT_LIMIT:
             raise LockNotExclusive(self.paths.journal, self.conflicts, self.recipe.lock)
         return landed
 
-    def _append_while(self, event: dict[str, Any], wanted: Callable[[], bool]) -> bool:
+    def _append_while(self, event: JournalEvent, wanted: Callable[[], bool]) -> bool:
         """Append `event` until it lands valid, as long as `wanted()` holds for the state read back."""
         while wanted():
             if self._append(event):
@@ -338,8 +376,8 @@ class Store:
     def _end_claim(self, state: MemberState, interval: int, token: str | None, reason: str, holder: str | None,
                    here: Holder) -> bool:
         """Journal a reclaim ending the claim `token` of `state`'s member, if the journal still has it open."""
-        event = {"type": "reclaim", "member": state.member, "interval": interval, "token": token, "reason": reason,
-                 "holder": holder, "by": here.worker}
+        event = Reclaim(member=state.member, interval=interval, token=token, reason=reason, holder=holder,
+                        worker=here.worker)
         return self._append_while(event, lambda: state.token == token and state.claim_open)
 
     def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
@@ -359,9 +397,10 @@ class Store:
         void (the decision was made on a stale view). Call inside `transaction()`."""
         lease = Lease(member, decision.interval, secrets.token_hex(8), holder, touch(self.paths.clock),
                       decision.checkpoint)
-        origin = {"worker": holder.worker, "host": holder.host, "pid": holder.pid, "pidns": holder.pidns}
-        if not self._append(claim_event(member, decision, hparams, lease.token,
-                                        self.population.members[member].claims, origin)):
+        claim = Claim(member=member, token=lease.token, decision=decision, hparams=hparams,
+                      attempt=self.population.members[member].claims, worker=holder.worker, host=holder.host,
+                      pid=holder.pid, pidns=holder.pidns)
+        if not self._append(claim):
             return None  # decided on a stale view: plan again on the current one
         write_json_atomic(self.paths.lease(member), lease.to_dict(), sync_dir=False)
         return lease
@@ -371,7 +410,9 @@ class Store:
         `transaction()`: no lease, no training, the parent's checkpoint becomes the member's too.
         False if it read back void (plan again)."""
         parent = self.population.members[int(decision.parent)]
-        return self._append(adopt_event(member, decision, parent, secrets.token_hex(8), holder.worker))
+        return self._append(Adopt(member=member, token=secrets.token_hex(8), decision=decision, hparams=parent.hparams,
+                                  checkpoint=str(parent.checkpoint), score=parent.lineage.scores[-1],
+                                  worker=holder.worker))
 
     def holds(self, lease: Lease) -> bool:
         """Whether `lease` is still the one on disk (its token was not fenced off)."""
@@ -397,8 +438,8 @@ class Store:
             self.release(lease, "its staging folder was collected while it trained", staging)
             return None
         fsync_dir(self.paths.checkpoints)
-        event = commit_event(lease.member, decision, hparams, lease.token, name, score, metrics, lease.holder.worker,
-                             threads)
+        event = Commit(member=lease.member, token=lease.token, decision=decision, hparams=hparams, checkpoint=name,
+                       score=score, metrics=metrics, threads=threads, worker=lease.holder.worker)
         before = self.population.referenced_checkpoints()
         if not self._append_while(event, self._holding(lease)):
             return None  # another claim of the member came first: our checkpoint is unreferenced garbage
@@ -416,8 +457,8 @@ class Store:
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""
         self._discard(staging)
-        if not self._append_while(fail_event(lease.member, lease.interval, lease.token, error, lease.holder.worker),
-                                  self._holding(lease)):
+        event = events.fail(lease.member, lease.interval, lease.token, error, lease.holder.worker)
+        if not self._append_while(event, self._holding(lease)):
             return False
         self.paths.lease(lease.member).unlink()
         return True
@@ -425,8 +466,8 @@ class Store:
     def release(self, lease: Lease, reason: str, staging: Path) -> bool:
         """Give a member back untrained (preemption); another worker may take it at once."""
         self._discard(staging)
-        event = {"type": "release", "member": lease.member, "interval": lease.interval, "token": lease.token,
-                 "reason": reason, "worker": lease.holder.worker}
+        event = Release(member=lease.member, interval=lease.interval, token=lease.token, reason=reason,
+                        worker=lease.holder.worker)
         if not self._append_while(event, self._holding(lease)):
             return False
         self.paths.lease(lease.member).unlink()
@@ -437,7 +478,7 @@ class Store:
         with self.transaction() as population:
             if population.failed is None:
                 return False
-            return self._append_while({"type": "retry"}, lambda: self.population.failed is not None)
+            return self._append_while(Retry(worker=RETRY_WORKER), lambda: self.population.failed is not None)
 
     def heartbeat(self, lease: Lease) -> bool:
         """Refresh our lease's age without the lock; False once the lease is no longer ours."""
@@ -459,7 +500,7 @@ class Store:
 
         Two writers may race and the older snapshot win: a reader then replays a longer tail.
         """
-        write_json_atomic(self.paths.state, encode(self.population, self.cursor), sync_dir=False)
+        write_json_atomic(self.paths.state, snapshot.encode(self.population, self.cursor), sync_dir=False)
 
     def collect_garbage(self, live: list[Lease]) -> int:
         """Move unreferenced checkpoints and orphan staging folders to trash/.

@@ -33,7 +33,7 @@ def test_init_creates_the_experiment_and_is_idempotent(tmp_path, write_recipe):
     assert first.returncode == second.returncode == 0
     assert "8 members x 10 intervals, policy romul" in first.stdout
     stored = yaml.safe_load((tmp_path / "exp" / "experiment.yaml").read_text())
-    assert stored["format"] == 1 and stored["policy"]["sigma0"] == 0.1
+    assert stored["format"] == 2 and stored["policy"]["sigma0"] == 0.1
 
 
 def test_a_bad_recipe_is_one_line_exit_2_and_nothing_written(tmp_path, write_recipe):

@@ -104,7 +104,7 @@ def test_events_show_failures_and_reclaims(tmp_path):
     reclaim = next(e for e in events if e.kind == "reclaim")
     assert (reclaim.member, reclaim.interval, reclaim.worker) == (claim.member, claim.decision.interval,
                                                                  "pytest-worker")
-    assert reclaim.reason == "no heartbeat for 1000 s (timeout 60 s)"
+    assert reclaim.reason == "no heartbeat for 1000 s (timeout 60 s)" and reclaim.by == "reclaimer"
     fail = events[-1]
     assert (fail.kind, fail.member, fail.worker, fail.reason) == ("fail", failed.member, "failing",
                                                                   "metric 'score' is nan")

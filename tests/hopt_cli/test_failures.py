@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
+from hopt_cli.events import Fail
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
@@ -60,9 +61,9 @@ def test_a_failing_member_is_journaled_retried_a_bounded_number_of_times_then_st
     message = str(caught.value)
     assert message.startswith(f"member {failing} failed 2 times in a row; last error: {error}")
     assert "\n" not in message
-    fails = [e for e in store.journal.read()[0] if e["type"] == "fail"]
-    assert [e["member"] for e in fails] == [failing, failing]
-    assert all(error in e["error"] for e in fails)
+    fails = [e for e in store.read_events()[0] if isinstance(e, Fail)]
+    assert [e.member for e in fails] == [failing, failing]
+    assert all(error in e.reason for e in fails)
     assert not list(store.paths.leases.iterdir()) and not list(store.paths.staging.iterdir())
 
 

@@ -54,7 +54,7 @@ def test_failures_and_reclaims_read_as_what_happened(tmp_path):
     lines = log("--dir", str(tmp_path / "exp"))
 
     where = f"member {claim.member} interval {claim.decision.interval}"
-    assert any(line.endswith(f"reclaim  {where}: lease of pytest-worker dropped: no heartbeat for 1000 s "
+    assert any(line.endswith(f"reclaim  {where}: lease of pytest-worker dropped by reclaimer: no heartbeat for 1000 s "
                              "(timeout 60 s)") for line in lines)
     assert re.search(rf"  failing +fail +member {failed.member} interval {failed.decision.interval} "
                      r"FAILED: metric 'score' is nan$", lines[-1])
@@ -72,5 +72,6 @@ def test_a_retry_reads_as_what_happened(tmp_path):
     lines = log("--dir", str(root))
     document = json.loads(CliRunner().invoke(cli, ["log", "--dir", str(root), "--json"]).stdout)
 
-    assert re.search(r"  -  +retry +failure counts cleared by `hopt retry`", lines[-1]), lines[-1]
-    assert document["events"][-1]["kind"] == "retry" and document["events"][-1]["member"] is None
+    assert re.search(r"  hopt-retry  +retry +failure counts cleared by `hopt retry`", lines[-1]), lines[-1]
+    last = document["events"][-1]
+    assert (last["kind"], last["member"], last["worker"]) == ("retry", None, "hopt-retry")

@@ -13,7 +13,8 @@ import pytest
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies import decision_rng, make_policy
 from hopt_cli.policies.romul import Romul
-from hopt_cli.population import Decision, MemberView, PopulationView
+from hopt_cli.decision import Decision
+from hopt_cli.population import MemberView, PopulationView
 from hopt_cli.space import SearchSpace
 
 SPACE = SearchSpace.from_recipe({

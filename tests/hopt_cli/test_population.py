@@ -1,17 +1,17 @@
 """The population state machine: lineages copied on exploit share storage, never history."""
 from __future__ import annotations
 
-from hopt_cli.population import Decision, Population
+from hopt_cli.decision import Decision
+from hopt_cli.events import Claim, Commit, JournalEvent
+from hopt_cli.population import Population
 
 
 def _events(member: int, action: str, parent: int | None, interval: int, checkpoint: str | None, score: float,
-            x: float) -> list[dict]:
-    decision = Decision(action, parent, checkpoint, interval, (x,), 0.1, interval, False).to_dict()
+            x: float) -> list[JournalEvent]:
+    decision = Decision(action, parent, checkpoint, interval, (x,), 0.1, interval, False)
     token = f"{member}-{interval}-{action}"
-    return [{"type": "claim", "member": member, "interval": interval, "token": token, "decision": decision,
-             "hparams": {"x": x}},
-            {"type": "commit", "member": member, "interval": interval, "token": token, "checkpoint": token,
-             "score": score, "hparams": {"x": x}, "decision": decision}]
+    return [Claim(member=member, token=token, decision=decision, hparams={"x": x}),
+            Commit(member=member, token=token, decision=decision, hparams={"x": x}, checkpoint=token, score=score)]
 
 
 def test_an_exploited_lineage_and_its_copy_grow_apart():
@@ -48,11 +48,11 @@ def test_progress_counts_an_exploit_as_a_jump_and_keeps_only_recent_commits():
             _events(0, "start", None, 0, None, 1.0, 0.5) + _events(0, "continue", 0, 1, "0-0-start", 2.0, 0.5)
             + _events(0, "continue", 0, 2, "0-1-continue", 2.5, 0.5) + _events(1, "start", None, 0, None, 0.1, 0.9)
             + _events(1, "exploit", 0, 3, "0-2-continue", 3.0, 0.7)):
-        timed.append({**event, "time": 100.0 + moment})
+        timed.append(event.at(100.0 + moment))
         population.apply(timed[-1])
 
     assert population.intervals_done == 3 + 4  # member 1 jumped from interval 1 to its parent's 4
     assert population.intervals_done == sum(m.interval for m in population.members)
     assert population.started == 100.0
-    commits = [(e["time"], done) for e, done in zip((e for e in timed if e["type"] == "commit"), (1, 2, 3, 4, 7))]
+    commits = [(e.time, done) for e, done in zip((e for e in timed if isinstance(e, Commit)), (1, 2, 3, 4, 7))]
     assert population.progress == commits  # 2 x size commits; the start point has gone

@@ -174,7 +174,7 @@ BAD = [
     ("name missing", {"name": DROP}, "name"),
     ("name empty", {"name": ""}, "name"),
     ("name not a string", {"name": 12}, "name"),
-    ("format 2", {"format": 2}, "format"),
+    ("format 3 (a newer hopt)", {"format": 3}, "format"),
     ("unknown policy", {"policy": {"name": "bayes"}}, "policy.name"),
     ("policy name not a string", {"policy": {"name": ["romul"]}}, "policy.name"),
     ("unknown policy setting", {"policy": {"name": "romul", "temperature": 1}}, "policy.temperature"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
+from hopt_cli.events import Claim, Commit
 from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
@@ -196,9 +197,9 @@ def test_corrupt_checkpoints_fail_their_intervals_naming_the_checkpoint(tmp_path
 def test_two_claims_of_one_member_are_settled_by_the_journals_order(tmp_path):
     store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=1)))
     Worker(store, "w").run()
-    claim, commit = [e for e in store.journal.read()[0] if e["member"] == 0 and e["type"] in ("claim", "commit")]
+    claim, commit = [e for e in store.read_events()[0] if isinstance(e, (Claim, Commit)) and e.member == 0]
     rival = {"token": "rival", "worker": "rival"}
-    events = [claim, {**claim, **rival}, commit, {**commit, **rival, "checkpoint": "m00000-i00000-rival"}]
+    events = [claim, replace(claim, **rival), commit, replace(commit, **rival, checkpoint="m00000-i00000-rival")]
 
     population = Population(2, 1)
     for event in events:

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
+from hopt_cli.events import Fail
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
@@ -38,8 +39,8 @@ def test_an_exception_puts_its_traceback_in_the_log_and_one_line_in_the_journal(
         Worker(store, "w").run()
 
     assert "Traceback (most recent call last)" in caplog.text and 'raise RuntimeError("boom")' in caplog.text
-    fail = next(e for e in store.journal.read()[0] if e["type"] == "fail")
-    assert fail["error"] == "RuntimeError: boom"
+    fail = next(e for e in store.read_events()[0] if isinstance(e, Fail))
+    assert fail.reason == "RuntimeError: boom"
 
 
 def test_an_isolated_interval_puts_its_traceback_in_the_log_too(tmp_path, capfd):
