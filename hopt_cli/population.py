@@ -176,11 +176,9 @@ class Population:
         names |= {m.claim_parent for m in self.members if m.claim_open and m.claim_parent}
         return names | {b.checkpoint for b in self.best}
 
-    def recently_claimed(self, now: float, within: float) -> set[int]:
-        """Members whose open claim is younger than `within` seconds: a worker may have just made it,
-        though its lease file is not listed yet (a stale directory listing)."""
-        return {m.member for m in self.members if m.claim_open and m.claim_time is not None
-                and now - m.claim_time < within}
+    def claimed(self) -> set[int]:
+        """Members whose latest claim has not ended: a worker trains them (or its lease is not reclaimed yet)."""
+        return {m.member for m in self.members if m.claim_open}
 
     def open_claims(self) -> set[str]:
         """The tokens of claims that have not ended: their staging folders are in use."""

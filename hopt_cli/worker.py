@@ -100,7 +100,8 @@ class Worker:
         return self.report
 
     def close(self) -> None:
-        """End the trainable's child process, if it has one."""
+        """Delete the trash of our last commit and end the trainable's child process, if it has one."""
+        self.store.empty_trash()
         if isinstance(self.trainable, IsolatedTrainable):
             self.trainable.close()
 
@@ -122,14 +123,12 @@ class Worker:
         with self.store.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
-            live = self.store.reclaim(self.holder)
             complete = population.complete
             if complete:  # leave nothing behind: the leases and checkpoints of workers that died
-                self.store.collect_garbage(live)
+                self.store.collect_garbage(self.store.reclaim(self.holder))
                 self.store.drop_leftovers()
             else:
-                leased = {lease.member for lease in live} | population.recently_claimed(time.time(),
-                                                                                         self.recipe.lease.timeout)
+                leased = self.store.leased(self.holder)
                 plan = plan_next(population, leased, self.recipe.policy, self.recipe.space,
                                  self.recipe.seed)
                 if plan is None:
@@ -185,7 +184,6 @@ class Worker:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
             done = population.intervals_done
-        self.store.empty_trash()
         self._log_timing("commit", committing)
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
                  claim.decision.interval, result, time.monotonic() - started, done,
@@ -235,6 +233,12 @@ class Worker:
                         "into ctx.out)", new)
 
     def _heartbeat(self, lease: Lease, lost: threading.Event, finished: threading.Event) -> None:
+        """Keep the lease alive while the interval trains; first delete what the last commit trashed,
+        which on a network filesystem takes milliseconds the training hides."""
+        try:
+            self.store.empty_trash()
+        except OSError as err:  # garbage only: it must not stop the heartbeat
+            log.warning("could not empty %s (%s); tried again after the next commit", self.store.paths.trash, err)
         while not finished.wait(self.recipe.lease.heartbeat):
             if not self.store.heartbeat(lease):
                 lost.set()

@@ -13,6 +13,7 @@ import pytest
 
 from hopt_cli.errors import HoptError, LockNotExclusive
 from hopt_cli.recipe import Recipe
+from hopt_cli.events import Reclaim
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.worker import Worker
@@ -89,7 +90,7 @@ class TestStoreProtocol:
 
     def test_a_commit_with_a_stale_token_is_a_no_op(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
-        slow, fast = Worker(store, "slow"), Worker(store, "fast")
+        slow, fast = Worker(store, "slow"), Worker(Store.open(store.paths.root), "fast")  # a process each
         claim, staging = claim_one(store, slow)
         old = os.stat(store.paths.lease(claim.member)).st_mtime - 1000
         os.utime(store.paths.lease(claim.member), (old, old))  # the lease expired...
@@ -123,6 +124,29 @@ class TestStoreProtocol:
         assert last["type"] == "reclaim" and last["member"] == expired.member and "no heartbeat" in last["reason"]
 
 
+    def test_a_claim_lists_the_leases_once_per_heartbeat_period(self, make_store, tmp_path, monkeypatch):
+        """A listing of leases/ is half a claim on GlusterFS: between listings the journal's open claims
+        are the leased members, and an expired lease waits for the next period to be reclaimed."""
+        store = make_store(tmp_path / "exp", population=3, intervals=2, lease={"timeout": 30, "heartbeat": 5})
+        expired, _ = claim_one(store, Worker(store, "a"))
+        other = Store.open(store.paths.root)  # another worker's process, on its own clock
+        clock = [1000.0]
+        monkeypatch.setattr("hopt_cli.store.time.monotonic", lambda: clock[0])
+        with other.transaction():
+            assert other.leased(Holder.this_process("b")) == {expired.member}  # its first: it lists
+        old = os.stat(store.paths.lease(expired.member)).st_mtime - 31
+        os.utime(store.paths.lease(expired.member), (old, old))
+
+        clock[0] += 4.9
+        with other.transaction():
+            assert other.leased(Holder.this_process("b")) == {expired.member}
+        assert store.paths.lease(expired.member).exists()
+        clock[0] += 0.1
+        with other.transaction():
+            assert other.leased(Holder.this_process("b")) == set()
+        assert not store.paths.lease(expired.member).exists()
+        assert isinstance(other.read_events()[0][-1], Reclaim)
+
     def test_a_lease_of_a_dead_local_process_is_reclaimed_at_once(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -134,8 +158,16 @@ class TestStoreProtocol:
 
         with store.transaction():
             kept = store.reclaim(Holder.this_process("me"))
-
         assert kept == [] and "holder" in store.journal.read()[0][-1]["reason"]
+        with store.transaction():
+            assert store.leased(Holder.this_process("me")) == set()  # it lists: the next is a period away
+
+        with store.transaction() as population:  # yet a dead claimer is noticed at the next claim
+            decision = Recipe.from_dict(toy_recipe()).policy.decide(
+                population.view(), 1, store.recipe.space, __import__("numpy").random.default_rng(0))
+            store.claim(1, decision, store.recipe.space.decode(decision.coords), ghost)
+        with store.transaction():
+            assert store.leased(Holder.this_process("me")) == set()
 
 
     def test_a_hand_edited_lease_is_reclaimed_and_fences_its_holder(self, make_store, tmp_path):
