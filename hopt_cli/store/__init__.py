@@ -38,6 +38,7 @@ from hopt_cli.store.snapshot import events_in
 
 NOT_A_LEASE = "not a valid lease file"
 RETRY_WORKER = "hopt-retry"  # who a retry event names: the user, through `hopt retry`
+CATCH_UP_BYTES = 1 << 16  # a journal tail longer than this is read before taking the lock
 CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
 
@@ -67,6 +68,8 @@ class Store:
         self._loaded = False
         self._listed: float | None = None  # when (monotonic) our last reclaim listed leases/
         self._swept: float | None = None  # when our last sweep for crash leftovers was
+        self._after_lock: list[Callable[[], None]] = []  # a transaction's filesystem work that needs no lock
+        self._snapshot_seen: tuple[tuple[int, int, int] | None, int] = (None, 0)  # state.json's stat, its events
         self._leases_read: dict[tuple[str, int, int, int], tuple[Path, Lease | None]] = {}
 
     @classmethod
@@ -264,25 +267,29 @@ class Store:
     def transaction(self) -> Iterator[Population]:
         """Hold the lock with the journal repaired and the population current.
 
-        The population catches up before the lock too (a reader needs no lock), so that inside it
-        only what others appended meanwhile is read: a new worker's first claim on a large
-        experiment otherwise held the lock while it read the snapshot. A transaction that appended
-        events may refresh the snapshot, after the lock is released.
+        The population catches up before the lock too when it is far behind (a reader needs no lock),
+        so that inside it only what others appended meanwhile is read: a new worker's first claim on a
+        large experiment otherwise held the lock while it read the snapshot. A transaction that
+        appended events may refresh the snapshot, after the lock is released.
         """
         self.check_writable()
-        self.sync()
+        self._after_lock.clear()
+        if self._far_behind():
+            self.sync()
         with self.lock:
             touch(self.paths.journal)  # a setattr: a network client's reply refreshes its cached size
-            if self.journal.repair_tail():
-                self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
             before = self.sync().events
+            if self.journal.unterminated and self.journal.repair_tail():
+                self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
             yield self.population
             appended = self.population.events != before
             if appended and self._sweep_due():
                 self.drop_leftovers()
                 self.collect_garbage([info.lease for info in self.lease_infos() if info.lease is not None])
-            due = appended and self._snapshot_due()
-        if due:
+        for tidy in self._after_lock:
+            tidy()
+        self._after_lock.clear()
+        if appended and self._snapshot_due():
             self.write_snapshot()
 
     def _sweep_due(self) -> bool:
@@ -294,6 +301,17 @@ class Store:
             return False
         self._swept = now
         return True
+
+    def _far_behind(self) -> bool:
+        """Whether catching up may take long: nothing loaded yet, or the journal (as a possibly cached stat
+        says) has grown by more than CATCH_UP_BYTES. Reading a short tail under the lock saves an open,
+        a round trip on a network filesystem."""
+        if not self._loaded:
+            return True
+        try:
+            return os.stat(self.paths.journal).st_size - self.cursor.offset > CATCH_UP_BYTES
+        except OSError:
+            return True
 
     def _append(self, event: JournalEvent) -> bool:
         """Append `event` and read it back, with whatever others appended before it; True if it is
@@ -478,9 +496,14 @@ class Store:
         before = self.population.referenced_checkpoints()
         if not self._append_while(event, self._holding(lease)):
             return None  # another claim of the member came first: our checkpoint is unreferenced garbage
-        self.paths.lease(lease.member).unlink()
-        self._collect_released(before)
+        self._after_lock.append(lambda: self._tidy_after_commit(lease, before))
         return name
+
+    def _tidy_after_commit(self, lease: Lease, before: set[str]) -> None:
+        """Drop the committed lease and trash what the commit released, after the lock: both are the
+        journal's garbage now, which a crash before this leaves to the reclaim and the sweep."""
+        self.paths.lease(lease.member).unlink(missing_ok=True)
+        self._collect_released(before)
 
     def _collect_released(self, before: set[str]) -> None:
         """Trash the checkpoints the events since `before` left without a reference (the member's previous
@@ -527,8 +550,21 @@ class Store:
 
     def _snapshot_due(self) -> bool:
         """Whether the tail since state.json (whoever wrote it) reaches the population size, or we are done."""
-        pending = self.population.events - events_in(self.paths.state)
+        pending = self.population.events - self._snapshot_events()
         return pending >= self.recipe.population or self.population.complete
+
+    def _snapshot_events(self) -> int:
+        """How many events state.json reflects, read again only when its attributes changed: a stat is
+        answered from a network client's cache, an open is a round trip. A stale answer only makes a
+        snapshot come early or late."""
+        try:
+            stat = os.stat(self.paths.state)
+        except OSError:
+            return 0
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key != self._snapshot_seen[0]:
+            self._snapshot_seen = (key, events_in(self.paths.state))
+        return self._snapshot_seen[1]
 
     def write_snapshot(self) -> None:
         """Write state.json from this store's view; any process may, with or without the lock.

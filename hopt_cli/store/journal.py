@@ -58,7 +58,7 @@ Visit = Callable[[dict[str, Any], bytes, bool], None]  # (event, its line, valid
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
-
+        self.unterminated = 0  # bytes after the last complete line at the end of the last replay
     def read(self, cursor: Cursor = Cursor()) -> tuple[list[dict[str, Any]], Cursor]:
         """The valid complete events after `cursor`, and the cursor past the last complete line."""
         events: list[dict[str, Any]] = []
@@ -82,6 +82,7 @@ class Journal:
             rest = data[end:]
             if len(chunk) < CHUNK:  # the end: what follows the last newline may be cut under the lock
                 break
+        self.unterminated = len(rest)
         return cursor
 
     def _read_at(self, offset: int, size: int) -> bytes:
