@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import time
@@ -297,7 +298,9 @@ class Store:
         per lease timeout of this worker, since what a sweep takes must be older than that (a staging
         folder, a temporary file), or was left by a rare crash inside the lock (an orphan checkpoint)."""
         now = time.monotonic()
-        if self._swept is not None and now - self._swept < self.recipe.lease.timeout:
+        if self._swept is None:  # a random phase: workers started together do not all sweep at their first claim
+            self._swept = now - random.uniform(0.0, self.recipe.lease.timeout)
+        if now - self._swept < self.recipe.lease.timeout:
             return False
         self._swept = now
         return True
