@@ -69,6 +69,7 @@ class Store:
         self._loaded = False
         self._listed: float | None = None  # when (monotonic) our last reclaim listed leases/
         self._swept: float | None = None  # when our last sweep for crash leftovers was
+        self._reaped = False  # we reclaimed a dead worker's lease or claim: what it left is swept at once
         self._after_lock: list[Callable[[], None]] = []  # a transaction's filesystem work that needs no lock
         self._snapshot_seen: tuple[tuple[int, int, int] | None, int] = (None, 0)  # state.json's stat, its events
         self._leases_read: dict[tuple[str, int, int, int], tuple[Path, Lease | None]] = {}
@@ -284,7 +285,8 @@ class Store:
                 self._note(f"cut a torn last line from {self.paths.journal} (a crash mid-append)")
             yield self.population
             appended = self.population.events != before
-            if appended and self._sweep_due():
+            if self._reaped or (appended and self._sweep_due()):
+                self._reaped = False
                 self.drop_leftovers()
                 self.collect_garbage([info.lease for info in self.lease_infos() if info.lease is not None])
         for tidy in self._after_lock:
@@ -294,9 +296,10 @@ class Store:
             self.write_snapshot()
 
     def _sweep_due(self) -> bool:
-        """Whether to look for what crashed workers left behind (three listings, 11 ms on GlusterFS): once
-        per lease timeout of this worker, since what a sweep takes must be older than that (a staging
-        folder, a temporary file), or was left by a rare crash inside the lock (an orphan checkpoint)."""
+        """Whether to look for what crashed workers left behind (three listings, 11 ms on GlusterFS) though
+        we reclaimed nothing: once per lease timeout of this worker, since what a sweep takes must be older
+        than that (a staging folder, a temporary file), or was left by a crash that a reclaim finds (the
+        checkpoint a dead worker's commit renamed in or released), which sweeps at once."""
         now = time.monotonic()
         if self._swept is None:  # a random phase: workers started together do not all sweep at their first claim
             self._swept = now - random.uniform(0.0, self.recipe.lease.timeout)
@@ -395,6 +398,7 @@ class Store:
             self._end_claim_of(info, reason, here)
             info.path.unlink(missing_ok=True)  # after the event: a crash between leaves it to reclaim again
             self._note(f"reclaimed lease {info.path.name}: {reason}")
+            self._reaped = True
         self._end_claims_without_lease({lease_member(info.path.name) for info in infos}, here)
         return live
 
@@ -416,6 +420,7 @@ class Store:
                 continue
             if self._end_claim(state, state.interval, state.token, reason, holder.worker if holder else None, here):
                 self._note(f"reclaimed the claim of member {state.member}: {reason}")
+                self._reaped = True
 
     def _end_claim_of(self, info: LeaseInfo, reason: str, here: Holder) -> None:
         """Journal the end of the claim a reclaimed lease file stood for (found by its file name when its
