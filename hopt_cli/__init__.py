@@ -4,13 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.2.0"
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "run"]
 
 
 def __getattr__(name: str) -> Any:
-    """`hopt_cli.Experiment`, imported on first use so that `import hopt_cli` stays cheap."""
+    """`hopt_cli.Experiment` and `hopt_cli.run`, imported on first use so that `import hopt_cli` stays cheap."""
     if name == "Experiment":
         from hopt_cli.experiment import Experiment
 
         return Experiment
+    if name == "run":
+        from hopt_cli.launch import run
+
+        return run
     raise AttributeError(f"module 'hopt_cli' has no attribute {name!r}")

@@ -5,30 +5,29 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
+import cloudpickle
 
-from hopt_cli import schedule
+from hopt_cli import launch, schedule
 from hopt_cli.doctor import diagnose
-from hopt_cli.errors import ExperimentFailed, HoptError
+from hopt_cli.errors import HoptError
 from hopt_cli.experiment import SCHEMA, Best, Experiment, MemberStatus, Status
 from hopt_cli.history import Event
-from hopt_cli.recipe import LOCK_KINDS, Recipe, load_recipe
+from hopt_cli.launch import Interrupted, create, enter_project
+from hopt_cli.progress import ProgressLine
+from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.replay import replay
-from hopt_cli.runner import run_local
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, requeue, submit, worker_command,
                              write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
-from hopt_cli.trainable import load_trainable
 from hopt_cli.worker import Worker
 
 SUMMARY_ROWS = 20  # members `hopt status` lists before it summarises the rest (--all lists them all)
@@ -42,40 +41,12 @@ def cli() -> None:
     """Population based training with ROMUL, coordinated through one shared directory."""
 
 
-def _create(recipe_path: Path, root: Path) -> Store:
-    """Validate the recipe completely (the trainable must import), then create the experiment.
-
-    The project directory (the recipe's `project`, else the current one) is recorded: every worker
-    imports and runs the trainable there, wherever it was started, and a rerun resumes there too."""
-    recipe = load_recipe(recipe_path)
-    if recipe.project is None and ExperimentPaths(root).experiment.is_file():
-        recipe = replace(recipe, project=Store.open(root).recipe.project)
-    else:
-        recipe = recipe.in_project(os.getcwd())
-    if recipe.project is not None and not os.path.isdir(recipe.project):
-        raise HoptError(f"{recipe_path}: project: {recipe.project} is not a directory; give the directory your "
-                        "trainable is imported from and runs in")
-    load_trainable(recipe.worker, recipe.command, recipe.project)
-    return Store.create(root, recipe)
-
-
-def _enter_project(recipe: Recipe) -> None:
-    """Work in the experiment's project directory, as `hopt init` recorded it (older experiments: here)."""
-    if recipe.project is None:
-        return
-    try:
-        os.chdir(recipe.project)
-    except OSError as err:
-        raise ExperimentFailed(f"cannot enter the project directory {recipe.project} that `hopt init` recorded: "
-                               f"{err.strerror}; make it reachable at that path on {socket.gethostname()}") from None
-
-
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @DIR
 def init(recipe: Path, root: Path) -> None:
     """Create the experiment in --dir from RECIPE (a no-op if it exists with the same recipe)."""
-    store = _create(recipe, root)
+    store = create(recipe, root)
     click.echo(f"experiment {store.recipe.name} ready in {root}: {store.recipe.population} members x "
                f"{store.recipe.intervals} intervals, policy {store.recipe.policy_name}")
 
@@ -90,21 +61,24 @@ def init(recipe: Path, root: Path) -> None:
 @click.option("--preempt-signal", type=click.Choice(["USR1", "USR2"], case_sensitive=False), default="USR1",
               show_default=True, help="The preemption signal (sbatch --signal=B:USR1@GRACE sends it).")
 @click.option("--verbose", is_flag=True, help="Also log what each claim and commit cost: lock wait and hold.")
+@click.option("--trainable-from-stdin", "piped", is_flag=True, hidden=True,
+              help="Read the trainable, pickled by hopt_cli.run(), from standard input.")
 def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, preempt_signal: str,
-           verbose: bool) -> None:
+           verbose: bool, piped: bool) -> None:
     """Train intervals until the experiment is complete; SIGTERM or the preemption signal stop it at once."""
     env = SlurmEnvironment.from_env()
     if requeue_ and env.requeue_target is None:
         raise HoptError("--requeue needs a SLURM job (no SLURM_JOB_ID here); drop --requeue outside SLURM")
-    store = _create(recipe, root.absolute()) if recipe else Store.open(root.absolute())
-    _enter_project(store.recipe)
+    store = create(recipe, root.absolute()) if recipe else Store.open(root.absolute())
+    enter_project(store.recipe)
+    trainable = cloudpickle.loads(sys.stdin.buffer.read()) if piped else None
     name = name or env.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     _log_to_stderr(name, logging.DEBUG if verbose else logging.INFO)
     log = logging.getLogger("hopt")
     signals = StopSignals(signal.Signals[f"SIG{preempt_signal.upper()}"])
     signals.install()
     try:
-        report = Worker(store, name, stop=signals).run()
+        report = Worker(store, name, stop=signals, trainable=trainable).run()
     finally:
         signals.restore()
     how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"
@@ -158,55 +132,13 @@ def slurm(root: Path, array: int, parallelism: int | None, partition: str | None
               help="Local worker processes.")
 def run(recipe: Path, root: Path, workers: int) -> None:
     """Run the experiment on this machine with local workers; run it again to resume."""
-    store = _create(recipe, root)
-    click.echo(f"{store.recipe.name}: {workers} workers on {root} (logs in {store.paths.logs})", err=True)
-    line = ProgressLine()
-    result = run_local(store, workers, line.show, line.say)
-    if result.interrupted:
-        line.say(f"stopped by {result.interrupted.name}; run the same command again to resume")
-        sys.exit(130)
-    if result.failed:
-        raise ExperimentFailed(result.failed)
-    if not result.complete:
-        bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
-        raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
-    best = Experiment(root).best()
-    click.echo(f"done: best {store.recipe.objective.metric} {best.score:.6g} (member {best.member}, "
+    try:
+        experiment = launch.run(recipe, root, workers)
+    except Interrupted as err:  # said on the progress line already
+        sys.exit(err.exit_code)
+    best = experiment.best()
+    click.echo(f"done: best {experiment.recipe.objective.metric} {best.score:.6g} (member {best.member}, "
                f"interval {best.interval}); export it with `hopt best --dir {root} --out DIR`")
-
-
-class ProgressLine:
-    """Progress on stderr: on a terminal one line redrawn in place and fitted to its width, elsewhere
-    a line per update that says something new; a message always starts on a line of its own."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.open = False
-        self.last: str | None = None
-
-    def show(self, done: int, total: int, note: str) -> None:
-        if not self.tty:
-            text = progress_text(done, total, note, None)
-            if text != self.last:
-                click.echo(text, err=True)
-            self.last = text
-            return
-        line = progress_text(done, total, note, shutil.get_terminal_size().columns - 1)
-        click.echo(f"\r{line}\x1b[K", err=True, nl=done == total)
-        self.open = done != total
-
-    def say(self, message: str) -> None:
-        click.echo(("\n" if self.open else "") + message, err=True)
-        self.open = False
-
-
-def progress_text(done: int, total: int, note: str, columns: int | None) -> str:
-    """`[####....] done/total intervals  note`, at most `columns` characters when given."""
-    counts = f"{done}/{total} intervals"
-    width = 30 if columns is None else max(10, min(30, columns - len(counts) - len(note) - 5))
-    filled = width * done // max(total, 1)
-    line = f"[{'#' * filled}{'.' * (width - filled)}] {counts}  {note}".rstrip()
-    return line if columns is None else line[:columns]
 
 
 @cli.command()

@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
+
+import cloudpickle
 
 from hopt_cli.isolation import die_with_parent
 from hopt_cli.store import Store
@@ -32,8 +35,10 @@ class RunResult:
     exit_codes: dict[str, int]
 
 
-def worker_command(root: os.PathLike, name: str) -> list[str]:
-    return [sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--name", name]
+def worker_command(root: os.PathLike, name: str, piped: bool = False) -> list[str]:
+    """`hopt worker` for one local worker; `piped`: its trainable comes pickled on its standard input."""
+    return [sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--name", name,
+            *(["--trainable-from-stdin"] if piped else [])]
 
 
 def worker_environment(workers: int) -> dict[str, str]:
@@ -73,11 +78,13 @@ class RunnerSignals:
 
 
 def run_local(store: Store, workers: int, progress: Callable[[int, int, str], None],
-              say: Callable[[str], None]) -> RunResult:
-    """Start `workers` worker processes and wait for them; a stop signal is passed on to them."""
+              say: Callable[[str], None], trainable: Callable[..., Any] | None = None) -> RunResult:
+    """Start `workers` worker processes (running `trainable` instead of the recipe's, if given) and wait
+    for them; a stop signal is passed on to them."""
+    payload = cloudpickle.dumps(trainable) if trainable is not None else None
     signals = RunnerSignals()
     with signals.installed():
-        processes = _start(store, workers)
+        processes = _start(store, workers, payload)
         try:
             _wait(store, processes, progress, signals)
             if signals.count:
@@ -92,21 +99,31 @@ def run_local(store: Store, workers: int, progress: Callable[[int, int, str], No
                      {name: p.returncode for name, p in processes.items()})
 
 
-def _start(store: Store, workers: int) -> dict[str, subprocess.Popen]:
+def _start(store: Store, workers: int, payload: bytes | None) -> dict[str, subprocess.Popen]:
     processes: dict[str, subprocess.Popen] = {}
     environment = worker_environment(workers)
     runner = os.getpid()
     try:
         for name in worker_names(workers):
             with open(store.paths.log(name), "ab") as log:
-                processes[name] = subprocess.Popen(
-                    worker_command(store.paths.root, name), stdin=subprocess.DEVNULL, stdout=log,
+                process = processes[name] = subprocess.Popen(
+                    worker_command(store.paths.root, name, payload is not None),
+                    stdin=subprocess.DEVNULL if payload is None else subprocess.PIPE, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, env=environment,
                     preexec_fn=lambda: die_with_parent(runner, signal.SIGTERM))  # before exec
+            if payload is not None:
+                _send(process, payload)
     except BaseException:
         _kill(processes)
         raise
     return processes
+
+
+def _send(process: subprocess.Popen, payload: bytes) -> None:
+    """Hand a worker its pickled trainable; one that died at once says why in its exit status and log."""
+    for step in (lambda: process.stdin.write(payload), process.stdin.close):
+        with contextlib.suppress(BrokenPipeError):
+            step()
 
 
 def _running(processes: dict[str, subprocess.Popen]) -> list[subprocess.Popen]:

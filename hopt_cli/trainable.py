@@ -163,6 +163,9 @@ def load_trainable(worker: str | None, command: str | None, project: str | None 
     if command is not None:
         return CommandTrainable(command, cwd=project)
     module_name, _, function_name = str(worker).partition(":")
+    if module_name == "__main__":
+        raise HoptError(f"worker: {worker} was defined in a script or notebook and given to hopt_cli.run(); "
+                        f"resume with hopt_cli.run(..., trainable={function_name}), or move it into a module")
     where = project or os.getcwd()
     if where not in sys.path:
         sys.path.insert(0, where)

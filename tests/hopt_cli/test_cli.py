@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from hopt_cli.cli import ProgressLine, progress_text
+from hopt_cli.progress import ProgressLine, progress_text
 from tests.conftest import REPO, toy_recipe
 
 

@@ -1,0 +1,122 @@
+"""Starting an experiment: `hopt init`, `hopt run` and, from Python, `hopt_cli.run()`.
+
+A recipe comes as a YAML file, a mapping (validated exactly like the file) or a Recipe. From Python the
+trainable may be any callable, a function of a script or a notebook included: it reaches the worker
+processes through their standard input (cloudpickle, which carries a `__main__` function by value),
+never through the experiment directory. experiment.yaml names it as `module:function` all the same.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hopt_cli.errors import ExperimentFailed, HoptError
+from hopt_cli.experiment import Experiment
+from hopt_cli.progress import ProgressLine
+from hopt_cli.recipe import Recipe, load_recipe
+from hopt_cli.runner import run_local
+from hopt_cli.store import Store
+from hopt_cli.store.paths import ExperimentPaths
+from hopt_cli.trainable import Context, load_trainable
+
+RecipeSource = str | os.PathLike | Mapping[str, Any] | Recipe
+Trainable = Callable[[Context], Any]
+
+
+class Interrupted(HoptError):
+    """A stop signal ended the run; its workers released their members, so the run can resume."""
+
+    exit_code = 130
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(f"stopped by {signum.name}; run the same command again to resume")
+        self.signal = signum
+
+
+def create(recipe: RecipeSource, root: str | os.PathLike, trainable: Trainable | None = None) -> Store:
+    """Validate the recipe completely (the trainable must import, or be given), then create the experiment.
+
+    The project directory (the recipe's `project`, else the current one) is recorded: every worker
+    imports and runs the trainable there, wherever it was started, and a rerun resumes there too."""
+    root = Path(root)
+    resolved = _recipe(recipe, trainable)
+    if resolved.project is None and ExperimentPaths(root).experiment.is_file():
+        resolved = replace(resolved, project=Store.open(root).recipe.project)
+    else:
+        resolved = resolved.in_project(os.getcwd())
+    if resolved.project is not None and not os.path.isdir(resolved.project):
+        where = f"{recipe}: " if isinstance(recipe, (str, os.PathLike)) else ""
+        raise HoptError(f"{where}project: {resolved.project} is not a directory; give the directory your "
+                        "trainable is imported from and runs in")
+    if trainable is None:
+        load_trainable(resolved.worker, resolved.command, resolved.project)
+    return Store.create(root, resolved)
+
+
+def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
+        trainable: Trainable | None = None) -> Experiment:
+    """Run the experiment to completion with `workers` local worker processes; run it again to resume.
+
+    `trainable` (any callable taking a Context) replaces the recipe's `worker`. Progress goes to
+    stderr; Ctrl-C stops the workers, which release their members (a second one kills them), and
+    raises Interrupted. A failed experiment raises ExperimentFailed."""
+    if workers < 1:
+        raise HoptError(f"workers must be at least 1 (got {workers})")
+    store = create(recipe, dir, trainable)
+    if trainable is not None and store.recipe.interval_timeout is not None:
+        raise HoptError("interval_timeout runs each interval in a child process that imports the trainable by "
+                        "name: give the trainable as the recipe's worker (module:function) instead")
+    line = ProgressLine()
+    line.say(f"{store.recipe.name}: {workers} workers on {dir} (logs in {store.paths.logs})")
+    result = run_local(store, workers, line.show, line.say, trainable)
+    if result.interrupted:
+        stopped = Interrupted(result.interrupted)
+        line.say(str(stopped))
+        raise stopped
+    if result.failed:
+        raise ExperimentFailed(result.failed)
+    if not result.complete:
+        bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
+        raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
+    return Experiment(dir)
+
+
+def enter_project(recipe: Recipe) -> None:
+    """Work in the experiment's project directory, as `hopt init` recorded it (older experiments: here)."""
+    if recipe.project is None:
+        return
+    try:
+        os.chdir(recipe.project)
+    except OSError as err:
+        raise ExperimentFailed(f"cannot enter the project directory {recipe.project} that `hopt init` recorded: "
+                               f"{err.strerror}; make it reachable at that path on {socket.gethostname()}") from None
+
+
+def _recipe(recipe: RecipeSource, trainable: Trainable | None) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe if trainable is None else replace(recipe, worker=trainable_name(trainable), command=None)
+    if isinstance(recipe, Mapping):
+        data = dict(recipe)
+    else:
+        data = load_recipe(recipe).to_dict()
+    if trainable is not None:
+        data.pop("command", None)
+        data["worker"] = trainable_name(trainable)
+    return Recipe.from_dict(data)
+
+
+def trainable_name(trainable: Trainable) -> str:
+    """`module:function` for experiment.yaml; a lambda or a nested function has no such name."""
+    if not callable(trainable):
+        raise HoptError(f"trainable must be a callable taking a Context (got {type(trainable).__name__})")
+    name = f"{getattr(trainable, '__module__', None)}:{getattr(trainable, '__qualname__', None)}"
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", name):
+        raise HoptError(f"trainable {name} is not a module-level function: define it with `def` at the top "
+                        "level of its script, notebook or module, so experiment.yaml can name it")
+    return name

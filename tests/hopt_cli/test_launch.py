@@ -1,0 +1,89 @@
+"""hopt_cli.run(): an experiment launched from Python, with a trainable defined where the user wrote it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+import hopt_cli
+from hopt_cli.errors import HoptError, RecipeError
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from tests.conftest import REPO, toy_recipe
+from tests.hopt_cli.conftest import hopt
+from tests.invariants import check_finished_experiment
+
+SCRIPT = """
+import json
+import sys
+
+import hopt_cli
+
+TARGET = 0.3  # a global of __main__: the workers get it with the function, by value
+
+
+def train(ctx):
+    steps = json.loads((ctx.parent / "steps.json").read_text()) if ctx.parent else 0
+    (ctx.out / "steps.json").write_text(json.dumps(steps + 1))
+    return -(ctx.hparams["x"] - TARGET) ** 2
+
+
+recipe = {"name": "script", "population": 4, "intervals": 5, "objective": {"metric": "score", "mode": "max"},
+          "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}
+experiment = hopt_cli.run(recipe, sys.argv[1], workers=2, trainable=train)
+best = experiment.best()
+print(f"best {best.score:.6f} at interval {best.interval}")
+"""
+
+
+def test_a_function_of_a_script_trains_in_worker_processes(tmp_path):
+    script = tmp_path / "search.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    root = tmp_path / "exp"
+
+    result = subprocess.run([sys.executable, str(script), str(root)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("best ") and "20/20 intervals" in result.stderr
+    assert yaml.safe_load((root / "experiment.yaml").read_text())["worker"] == "__main__:train"
+    assert check_finished_experiment(root).failures == 0
+    population = Store.open(root).sync()
+    assert population.intervals_done == 20 and all(len(m.lineage.scores) == 5 for m in population.members)
+
+
+def test_resuming_a_script_trainable_from_the_command_line_says_how(tmp_path):
+    root = tmp_path / "exp"
+    Store.create(root, Recipe.from_dict(toy_recipe(worker="__main__:train")))
+
+    result = hopt("worker", "--dir", str(root))
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "was defined in a script or notebook and given to hopt_cli.run()" in result.stderr
+    assert "trainable=train" in result.stderr
+
+
+def test_a_mapping_is_validated_exactly_like_a_recipe_file(tmp_path):
+    with pytest.raises(RecipeError) as caught:
+        hopt_cli.run(toy_recipe(population=1), tmp_path / "exp")
+    assert caught.value.key == "population"
+    assert not (tmp_path / "exp").exists(), "nothing is written for a bad recipe"
+
+
+def test_a_lambda_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(HoptError, match="is not a module-level function: define it with `def`"):
+        hopt_cli.run(toy_recipe(), tmp_path / "exp", trainable=lambda ctx: 0.0)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_trainable_from_a_module_replaces_the_recipes_worker(tmp_path):
+    from tests.hopt_cli.trainables import counts_threads
+
+    experiment = hopt_cli.run(toy_recipe(population=2, intervals=2), tmp_path / "exp", workers=1,
+                              trainable=counts_threads)
+
+    assert experiment.recipe.worker == "tests.hopt_cli.trainables:counts_threads"
+    assert experiment.status().complete
