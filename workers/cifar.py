@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from workers.torch_common import (ShuffledBatches, device, finish, load_checkpoint, merge_hparams, resume,
-                                  train_steps)
+                                  set_optimizer_hparams, train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
@@ -370,8 +370,7 @@ def _train(ctx: Context, key: str) -> dict[str, float]:
         if state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         step, seen, order_seed = state["step"], state["samples_seen"], state["order_seed"]
-    for group in optimizer.param_groups:
-        group["weight_decay"] = float(hp["weight_decay"])
+    set_optimizer_hparams(optimizer, weight_decay=float(hp["weight_decay"]))
     norm = _Normalize(spec, dev)
     loader = DataLoader(_Batches(data.train_x, data.train_y),
                         sampler=ShuffledBatches(len(data.train_y), batch_size, order_seed, seen),

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.torch_common import ShuffledBatches, device, finish, merge_hparams, resume, train_steps
+from workers.torch_common import (ShuffledBatches, device, finish, merge_hparams, resume, set_optimizer_hparams,
+                                  train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
@@ -83,8 +84,7 @@ def augment(images: torch.Tensor, strength: float) -> torch.Tensor:
 
 def _apply_hparams(model: nn.Module, optimizer: torch.optim.Optimizer, hp: dict[str, Any]) -> None:
     """Set this interval's lr, weight decay and dropout (PBT may have changed them)."""
-    for group in optimizer.param_groups:
-        group["lr"], group["weight_decay"] = float(hp["lr"]), float(hp["weight_decay"])
+    set_optimizer_hparams(optimizer, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
     model.drop.p = float(hp["dropout"])
 
 

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from workers.torch_common import device, finish, load_checkpoint, merge_hparams, resume, train_steps
+from workers.torch_common import (device, finish, load_checkpoint, merge_hparams, resume, set_optimizer_hparams,
+                                  train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
@@ -226,8 +227,7 @@ def train_interval(ctx: Context) -> dict[str, float]:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, pos, hidden = state["step"], state["pos"], state["hidden"]
-    for group in optimizer.param_groups:
-        group["weight_decay"] = float(hp["weight_decay"])
+    set_optimizer_hparams(optimizer, weight_decay=float(hp["weight_decay"]))
     for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
         setattr(model, name, float(hp[name]))
     bptt, lr = int(hp["bptt"]), float(hp["lr"])

@@ -148,6 +148,23 @@ def train_steps(ctx: Context, step: Callable[[], torch.Tensor]) -> tuple[int, fl
     return done, (float(total) / done if total is not None else float("nan"))
 
 
+def set_optimizer_hparams(optimizer: torch.optim.Optimizer, **values: Any) -> None:
+    """Set `values` (lr, weight_decay, momentum, betas, ...) in every param group of `optimizer`.
+
+    Call it after `optimizer.load_state_dict`: a restored state carries the parent's values, which
+    would silently replace the interval's new ones (an exploit's mutation would never take effect).
+    A name the groups do not have is a ValueError: a typo, or a setting this optimizer lacks
+    (momentum on Adam).
+    """
+    for group in optimizer.param_groups:
+        unknown = sorted(set(values) - set(group))
+        if unknown:
+            known = sorted(k for k in group if k != "params")
+            raise ValueError(f"{type(optimizer).__name__} has no {unknown} to set; its settings are {known}")
+    for group in optimizer.param_groups:
+        group.update(values)
+
+
 def merge_hparams(defaults: Mapping[str, Any], given: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The defaults overridden by `given`; an unknown name (a typo in a recipe) is a ValueError."""
     unknown = sorted(set(given) - set(defaults))
