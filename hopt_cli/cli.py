@@ -130,10 +130,11 @@ def slurm(root: Path, array: int, parallelism: int | None, partition: str | None
 @DIR
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
               help="Local worker processes.")
-def run(recipe: Path, root: Path, workers: int) -> None:
+@click.option("--gpus", help="One GPU per worker, e.g. 0,1,2,3 (round-robin if fewer than workers), or all.")
+def run(recipe: Path, root: Path, workers: int, gpus: str | None) -> None:
     """Run the experiment on this machine with local workers; run it again to resume."""
     try:
-        experiment = launch.run(recipe, root, workers)
+        experiment = launch.run(recipe, root, workers, gpus=gpus)
     except Interrupted as err:  # said on the progress line already
         sys.exit(err.exit_code)
     best = experiment.best()
@@ -180,8 +181,9 @@ def _status_table(s: Status, every_member: bool = False) -> str:
     shown = s.members if every_member or len(s.members) <= SUMMARY_ROWS else _best_members(s)
     for m in shown:
         state = "DEAD " if m.lease and m.lease.gone else "STALE " if m.lease and m.lease.stale else ""
+        gpu = f" gpu {m.lease.device}" if m.lease and m.lease.device is not None else ""
         lease = "free" if m.lease is None else (f"{state}{m.lease.worker} "
-                                                f"{m.lease.host}:{m.lease.pid} {_duration(m.lease.age)} ago")
+                                                f"{m.lease.host}:{m.lease.pid}{gpu} {_duration(m.lease.age)} ago")
         rows.append([f"{m.member}{'*' if m.explorer else ''}", str(m.interval), _fmt(m.score), _fmt(m.robust),
                      *(_fmt(m.hparams.get(n)) for n in names), f"{m.sigma:.3g}", lease])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -40,6 +40,7 @@ class LeaseStatus:
     age: float
     stale: bool
     gone: bool
+    device: str | None  # the GPUs its worker sees (CUDA_VISIBLE_DEVICES); None: not set
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class Experiment:
         holder = info.lease.holder
         gone = holder.is_gone(here)
         return LeaseStatus(holder.worker, holder.host, holder.pid, info.lease.interval, round(info.age, 1),
-                           gone or info.age > self.recipe.lease.timeout, gone)
+                           gone or info.age > self.recipe.lease.timeout, gone, holder.device)
 
     @staticmethod
     def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:

@@ -20,7 +20,7 @@ from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import run_local
+from hopt_cli.runner import choose_gpus, run_local
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import Context, load_trainable
@@ -60,21 +60,24 @@ def create(recipe: RecipeSource, root: str | os.PathLike, trainable: Trainable |
 
 
 def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
-        trainable: Trainable | None = None) -> Experiment:
+        trainable: Trainable | None = None, gpus: str | None = None) -> Experiment:
     """Run the experiment to completion with `workers` local worker processes; run it again to resume.
 
-    `trainable` (any callable taking a Context) replaces the recipe's `worker`. Progress goes to
-    stderr; Ctrl-C stops the workers, which release their members (a second one kills them), and
-    raises Interrupted. A failed experiment raises ExperimentFailed."""
+    `trainable` (any callable taking a Context) replaces the recipe's `worker`. `gpus` ("0,1,2,3" or
+    "all") gives each worker one GPU as its only visible device, round-robin when there are more
+    workers than GPUs. Progress goes to stderr; Ctrl-C stops the workers, which release their members
+    (a second one kills them), and raises Interrupted. A failed experiment raises ExperimentFailed."""
     if workers < 1:
         raise HoptError(f"workers must be at least 1 (got {workers})")
+    devices = choose_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), _cuda_devices) if gpus else None
     store = create(recipe, dir, trainable)
     if trainable is not None and store.recipe.interval_timeout is not None:
         raise HoptError("interval_timeout runs each interval in a child process that imports the trainable by "
                         "name: give the trainable as the recipe's worker (module:function) instead")
     line = ProgressLine()
-    line.say(f"{store.recipe.name}: {workers} workers on {dir} (logs in {store.paths.logs})")
-    result = run_local(store, workers, line.show, line.say, trainable)
+    on = f", GPUs {','.join(devices)}" if devices else ""
+    line.say(f"{store.recipe.name}: {workers} workers on {dir}{on} (logs in {store.paths.logs})")
+    result = run_local(store, workers, line.show, line.say, trainable, devices)
     if result.interrupted:
         stopped = Interrupted(result.interrupted)
         line.say(str(stopped))
@@ -85,6 +88,13 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
         bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
         raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
     return Experiment(dir)
+
+
+def _cuda_devices() -> int:
+    """How many GPUs torch sees (imported only for `--gpus all`: it takes a second)."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def enter_project(recipe: Recipe) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import cloudpickle
 
+from hopt_cli.errors import HoptError
 from hopt_cli.isolation import die_with_parent
 from hopt_cli.store import Store
 from hopt_cli.trainable import THREAD_VARIABLES
@@ -41,14 +42,39 @@ def worker_command(root: os.PathLike, name: str, piped: bool = False) -> list[st
             *(["--trainable-from-stdin"] if piped else [])]
 
 
-def worker_environment(workers: int) -> dict[str, str]:
-    """Our environment, with the cores shared out between workers unless the user already chose.
+def worker_environment(workers: int, gpu: str | None = None) -> dict[str, str]:
+    """Our environment, with the cores shared out between workers unless the user already chose, and
+    the worker's GPU (`gpu`) as the only one it sees.
 
     Each worker gets cores / workers threads for OpenMP and BLAS (torch, numpy): N processes each
     spinning on every core are many times slower than N processes with their own share.
     """
     threads = str(max(1, (os.cpu_count() or 1) // workers))
-    return {**{name: threads for name in THREAD_VARIABLES}, **os.environ}
+    environment = {**{name: threads for name in THREAD_VARIABLES}, **os.environ}
+    return environment if gpu is None else {**environment, "CUDA_VISIBLE_DEVICES": gpu}
+
+
+def choose_gpus(spec: str, visible: str | None, count: Callable[[], int]) -> list[str]:
+    """The devices of `--gpus`: `all`, or a comma list of indices among the visible ones (or, when
+    CUDA_VISIBLE_DEVICES is not set, device ids as `nvidia-smi` numbers them, or UUIDs).
+
+    `visible` is our CUDA_VISIBLE_DEVICES (None: not set); `count` how many devices torch sees."""
+    shown = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else None
+    if spec.strip() == "all":
+        devices = shown if shown is not None else [str(i) for i in range(count())]
+        if not devices:
+            raise HoptError("--gpus all: no GPU is visible here (torch sees none, CUDA_VISIBLE_DEVICES "
+                            f"is {visible!r}); leave out --gpus to train on the CPU")
+        return devices
+    asked = [d.strip() for d in spec.split(",")]
+    if not all(asked) or len(set(asked)) != len(asked):
+        raise HoptError(f"--gpus {spec}: give distinct device numbers separated by commas (e.g. 0,1,2,3), or all")
+    if shown is None:
+        return asked
+    if not all(d.isdigit() and int(d) < len(shown) for d in asked):
+        raise HoptError(f"--gpus {spec}: CUDA_VISIBLE_DEVICES={visible} makes {len(shown)} GPU(s) visible, "
+                        f"numbered 0 to {len(shown) - 1} here; give those numbers, or all")
+    return [shown[int(d)] for d in asked]
 
 
 def worker_names(workers: int) -> list[str]:
@@ -78,13 +104,14 @@ class RunnerSignals:
 
 
 def run_local(store: Store, workers: int, progress: Callable[[int, int, str], None],
-              say: Callable[[str], None], trainable: Callable[..., Any] | None = None) -> RunResult:
-    """Start `workers` worker processes (running `trainable` instead of the recipe's, if given) and wait
-    for them; a stop signal is passed on to them."""
+              say: Callable[[str], None], trainable: Callable[..., Any] | None = None,
+              gpus: list[str] | None = None) -> RunResult:
+    """Start `workers` worker processes (running `trainable` instead of the recipe's, if given; worker i
+    on GPU gpus[i % len(gpus)], if given) and wait for them; a stop signal is passed on to them."""
     payload = cloudpickle.dumps(trainable) if trainable is not None else None
     signals = RunnerSignals()
     with signals.installed():
-        processes = _start(store, workers, payload)
+        processes = _start(store, workers, payload, gpus or [])
         try:
             _wait(store, processes, progress, signals)
             if signals.count:
@@ -99,12 +126,12 @@ def run_local(store: Store, workers: int, progress: Callable[[int, int, str], No
                      {name: p.returncode for name, p in processes.items()})
 
 
-def _start(store: Store, workers: int, payload: bytes | None) -> dict[str, subprocess.Popen]:
+def _start(store: Store, workers: int, payload: bytes | None, gpus: list[str]) -> dict[str, subprocess.Popen]:
     processes: dict[str, subprocess.Popen] = {}
-    environment = worker_environment(workers)
     runner = os.getpid()
     try:
-        for name in worker_names(workers):
+        for index, name in enumerate(worker_names(workers)):
+            environment = worker_environment(workers, gpus[index % len(gpus)] if gpus else None)
             with open(store.paths.log(name), "ab") as log:
                 process = processes[name] = subprocess.Popen(
                     worker_command(store.paths.root, name, payload is not None),

@@ -21,16 +21,17 @@ def pid_namespace() -> int | None:
 
 @dataclass(frozen=True)
 class Holder:
-    """A worker process as leases name it."""
+    """A worker process as leases name it, with the GPUs it sees (CUDA_VISIBLE_DEVICES; None: not set)."""
 
     worker: str
     host: str
     pid: int
     pidns: int | None
+    device: str | None = None
 
     @classmethod
     def this_process(cls, worker: str) -> Holder:
-        return cls(worker, socket.gethostname(), os.getpid(), pid_namespace())
+        return cls(worker, socket.gethostname(), os.getpid(), pid_namespace(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def is_gone(self, here: Holder) -> bool:
         """True only when this holder ran on `here`'s host and pid namespace and its process is gone."""
@@ -67,7 +68,7 @@ class Lease:
         typed = (_is_int(lease.member) and _is_int(lease.interval) and isinstance(lease.token, str)
                  and isinstance(lease.since, (int, float)) and isinstance(lease.parent_checkpoint, (str, type(None)))
                  and isinstance(h.worker, str) and isinstance(h.host, str) and _is_int(h.pid)
-                 and (h.pidns is None or _is_int(h.pidns)))
+                 and (h.pidns is None or _is_int(h.pidns)) and isinstance(h.device, (str, type(None))))
         if not typed:
             raise TypeError("a lease field has the wrong type")
         return lease

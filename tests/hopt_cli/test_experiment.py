@@ -17,7 +17,7 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
 from tests.conftest import REPO, toy_recipe
-from tests.hopt_cli.conftest import mid_run, reclaimed_and_failed
+from tests.hopt_cli.conftest import hopt, mid_run, reclaimed_and_failed
 
 
 def journal(root):
@@ -77,6 +77,16 @@ def test_status_of_a_finished_experiment(quadratic):
         scores = Store.open(quadratic).sync().members[member.member].lineage.scores
         assert member.score == scores[-1] and member.robust == pytest.approx((scores[-1] + scores[-2]) / 2)
         assert member.lease is None
+
+
+def test_status_shows_the_gpu_a_lease_was_taken_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    _, claim = mid_run(tmp_path / "exp")  # its worker sees GPU 3 only, as `hopt run --gpus` sets it
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+
+    lease = Experiment(tmp_path / "exp").status().members[claim.member].lease
+    assert lease.device == "3"
+    assert " gpu 3 " in hopt("status", "--dir", str(tmp_path / "exp")).stdout
 
 
 def test_status_mid_run_shows_the_lease_eta_and_then_a_stale_worker(tmp_path):

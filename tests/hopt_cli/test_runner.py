@@ -1,20 +1,35 @@
-"""`hopt run`'s process setup: how the cores are shared between local workers."""
+"""runner.choose_gpus: which device each local worker gets from `--gpus`."""
 from __future__ import annotations
 
-import os
+import pytest
 
-from hopt_cli.runner import worker_environment
-
-
-def test_each_worker_gets_its_share_of_the_cores(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-
-    assert worker_environment(4)["OMP_NUM_THREADS"] == "2"
-    assert worker_environment(16)["MKL_NUM_THREADS"] == "1"
+from hopt_cli.errors import HoptError
+from hopt_cli.runner import choose_gpus
 
 
-def test_a_thread_count_the_user_chose_is_kept(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+def no_count() -> int:
+    raise AssertionError("torch is asked only for `all` with no CUDA_VISIBLE_DEVICES")
 
-    assert worker_environment(2)["OMP_NUM_THREADS"] == "3"
+
+@pytest.mark.parametrize("spec, visible, count, expected", [
+    ("0,1,2,3", None, no_count, ["0", "1", "2", "3"]),
+    ("GPU-8c2b,GPU-91aa", None, no_count, ["GPU-8c2b", "GPU-91aa"]),
+    ("1", "2,3", no_count, ["3"]),
+    ("all", "2, 3", no_count, ["2", "3"]),
+    ("all", None, lambda: 2, ["0", "1"]),
+])
+def test_devices(spec, visible, count, expected):
+    assert choose_gpus(spec, visible, count) == expected
+
+
+@pytest.mark.parametrize("spec, visible, count, problem", [
+    ("all", None, lambda: 0, "no GPU is visible here"),
+    ("all", "", no_count, "no GPU is visible here"),
+    ("0,0", None, no_count, "distinct device numbers"),
+    ("0,,1", None, no_count, "distinct device numbers"),
+    ("2", "4,5", no_count, "numbered 0 to 1 here"),
+])
+def test_a_bad_spec_is_one_line_naming_the_fix(spec, visible, count, problem):
+    with pytest.raises(HoptError, match=problem) as caught:
+        choose_gpus(spec, visible, count)
+    assert "\n" not in str(caught.value)

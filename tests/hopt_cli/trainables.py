@@ -153,3 +153,16 @@ def straggles(ctx: Any) -> dict[str, float]:
         while True:
             time.sleep(1)
     return {**result, "score": result["score"] - 10}
+
+
+def reports_devices(ctx: Any) -> dict[str, Any]:
+    """T1, plus the GPUs and thread count its worker was given, as string metrics. Interval 0 waits
+    until HOPT_TEST_WORKERS worker processes have announced themselves in HOPT_TEST_MARKER: each worker
+    blocks in its first interval, so every one of them claims, trains and commits."""
+    if ctx.interval == 0:
+        folder = Path(os.environ["HOPT_TEST_MARKER"])
+        (folder / str(os.getpid())).touch()
+        while len(list(folder.iterdir())) < int(os.environ["HOPT_TEST_WORKERS"]) and not ctx.should_stop():
+            time.sleep(0.01)
+    return {**pbt_quadratic(ctx), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}

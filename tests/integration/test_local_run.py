@@ -222,3 +222,39 @@ def test_status_counts_a_killed_worker_dead_at_once(tmp_path, write_recipe):
     assert (lease["gone"], lease["stale"], lease["age"] < 60) == (True, True, True)
     assert status["live_workers"] == [] and status["stale_workers"] == ["doomed"] and status["eta"] is None
     assert table[1].endswith("ETA -, workers: 0 live, 1 stale") and " DEAD doomed " in table[3]
+
+
+@pytest.mark.parametrize("visible, gpus, expected", [
+    (None, "0,1", ["0", "1", "0"]),  # three workers on two GPUs: round-robin
+    ("5,7", "1,0", ["7", "5", "7"]),  # numbers count among the visible devices (e.g. a SLURM allocation)
+    ("4,6", "all", ["4", "6", "4"]),
+], ids=["ids", "among-visible", "all-visible"])
+def test_each_worker_sees_its_own_gpu_and_a_share_of_the_cores(tmp_path, write_recipe, visible, gpus, expected):
+    """Checked through each worker's environment: this machine may have no GPU at all."""
+    recipe = write_recipe(toy_recipe(population=6, intervals=3, worker="tests.hopt_cli.trainables:reports_devices"))
+    root = tmp_path / "exp"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
+    (tmp_path / "marker").mkdir()
+    env.update(HOPT_TEST_MARKER=str(tmp_path / "marker"), HOPT_TEST_WORKERS="3")
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+
+    result = hopt("run", str(recipe), "--dir", str(root), "--workers", "3", "--gpus", gpus, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert f"GPUs {','.join(expected[:2])}" in result.stderr
+    seen = {c.worker: c.metrics["cuda_visible_devices"] for c in Experiment(root).history()}
+    assert [seen[name] for name in sorted(seen, key=lambda n: int(n.rsplit("-", 1)[1]))] == expected
+    threads = {c.metrics["omp_num_threads"] for c in Experiment(root).history()}
+    assert threads == {str(max(1, (os.cpu_count() or 1) // 3))}
+
+
+def test_gpus_all_without_a_gpu_is_one_line_and_writes_nothing(tmp_path, write_recipe):
+    recipe = write_recipe(toy_recipe())
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+    result = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--gpus", "all", env=env)
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--gpus all: no GPU is visible here" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "exp").exists()
