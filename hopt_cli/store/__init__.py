@@ -377,8 +377,8 @@ class Store:
 
     def _claimer_gone(self, here: Holder) -> bool:
         """Whether an open claim was made by a process of this host (and pid namespace) that is gone."""
-        return any(Holder(**m.claim_holder).is_gone(here) for m in self.population.members
-                   if m.claim_open and m.claim_holder and m.claim_holder.get("pid"))
+        claimers = (_claimer(m) for m in self.population.members if m.claim_open)
+        return any(holder is not None and holder.is_gone(here) for holder in claimers)
 
     def reclaim(self, here: Holder) -> list[Lease]:
         """Drop leases that are expired, unreadable, already committed or held by a dead local process.
@@ -410,7 +410,7 @@ class Store:
         for state in self.population.members:
             if not state.claim_open or state.member in listed:
                 continue
-            holder = Holder(**state.claim_holder) if state.claim_holder and state.claim_holder.get("pid") else None
+            holder = _claimer(state)
             age = now - (state.claim_time or now)
             if holder is not None and holder.is_gone(here):
                 reason = f"its claim has no lease file and its holder (pid {holder.pid} on this host) is gone"
@@ -665,6 +665,11 @@ class Store:
 
     def _note(self, message: str) -> None:
         logging.getLogger("hopt").warning(message)
+
+
+def _claimer(state: MemberState) -> Holder | None:
+    """The process that made `state`'s latest claim, when the journal recorded its pid."""
+    return Holder(**state.claim_holder) if state.claim_holder and state.claim_holder.get("pid") else None
 
 
 def _size(path: Path) -> int:

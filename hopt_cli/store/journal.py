@@ -59,6 +59,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.unterminated = 0  # bytes after the last complete line at the end of the last replay
+
     def read(self, cursor: Cursor = Cursor()) -> tuple[list[dict[str, Any]], Cursor]:
         """The valid complete events after `cursor`, and the cursor past the last complete line."""
         events: list[dict[str, Any]] = []
