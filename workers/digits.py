@@ -38,7 +38,7 @@ MAX_NOISE = 0.3
 
 
 @functools.lru_cache(maxsize=1)
-def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def splits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, train labels, val images, val labels); images N x 1 x 8 x 8 in [0, 1]."""
     from sklearn.datasets import load_digits
 
@@ -102,7 +102,7 @@ def train_interval(ctx: Context) -> dict[str, float]:
     """Train ctx.steps SGD steps from ctx.parent (or from scratch), checkpoint to ctx.out, score."""
     hp = merge_hparams(DEFAULTS, ctx.hparams, "digits")
     dev = device()
-    x_train, y_train, x_val, y_val = (t.to(dev) for t in _data())
+    x_train, y_train, x_val, y_val = (t.to(dev) for t in splits())
     model, state = resume(ctx, lambda _: DigitsCNN().to(dev))
     optimizer = torch.optim.SGD(model.parameters(), lr=float(hp["lr"]), momentum=0.9)
     step, seen, order_seed = 0, 0, ctx.seed
