@@ -47,8 +47,9 @@ def cli() -> None:
 def init(recipe: Path, root: Path) -> None:
     """Create the experiment in --dir from RECIPE (a no-op if it exists with the same recipe)."""
     store = create(recipe, root)
-    click.echo(f"experiment {store.recipe.name} ready in {root}: {store.recipe.population} members x "
-               f"{store.recipe.intervals} intervals, policy {store.recipe.policy_name}")
+    population = store.sync()
+    click.echo(f"experiment {store.recipe.name} ready in {root}: {population.size} members x "
+               f"{population.intervals} intervals, policy {store.recipe.policy_name}")
 
 
 @cli.command()
@@ -334,6 +335,8 @@ def log(root: Path, member: int | None, as_json: bool) -> None:
 def _event_text(e: Event) -> str:
     if e.kind == "retry":
         return "failure counts cleared by `hopt retry`: every member may fail max_failures times again"
+    if e.kind == "extend":
+        return f"grown by `hopt extend` to {e.population} members x {e.intervals} intervals"
     where = f"member {e.member} interval {e.interval}"
     if e.kind == "claim" and e.action == "exploit":
         changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in e.changes) or "no change"
@@ -361,6 +364,22 @@ def retry(root: Path) -> None:
         click.echo(f"{root}: failure counts cleared; start the workers again")
     else:
         click.echo(f"{root}: the experiment has not failed; nothing to do")
+
+
+@cli.command()
+@DIR
+@click.option("--intervals", type=click.IntRange(min=1), help="Intervals per member from now on (more than now).")
+@click.option("--population", type=click.IntRange(min=1), help="Members from now on (more than now).")
+def extend(root: Path, intervals: int | None, population: int | None) -> None:
+    """Grow the experiment: train every member longer, or add members drawn as the first ones were."""
+    if intervals is None and population is None:
+        raise click.UsageError("say how to grow it: --intervals N, --population M, or both")
+    store = Store.open(root)
+    grown = store.extend(population, intervals)
+    now = store.population
+    click.echo(f"{root}: {now.size} members x {now.intervals} intervals"
+               + (" (grown); running workers take it up at their next claim, finished ones must be started "
+                  "again" if grown else " already; nothing to do"))
 
 
 @cli.command()

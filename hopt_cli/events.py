@@ -116,7 +116,18 @@ class Retry(JournalEvent):
     kind: ClassVar[str] = "retry"
 
 
-KINDS: dict[str, type[JournalEvent]] = {k.kind: k for k in (Claim, Commit, Adopt, Fail, Release, Reclaim, Retry)}
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Extend(JournalEvent):
+    """The user grew the experiment (`hopt extend`): the budget is now `population` members of
+    `intervals` intervals each; experiment.yaml keeps the size it was created with."""
+
+    kind: ClassVar[str] = "extend"
+    population: int
+    intervals: int
+
+
+KINDS: dict[str, type[JournalEvent]] = {k.kind: k for k in (Claim, Commit, Adopt, Fail, Release, Reclaim, Retry,
+                                                             Extend)}
 _KEYS = {kind: tuple(f.name for f in fields(kind)) for kind in KINDS.values()}
 _FORMAT_1_KEYS = {Fail: {"error": "reason"}, Reclaim: {"by": "worker"}}
 
@@ -147,7 +158,7 @@ def decode(data: Mapping[str, Any]) -> JournalEvent:
     """The typed event a journal line's object holds; ValueError saying what is wrong if it holds none."""
     kind = KINDS.get(data.get("type"))  # type: ignore[arg-type]
     if kind is None:
-        raise ValueError(f"unknown event type {data.get('type')!r}")
+        raise ValueError(f"unknown event type {data.get('type')!r} (written by a newer hopt? upgrade hopt)")
     values = {name: data[name] for name in _KEYS[kind] if name in data}
     for old, new in _FORMAT_1_KEYS.get(kind, {}).items():
         if old in data and new not in values:

@@ -115,6 +115,10 @@ class Experiment:
         self._events: list[JournalEvent] = []
         self._cursor = Cursor()
 
+    def population(self) -> Population:
+        """The population as the journal has it now: its size and intervals include every `hopt extend`."""
+        return self.store.sync()
+
     def status(self) -> Status:
         """Where the experiment stands now."""
         population = self.store.sync()
@@ -130,8 +134,8 @@ class Experiment:
         eta = 0.0 if population.complete else self._eta(population) if live else None
         r = self.recipe
         return Status(
-            r.name, r.policy_name, r.objective.metric, r.objective.mode, r.population, r.intervals,
-            population.intervals_done, r.population * r.intervals, population.complete, population.failed,
+            r.name, r.policy_name, r.objective.metric, r.objective.mode, population.size, population.intervals,
+            population.intervals_done, population.budget, population.complete, population.failed,
             None if top is None else BestStatus(top.member, top.interval, top.score),
             started, None if started is None else round(now - started, 3), eta, live,
             sorted({s.worker for s in leases.values() if s.stale} - set(live)), window, members)
@@ -157,7 +161,7 @@ class Experiment:
         (since, done_then), (last, done) = population.progress[0], population.progress[-1]
         if done <= done_then or last <= since:
             return None
-        return round((self.recipe.population * self.recipe.intervals - done) * (last - since) / (done - done_then), 3)
+        return round((population.budget - done) * (last - since) / (done - done_then), 3)
 
     def watch(self, every: float) -> Iterator[Status]:
         """The status every `every` seconds, until the experiment is complete or has failed."""
@@ -245,8 +249,9 @@ class Experiment:
         return [e for e in history.readable(self._journal()) if member is None or e.member == member]
 
     def _check_member(self, member: int) -> None:
-        if not 0 <= member < self.recipe.population:
-            raise HoptError(f"there is no member {member}: the population has members 0 to {self.recipe.population - 1}")
+        size = self.population().size
+        if not 0 <= member < size:
+            raise HoptError(f"there is no member {member}: the population has members 0 to {size - 1}")
 
     def _journal(self) -> list[JournalEvent]:
         """The journal's events so far, read incrementally."""

@@ -71,6 +71,8 @@ class Event:
     changes: tuple[Change, ...] = ()
     reason: str | None = None
     by: str | None = None
+    population: int | None = None  # an extend's new budget: members,
+    intervals: int | None = None  # and intervals per member
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +106,8 @@ def readable(journal: Iterable[JournalEvent]) -> list[Event]:
             interval=getattr(e, "interval", None), worker=e.holder if reclaim else e.worker,
             action=decision.action if decision else None, parent=decision.parent if decision else None,
             score=getattr(e, "score", None), hparams=hparams, changes=changes, reason=getattr(e, "reason", None),
-            by=e.worker if reclaim else None))
+            by=e.worker if reclaim else None, population=getattr(e, "population", None),
+            intervals=getattr(e, "intervals", None) if isinstance(e, events.Extend) else None))
     return records
 
 

@@ -101,8 +101,9 @@ def _integer_intervals(ax: Axes) -> None:
 
 
 def _title(experiment: Experiment, what: str) -> str:
-    r = experiment.recipe
-    return f"{r.name}: {what}  ({r.population} members, {r.intervals} intervals, policy {r.policy_name})"
+    r, population = experiment.recipe, experiment.population()
+    return (f"{r.name}: {what}  ({population.size} members, {population.intervals} intervals, "
+            f"policy {r.policy_name})")
 
 
 def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> None:
@@ -120,7 +121,7 @@ def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure
     """Score against interval for every member; an exploit is a dashed jump from the copied checkpoint."""
     from matplotlib.lines import Line2D
 
-    n = experiment.recipe.population
+    n = experiment.population().size
     colors = _colors(n)
     figure = _figure(11, 6)
     ax = figure.subplots()
@@ -232,7 +233,7 @@ def _lineage(experiment: Experiment, commits: list[Commit], best: Best) -> Figur
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
 
-    n = experiment.recipe.population
+    n = experiment.population().size
     maximize = experiment.recipe.objective.maximize
     figure = _figure(11, max(4.0, 1.8 + 0.32 * n))
     ax = figure.subplots()
@@ -271,7 +272,7 @@ def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
     """Each member's step size (in unit-cube coordinates) against interval, the best lineage's in bold."""
     from matplotlib.lines import Line2D
 
-    n = experiment.recipe.population
+    n = experiment.population().size
     colors = _colors(n)
     figure = _figure(11, 5)
     ax = figure.subplots()

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hopt_cli.decision import Decision
-from hopt_cli.events import Adopt, Claim, Commit, Fail, JournalEvent, LeaseEnd, Reclaim, Release, Retry
+from hopt_cli.events import Adopt, Claim, Commit, Extend, Fail, JournalEvent, LeaseEnd, Reclaim, Release, Retry
 
 PROGRESS_WINDOW = 2  # commits per member of recent progress the population keeps for the ETA
 
@@ -135,6 +135,11 @@ class Population:
             self.members = [MemberState(m) for m in range(self.size)]
         self._views: dict[int, MemberView] = {}
         self._view: PopulationView | None = None  # only commits change what policies see
+
+    @property
+    def budget(self) -> int:
+        """Intervals to train in all: every member's."""
+        return self.size * self.intervals
 
     @property
     def complete(self) -> bool:
@@ -294,6 +299,15 @@ class Population:
             member.failures = 0
         self.failed = None
 
+    def _on_extend(self, event: Extend) -> None:
+        """A bigger budget: finished members go on, new members start as the first ones did."""
+        if event.population < self.size or event.intervals < self.intervals:
+            raise ValueError(f"an extend to {event.population} members x {event.intervals} intervals would shrink "
+                             f"the experiment of {self.size} x {self.intervals}")
+        self.members.extend(MemberState(m) for m in range(self.size, event.population))
+        self.size, self.intervals = event.population, event.intervals
+        self._view = None
+
     def _on_end_of_lease(self, event: LeaseEnd) -> None:
         member = self._current(event)
         if member is not None:
@@ -321,6 +335,7 @@ _HANDLERS = {
     Release: Population._on_end_of_lease,
     Reclaim: Population._on_end_of_lease,
     Retry: Population._on_retry,
+    Extend: Population._on_extend,
 }
 
 

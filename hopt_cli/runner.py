@@ -190,4 +190,4 @@ def _report(store: Store, done: int, progress: Callable[[int, int, str], None]) 
     population = store.population
     best = population.best[0] if population.best else None
     note = f"best {store.recipe.objective.metric} {best.score:.4g} (member {best.member})" if best else ""
-    progress(done, store.recipe.population * store.recipe.intervals, note)
+    progress(done, population.budget, note)

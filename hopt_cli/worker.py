@@ -183,11 +183,11 @@ class Worker:
                 else:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
-            done = population.intervals_done
+            done, budget = population.intervals_done, population.budget
         self._log_timing("commit", committing)
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
-                 claim.decision.interval, result, time.monotonic() - started, done,
-                 self.recipe.population * self.recipe.intervals, " [lease lost while training]" if fenced else "")
+                 claim.decision.interval, result, time.monotonic() - started, done, budget,
+                 " [lease lost while training]" if fenced else "")
 
     def _log_timing(self, step: str, started: float) -> None:
         """One DEBUG line with the lock wait and hold of the step that just ended (see hopt_cli/timing.py)."""

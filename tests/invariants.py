@@ -28,9 +28,9 @@ def check_finished_experiment(root: Path) -> Summary:
     assert store.rebuild().to_dict() == population.to_dict(), "snapshot + tail differs from a full replay"
 
     assert population.complete and population.failed is None
-    for member in population.members:
-        assert member.interval == recipe.intervals
-        assert len(member.lineage.scores) == recipe.intervals
+    for member in population.members:  # the budget as the journal has it: `hopt extend` may have grown it
+        assert member.interval == population.intervals
+        assert len(member.lineage.scores) == population.intervals
 
     commits = [e for e in events if e["type"] == "commit"]
     claims = {e["token"]: e for e in events if e["type"] == "claim"}
@@ -40,11 +40,15 @@ def check_finished_experiment(root: Path) -> Summary:
     assert all(n == 1 for n in pairs.values()), "a member interval committed twice"
     last_interval: dict[int, int] = {}
     committed: set[str] = set()
+    intervals = recipe.intervals  # the budget at each event
     for event in events:
+        if event["type"] == "extend":
+            assert event["intervals"] >= intervals, "an extend shrank the experiment"
+            intervals = event["intervals"]
         if event["type"] == "adopt":
-            assert event["interval"] == recipe.intervals, "a member took over an unfinished lineage"
+            assert event["interval"] == intervals, "a member took over an unfinished lineage"
             assert event["checkpoint"] in committed, f"adopted uncommitted checkpoint {event['checkpoint']}"
-            last_interval[event["member"]] = event["interval"]
+            last_interval[event["member"]] = event["interval"] - 1  # the lineage it took over ends there
         if event["type"] != "commit":
             continue
         claim = claims[event["token"]]
@@ -67,7 +71,7 @@ def check_finished_experiment(root: Path) -> Summary:
             json.loads(file.read_text())
     on_disk = {p.name for p in store.paths.checkpoints.iterdir()}
     assert on_disk == referenced, f"unreferenced checkpoints left: {sorted(on_disk - referenced)}"
-    assert len(on_disk) <= recipe.population + recipe.keep_best
+    assert len(on_disk) <= population.size + recipe.keep_best
     assert not list(store.paths.leases.iterdir()), "leases left after completion"
     assert not list(store.paths.staging.iterdir()), "staging folders left after completion"
     count = Counter(e["type"] for e in events)

@@ -24,7 +24,7 @@ import yaml
 from hopt_cli import events
 from hopt_cli.decision import Decision
 from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError
-from hopt_cli.events import Adopt, Claim, Commit, JournalEvent, Reclaim, Release, Retry
+from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Reclaim, Release, Retry
 from hopt_cli.population import MemberState, Population
 from hopt_cli.recipe import FORMAT, Recipe
 from hopt_cli.store import snapshot
@@ -39,6 +39,7 @@ from hopt_cli.store.snapshot import events_in
 
 NOT_A_LEASE = "not a valid lease file"
 RETRY_WORKER = "hopt-retry"  # who a retry event names: the user, through `hopt retry`
+EXTEND_WORKER = "hopt-extend"  # and an extend event: the user, through `hopt extend`
 CATCH_UP_BYTES = 1 << 16  # a journal tail longer than this is read before taking the lock
 CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
@@ -88,13 +89,24 @@ class Store:
         store = cls.open(root)
         store.check_writable()
         if not created and store.recipe.to_dict() != recipe.to_dict():
-            key = _first_difference(store.recipe.to_dict(), recipe.to_dict())
-            if key == "project":
-                raise HoptError(f"{root} was created to run its trainable in {store.recipe.project}, not the "
-                                f"recipe's project {recipe.project}; drop project from the recipe, or use another --dir")
-            raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}); "
-                            "use another --dir, or the recipe it was created with")
+            store._check_same(recipe)
         return store
+
+    def _check_same(self, recipe: Recipe) -> None:
+        """Refuse a recipe that is neither this experiment's nor that one grown as `hopt extend` grew it."""
+        population = self.sync()
+        mine = {**self.recipe.to_dict(), "population": population.size, "intervals": population.intervals}
+        key = _first_difference(mine, recipe.to_dict())
+        if key == "the top level":
+            return
+        root = self.paths.root
+        if key == "project":
+            raise HoptError(f"{root} was created to run its trainable in {self.recipe.project}, not the "
+                            f"recipe's project {recipe.project}; drop project from the recipe, or use another --dir")
+        grow = (f"; to grow it, run `hopt extend --dir {root} --{key} N`"
+                if key in ("population", "intervals") else "")
+        raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}){grow}; "
+                        "use another --dir, or the recipe it was created with")
 
     @classmethod
     def open(cls, root: str | Path) -> Store:
@@ -426,7 +438,7 @@ class Store:
         """Journal the end of the claim a reclaimed lease file stood for (found by its file name when its
         content is no lease), if the journal has that claim open."""
         member = info.lease.member if info.lease is not None else lease_member(info.path.name)
-        if member is None or not 0 <= member < self.recipe.population:
+        if member is None or not 0 <= member < self.population.size:
             return
         state, lease = self.population.members[member], info.lease
         if lease is None:
@@ -443,7 +455,7 @@ class Store:
 
     def _why_stale(self, info: LeaseInfo, here: Holder) -> str | None:
         lease = info.lease
-        if lease is None or not 0 <= lease.member < self.recipe.population:
+        if lease is None or not 0 <= lease.member < self.population.size:
             return NOT_A_LEASE
         if self.population.members[lease.member].interval > lease.interval:
             return "its interval is already committed"
@@ -546,6 +558,20 @@ class Store:
                 return False
             return self._append_while(Retry(worker=RETRY_WORKER), lambda: self.population.failed is not None)
 
+    def extend(self, population: int | None = None, intervals: int | None = None) -> bool:
+        """Grow the budget to `population` members and `intervals` intervals each (None: as it is now);
+        False if it is that already. Running workers see it at their next claim; finished ones do not
+        come back by themselves."""
+        with self.transaction() as current:
+            size = current.size if population is None else population
+            length = current.intervals if intervals is None else intervals
+            if size < current.size or length < current.intervals:
+                raise HoptError(f"hopt extend only grows an experiment: it has {current.size} members x "
+                                f"{current.intervals} intervals, not fewer; to run a smaller one, use a new --dir")
+            event = Extend(population=size, intervals=length, worker=EXTEND_WORKER)
+            return self._append_while(event, lambda: current.size <= size and current.intervals <= length
+                                      and (current.size, current.intervals) != (size, length))
+
     def heartbeat(self, lease: Lease) -> bool:
         """Refresh our lease's age without the lock; False once the lease is no longer ours."""
         if not self.holds(lease):
@@ -559,7 +585,7 @@ class Store:
     def _snapshot_due(self) -> bool:
         """Whether the tail since state.json (whoever wrote it) reaches the population size, or we are done."""
         pending = self.population.events - self._snapshot_events()
-        return pending >= self.recipe.population or self.population.complete
+        return pending >= self.population.size or self.population.complete
 
     def _snapshot_events(self) -> int:
         """How many events state.json reflects, read again only when its attributes changed: a stat is
