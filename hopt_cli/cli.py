@@ -18,7 +18,7 @@ import cloudpickle
 from hopt_cli import launch, schedule
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError
-from hopt_cli.experiment import SCHEMA, Best, Experiment, MemberStatus, Status
+from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
 from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
 from hopt_cli.progress import ProgressLine
@@ -317,9 +317,15 @@ def plot(root: Path, out: Path) -> None:
 @cli.command()
 @DIR
 @click.option("--member", type=int, help="Only this member's events.")
+@click.option("--interval", type=int, help="With --member: what the trainable wrote while training that interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/json-schemas.md).")
-def log(root: Path, member: int | None, as_json: bool) -> None:
+def log(root: Path, member: int | None, interval: int | None, as_json: bool) -> None:
     """The journal as readable events: claims, commits, exploits with their mutation, failures, reclaims."""
+    if interval is not None:
+        if member is None or as_json:
+            raise click.UsageError("--interval shows one member's interval: give --member too, without --json")
+        _interval_output(Experiment(root), member, interval)
+        return
     events = Experiment(root).events(member)
     if as_json:
         click.echo(json.dumps({"schema": SCHEMA, "events": [e.to_dict() for e in events]}, indent=2))
@@ -330,6 +336,27 @@ def log(root: Path, member: int | None, as_json: bool) -> None:
     for e in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
         click.echo(f"{stamp}  {e.worker or '-':<{width}}  {e.kind:<7}  {_event_text(e)}")
+
+
+def _interval_output(experiment: Experiment, member: int, interval: int) -> None:
+    """Each kept attempt's output under a line saying whose it was and how it ended."""
+    attempts = experiment.interval_logs(member, interval)
+    kept = [a for a in attempts if a.output is not None]
+    if not kept:
+        raise HoptError(_no_interval_log(member, interval, attempts))
+    for a in kept:
+        ended = f"{a.outcome}: {a.reason}" if a.reason else a.outcome
+        click.echo(f"== member {member} interval {interval}, attempt {a.attempt + 1} by {a.worker}: {ended} ==")
+        click.echo(a.output, nl=False)
+
+
+def _no_interval_log(member: int, interval: int, attempts: list[IntervalLog]) -> str:
+    where = f"member {member} interval {interval}"
+    if not attempts:
+        return f"{where} was never trained (an exploit may have jumped past it); `hopt log --member {member}` lists "                "its intervals"
+    if attempts[-1].outcome == "training":
+        return f"{where} is training now: its output is in the log of worker {attempts[-1].worker} until it ends"
+    return f"no log is kept of {where}: a log goes with its checkpoint, and this one was collected (or the "            "worker's stderr was no file); `hopt best --member` and the kept checkpoints' intervals have theirs"
 
 
 def _event_text(e: Event) -> str:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hopt_cli import history, schedule
+from hopt_cli import events, history, schedule
 from hopt_cli.errors import HoptError
 from hopt_cli.events import JournalEvent
 from hopt_cli.history import Commit, Event
@@ -22,8 +22,9 @@ from hopt_cli.population import Lineage, MemberState, Population
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.leases import Holder
-from hopt_cli.store.fsio import write_atomic
+from hopt_cli.store.fsio import read_bytes, write_atomic
 from hopt_cli.store.journal import Cursor
+from hopt_cli.store.paths import checkpoint_name
 
 SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
 
@@ -104,6 +105,20 @@ class Best:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self), "checkpoint": str(self.checkpoint)}
+
+
+@dataclass(frozen=True)
+class IntervalLog:
+    """One attempt at a member interval: who trained it, how it ended, and its output if still kept
+    (None: collected with its checkpoint, never written, or still training)."""
+
+    member: int
+    interval: int
+    attempt: int
+    worker: str | None
+    outcome: str  # committed, failed, released, reclaimed or training
+    reason: str | None
+    output: str | None
 
 
 class Experiment:
@@ -248,6 +263,21 @@ class Experiment:
             self._check_member(member)
         return [e for e in history.readable(self._journal()) if member is None or e.member == member]
 
+    def interval_logs(self, member: int, interval: int) -> list[IntervalLog]:
+        """Every attempt at `member`'s `interval`, in journal order, with the output each one kept."""
+        self._check_member(member)
+        journal = self._journal()
+        ends = {e.token: e for e in journal if isinstance(e, (events.Commit, events.LeaseEnd))}
+        attempts = []
+        for claim in journal:
+            if isinstance(claim, events.Claim) and (claim.member, claim.interval) == (member, interval):
+                end = ends.get(claim.token)
+                outcome = "training" if end is None else _OUTCOMES[type(end)]
+                path = self.store.paths.interval_log(checkpoint_name(member, interval, claim.token))
+                attempts.append(IntervalLog(member, interval, claim.attempt, claim.worker, outcome,
+                                            getattr(end, "reason", None), _read_text(path)))
+        return attempts
+
     def _check_member(self, member: int) -> None:
         size = self.population().size
         if not 0 <= member < size:
@@ -255,9 +285,19 @@ class Experiment:
 
     def _journal(self) -> list[JournalEvent]:
         """The journal's events so far, read incrementally."""
-        events, self._cursor = self.store.read_events(self._cursor)
-        self._events.extend(events)
+        new, self._cursor = self.store.read_events(self._cursor)
+        self._events.extend(new)
         return self._events
+
+
+_OUTCOMES = {events.Commit: "committed", events.Fail: "failed", events.Release: "released", events.Reclaim: "reclaimed"}
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return read_bytes(path).decode(errors="replace")
+    except FileNotFoundError:
+        return None
 
 
 def _copy_tree(source: Path, target: Path) -> None:

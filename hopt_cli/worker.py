@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hopt_cli import intervallog
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.isolation import IsolatedTrainable
 from hopt_cli.planning import plan_next
@@ -145,16 +146,16 @@ class Worker:
         if complete:
             self.store.empty_trash()
             return None
-        decision = plan.decision
-        log.info("claim member %d interval %d: %s%s %s", plan.member, decision.interval, decision.action,
-                 f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(plan.hparams))
-        return Claim(lease, decision, plan.hparams)
+        return Claim(lease, plan.decision, plan.hparams)
 
     def train_and_commit(self, claim: Claim) -> None:
         staging = self.store.paths.staging_dir(claim.lease.token)
         staging.mkdir()
         started = time.monotonic()
-        outcome, fenced = (STOPPED, False) if self.stop.requested else self._train(claim, staging)
+        if self.stop.requested:
+            outcome, fenced = STOPPED, False
+        else:
+            outcome, fenced = self._train_logged(claim, staging)
         committing = time.perf_counter()
         if outcome.error is None and not staging.is_dir():
             outcome = Outcome(None, {}, f"the trainable removed its output folder ctx.out ({staging}); "
@@ -194,6 +195,18 @@ class Worker:
         if log.isEnabledFor(logging.DEBUG):
             lock = self.store.lock
             log.debug("%s", StepTiming(step, lock.waited, lock.held, time.perf_counter() - started, time.time()))
+
+    def _train_logged(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
+        """Train, and keep what the interval wrote to our log (from its claim line on) as its own log."""
+        mark = intervallog.mark()
+        try:
+            decision = claim.decision
+            log.info("claim member %d interval %d: %s%s %s", claim.member, decision.interval, decision.action,
+                     f" from member {decision.parent}" if decision.action == "exploit" else "", _fmt(claim.hparams))
+            return self._train(claim, staging)
+        finally:
+            if mark is not None:
+                self.store.keep_interval_log(claim.lease, mark.output())
 
     def _train(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
         """Run the trainable with a heartbeat thread keeping the lease alive."""

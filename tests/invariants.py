@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hopt_cli.store import Store
+from hopt_cli.store.fsio import is_temporary
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ def check_finished_experiment(root: Path) -> Summary:
     on_disk = {p.name for p in store.paths.checkpoints.iterdir()}
     assert on_disk == referenced, f"unreferenced checkpoints left: {sorted(on_disk - referenced)}"
     assert len(on_disk) <= population.size + recipe.keep_best
+    if store.paths.interval_logs.exists():
+        kept = {p.name.removesuffix(".log") for p in store.paths.interval_logs.iterdir() if not is_temporary(p.name)}
+        assert kept <= referenced, f"interval logs left of collected checkpoints: {sorted(kept - referenced)}"
     assert not list(store.paths.leases.iterdir()), "leases left after completion"
     assert not list(store.paths.staging.iterdir()), "staging folders left after completion"
     count = Counter(e["type"] for e in events)

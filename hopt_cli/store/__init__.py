@@ -29,7 +29,7 @@ from hopt_cli.population import MemberState, Population
 from hopt_cli.recipe import FORMAT, Recipe
 from hopt_cli.store import snapshot
 from hopt_cli.store.fsio import (RETRIES, create_exclusive, fsync_dir, is_temporary, patience, read_bytes, retrying,
-                                touch, write_json_atomic)
+                                touch, write_atomic, write_json_atomic)
 from hopt_cli.store.journal import Cursor, Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
@@ -531,6 +531,26 @@ class Store:
         for released in before - self.population.referenced_checkpoints():
             if self._superseded(released):
                 self._discard(self.paths.checkpoint(released))
+                self.paths.interval_log(released).unlink(missing_ok=True)
+
+    def keep_interval_log(self, lease: Lease, output: bytes) -> None:
+        """Keep what `lease`'s interval wrote, under its checkpoint's name, before its commit or failure
+        names it. A log that cannot be written costs the log only, never the interval."""
+        path = self.paths.interval_log(checkpoint_name(lease.member, lease.interval, lease.token))
+        try:
+            path.parent.mkdir(exist_ok=True)
+            write_atomic(path, output, sync_dir=False)
+        except OSError as err:
+            self._note(f"could not keep the log of member {lease.member} interval {lease.interval} in {path} "
+                       f"({err.strerror}); the worker's log has its output")
+
+    def interval_logs(self, member: int, interval: int) -> list[Path]:
+        """The kept logs of `member`'s `interval`: every attempt whose log was kept, in no particular order."""
+        prefix = checkpoint_name(member, interval, "")
+        with contextlib.suppress(FileNotFoundError):
+            return [Path(e.path) for e in os.scandir(self.paths.interval_logs)
+                    if e.name.startswith(prefix) and e.name.endswith(".log")]
+        return []
 
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""
@@ -616,6 +636,7 @@ class Store:
         drops its lease), and an entry is kept if either still wants it.
         """
         moved = 0
+        self._drop_interval_logs()
         candidates = self._unwanted(live)
         if candidates:
             leases = [info.lease for info in self.lease_infos() if info.lease is not None]
@@ -627,6 +648,17 @@ class Store:
                         os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
                         moved += 1
         return moved
+
+    def _drop_interval_logs(self) -> None:
+        """Delete the logs of intervals whose member has moved past them, except the referenced checkpoints':
+        a log is kept while its checkpoint is, and a failed attempt's until its member trains that interval."""
+        referenced = self.population.referenced_checkpoints()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.paths.interval_logs):
+                name = entry.name.removesuffix(".log")
+                if entry.name.endswith(".log") and name not in referenced and self._superseded(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
     def _wanted(self, live: list[Lease]) -> set[str]:
         """Names of checkpoints and staging folders in use: referenced, resumed or trained by an open
@@ -668,7 +700,7 @@ class Store:
         """
         now = touch(self.paths.clock)
         old = self.recipe.lease.timeout
-        for folder in (self.paths.root, self.paths.leases, self.paths.slurm):
+        for folder in (self.paths.root, self.paths.leases, self.paths.slurm, self.paths.interval_logs):
             with contextlib.suppress(FileNotFoundError):
                 for entry in os.scandir(folder):
                     if not is_temporary(entry.name):

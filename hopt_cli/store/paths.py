@@ -81,6 +81,11 @@ class ExperimentPaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @cached_property
+    def interval_logs(self) -> Path:
+        """One log per trained interval, named like its checkpoint and kept while it is (made when needed)."""
+        return self.logs / "members"
+
     @property
     def slurm(self) -> Path:
         """What `hopt slurm` writes: the worker array's sbatch script."""
@@ -131,3 +136,7 @@ class ExperimentPaths:
 
     def log(self, worker: str) -> Path:
         return self.logs / f"{safe_name(worker)}.log"
+
+    def interval_log(self, name: str) -> Path:
+        """The output of the interval whose checkpoint is (or would have been) `name`."""
+        return self.interval_logs / f"{safe_name(name)}.log"

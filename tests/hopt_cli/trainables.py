@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,3 +167,19 @@ def reports_devices(ctx: Any) -> dict[str, Any]:
             time.sleep(0.01)
     return {**pbt_quadratic(ctx), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
+
+
+def talks(ctx: Any) -> dict[str, float]:
+    """T1 that says which member interval it trains in every way a trainable writes: Python's print to
+    stdout and stderr, the file descriptor itself (as C code does), and a child process; member 2's
+    interval 1 then fails once (HOPT_TEST_MARKER marks that it did)."""
+    tag = f"member {ctx.member} interval {ctx.interval}"
+    print(f"print says {tag}", flush=True)
+    print(f"stderr says {tag}", file=sys.stderr, flush=True)
+    os.write(2, f"fd 2 says {tag}\n".encode())
+    subprocess.run(["echo", f"a child says {tag}"], check=True)
+    marker = Path(os.environ["HOPT_TEST_MARKER"])
+    if (ctx.member, ctx.interval) == (2, 1) and not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"boom in {tag}")
+    return pbt_quadratic(ctx)
