@@ -15,7 +15,7 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import launch, schedule
+from hopt_cli import launch, schedule, tensorboard
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
@@ -312,6 +312,20 @@ def plot(root: Path, out: Path) -> None:
 
     for path in draw(Experiment(root), out):
         click.echo(path)
+
+
+@cli.command("tensorboard")
+@DIR
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The TensorBoard log directory (one run per member); exporting again appends what is new.")
+def tensorboard_command(root: Path, out: Path) -> None:
+    """Export every member's metrics, hyperparameters and exploits per interval for `tensorboard --logdir OUT`."""
+    done = tensorboard.export(root, out)
+    if done.points:
+        click.echo(f"exported {done.points} points ({done.events} new journal events) to {len(done.updated)} of "
+                   f"{len(done.runs)} runs in {out}; view them: tensorboard --logdir {out}")
+    else:
+        click.echo(f"{out} is up to date ({len(done.runs)} runs); view them: tensorboard --logdir {out}")
 
 
 @cli.command()
