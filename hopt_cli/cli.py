@@ -17,7 +17,7 @@ import cloudpickle
 
 from hopt_cli import launch, schedule, tensorboard
 from hopt_cli.doctor import diagnose
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
 from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
@@ -62,10 +62,13 @@ def init(recipe: Path, root: Path) -> None:
 @click.option("--preempt-signal", type=click.Choice(["USR1", "USR2"], case_sensitive=False), default="USR1",
               show_default=True, help="The preemption signal (sbatch --signal=B:USR1@GRACE sends it).")
 @click.option("--verbose", is_flag=True, help="Also log what each claim and commit cost: lock wait and hold.")
+@click.option("--workers", "count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Run this many worker processes, <name>-0 .. <name>-K-1, one per GPU of CUDA_VISIBLE_DEVICES "
+                   "(a SLURM task's allocation), each with a log of its own; signals reach them all.")
 @click.option("--trainable-from-stdin", "piped", is_flag=True, hidden=True,
               help="Read the trainable, pickled by hopt_cli.run(), from standard input.")
 def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, preempt_signal: str,
-           verbose: bool, piped: bool) -> None:
+           verbose: bool, count: int, piped: bool) -> None:
     """Train intervals until the experiment is complete; SIGTERM or the preemption signal stop it at once."""
     env = SlurmEnvironment.from_env()
     if requeue_ and env.requeue_target is None:
@@ -76,7 +79,11 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     name = name or env.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     _log_to_stderr(name, logging.DEBUG if verbose else logging.INFO)
     log = logging.getLogger("hopt")
-    signals = StopSignals(signal.Signals[f"SIG{preempt_signal.upper()}"])
+    preemption = signal.Signals[f"SIG{preempt_signal.upper()}"]
+    if count > 1:
+        _worker_group(store, name, count, preemption, trainable, requeue_, env)
+        return
+    signals = StopSignals(preemption)
     signals.install()
     try:
         report = Worker(store, name, stop=signals, trainable=trainable).run()
@@ -90,9 +97,31 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
         requeue(env)
 
 
+def _worker_group(store: Store, name: str, count: int, preemption: signal.Signals, trainable: Any,
+                  requeue_: bool, env: SlurmEnvironment) -> None:
+    """`hopt worker --workers K`: K workers in this process's place, requeued once if preempted with work left."""
+    log = logging.getLogger("hopt")
+    result = launch.run_task(store, name, count, preemption, trainable)
+    if result.interrupted:
+        how = f"stopped by {result.interrupted.name}"
+    else:
+        how = "experiment complete" if result.complete else "workers ended"
+    log.info("%s: %s", how, ", ".join(f"{n} exit {c}" for n, c in result.exit_codes.items()))
+    if result.failed:
+        raise ExperimentFailed(result.failed)
+    if result.interrupted == preemption and requeue_ and not result.complete:
+        log.info("preempted with work left: requeueing SLURM job %s", env.requeue_target)
+        requeue(env)
+    elif not result.interrupted and not result.complete:
+        bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
+        raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
+
+
 @cli.command()
 @DIR
-@click.option("--array", required=True, type=int, help="Worker tasks in the array (one worker each).")
+@click.option("--array", required=True, type=int, help="Worker tasks in the array.")
+@click.option("--workers-per-task", "per_task", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Workers in each task, one per GPU it is allocated (e.g. with --gres gpu:4).")
 @click.option("--parallel", "parallelism", type=int, help="At most this many tasks at once (sbatch's %k).")
 @click.option("--partition", help="sbatch --partition.")
 @click.option("--time", "time_limit", help="sbatch --time per task, e.g. 04:00:00.")
@@ -111,15 +140,15 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
 @click.option("--requeue/--no-requeue", "requeue_", default=True, show_default=True,
               help="Preempted workers requeue their own task while work remains.")
 @click.option("--submit", "submit_", is_flag=True, help="Submit the script with sbatch and print the job id.")
-def slurm(root: Path, array: int, parallelism: int | None, partition: str | None, time_limit: str | None,
-          gres: str | None, cpus_per_task: int | None, mem: str | None, grace: int, job_name: str | None,
-          extra: tuple[str, ...], setup: tuple[str, ...], command: str | None, requeue_: bool,
+def slurm(root: Path, array: int, per_task: int, parallelism: int | None, partition: str | None,
+          time_limit: str | None, gres: str | None, cpus_per_task: int | None, mem: str | None, grace: int,
+          job_name: str | None, extra: tuple[str, ...], setup: tuple[str, ...], command: str | None, requeue_: bool,
           submit_: bool) -> None:
     """Write D/slurm/worker.sbatch for a worker array (and submit it): requeue, appended logs, preemption."""
     store = Store.open(root)  # every task opens it: refuse a --dir that is not an experiment now, not in the queue
     project = Path(store.recipe.project) if store.recipe.project else None
     options = SbatchOptions(root, array, parallelism, partition, time_limit, gres, cpus_per_task, mem, grace,
-                            job_name, extra, setup, command or worker_command(), requeue_, project)
+                            job_name, extra, setup, command or worker_command(), requeue_, project, per_task)
     script = write_sbatch(options)
     click.echo(f"wrote {script}; logs go to {options.paths.slurm_log_pattern}", err=True)
     if submit_:

@@ -7,6 +7,7 @@ never through the experiment directory. experiment.yaml names it as `module:func
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -20,11 +21,12 @@ from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import choose_gpus, run_local
+from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, run_local
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import Context, load_trainable
 
+log = logging.getLogger("hopt")
 RecipeSource = str | os.PathLike | Mapping[str, Any] | Recipe
 Trainable = Callable[[Context], Any]
 
@@ -88,6 +90,20 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
         bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
         raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
     return Experiment(dir)
+
+
+def run_task(store: Store, name: str, workers: int, preemption: signal.Signals,
+             trainable: Trainable | None = None) -> RunResult:
+    """`workers` worker processes for one SLURM task (`hopt worker --workers K`): worker k is `<name>-<k>`
+    with a log of its own, on the k-th of the task's GPUs (CUDA_VISIBLE_DEVICES) when it has some, with
+    its share of the task's cores; a stop or the preemption signal is passed on to all of them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    devices = choose_gpus("all", visible, _cuda_devices) if visible else None
+    names = [f"{name}-{index}" for index in range(workers)]
+    on = f" on GPUs {','.join(devices)}" if devices else ""
+    log.info("starting %d workers%s: %s (logs in %s)", workers, on, ", ".join(names), store.paths.logs)
+    stops = tuple(dict.fromkeys((*FORWARDED, preemption)))
+    return run_local(store, workers, lambda done, total, note: None, log.info, trainable, devices, names, stops)
 
 
 def _cuda_devices() -> int:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -47,9 +47,10 @@ def worker_environment(workers: int, gpu: str | None = None) -> dict[str, str]:
     the worker's GPU (`gpu`) as the only one it sees.
 
     Each worker gets cores / workers threads for OpenMP and BLAS (torch, numpy): N processes each
-    spinning on every core are many times slower than N processes with their own share.
+    spinning on every core are many times slower than N processes with their own share. The cores are
+    those this process may run on (a SLURM task's allocation), not all of the machine's.
     """
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    threads = str(max(1, _cores() // workers))
     environment = {**{name: threads for name in THREAD_VARIABLES}, **os.environ}
     return environment if gpu is None else {**environment, "CUDA_VISIBLE_DEVICES": gpu}
 
@@ -77,6 +78,13 @@ def choose_gpus(spec: str, visible: str | None, count: Callable[[], int]) -> lis
     return [shown[int(d)] for d in asked]
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def worker_names(workers: int) -> list[str]:
     """Names unique to this run (a worker of an earlier run may still hold a lease under its name)."""
     return [f"local-{os.getpid()}-{index}" for index in range(workers)]
@@ -85,7 +93,8 @@ def worker_names(workers: int) -> list[str]:
 class RunnerSignals:
     """Counts the stop signals the runner receives; the handler only records, the loop acts."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: Sequence[signal.Signals] = FORWARDED) -> None:
+        self.signals = tuple(signals)
         self.first: signal.Signals | None = None
         self.count = 0
 
@@ -95,7 +104,7 @@ class RunnerSignals:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[RunnerSignals]:
-        previous = {signum: signal.signal(signum, self.handle) for signum in FORWARDED}
+        previous = {signum: signal.signal(signum, self.handle) for signum in self.signals}
         try:
             yield self
         finally:
@@ -105,13 +114,15 @@ class RunnerSignals:
 
 def run_local(store: Store, workers: int, progress: Callable[[int, int, str], None],
               say: Callable[[str], None], trainable: Callable[..., Any] | None = None,
-              gpus: list[str] | None = None) -> RunResult:
+              gpus: list[str] | None = None, names: list[str] | None = None,
+              stops: Sequence[signal.Signals] = FORWARDED) -> RunResult:
     """Start `workers` worker processes (running `trainable` instead of the recipe's, if given; worker i
-    on GPU gpus[i % len(gpus)], if given) and wait for them; a stop signal is passed on to them."""
+    on GPU gpus[i % len(gpus)], if given; named `names`, by default unique to this run) and wait for
+    them; a stop signal (one of `stops`) is passed on to them."""
     payload = cloudpickle.dumps(trainable) if trainable is not None else None
-    signals = RunnerSignals()
+    signals = RunnerSignals(stops)
     with signals.installed():
-        processes = _start(store, workers, payload, gpus or [])
+        processes = _start(store, names or worker_names(workers), payload, gpus or [])
         try:
             _wait(store, processes, progress, signals)
             if signals.count:
@@ -126,12 +137,12 @@ def run_local(store: Store, workers: int, progress: Callable[[int, int, str], No
                      {name: p.returncode for name, p in processes.items()})
 
 
-def _start(store: Store, workers: int, payload: bytes | None, gpus: list[str]) -> dict[str, subprocess.Popen]:
+def _start(store: Store, names: list[str], payload: bytes | None, gpus: list[str]) -> dict[str, subprocess.Popen]:
     processes: dict[str, subprocess.Popen] = {}
     runner = os.getpid()
     try:
-        for index, name in enumerate(worker_names(workers)):
-            environment = worker_environment(workers, gpus[index % len(gpus)] if gpus else None)
+        for index, name in enumerate(names):
+            environment = worker_environment(len(names), gpus[index % len(gpus)] if gpus else None)
             with open(store.paths.log(name), "ab") as log:
                 process = processes[name] = subprocess.Popen(
                     worker_command(store.paths.root, name, payload is not None),

@@ -92,6 +92,7 @@ class SbatchOptions:
     command: str = "hopt worker"
     requeue: bool = False
     project: Path | None = None  # the tasks' working directory (--chdir): where the trainable is imported from
+    workers_per_task: int = 1  # `hopt worker --workers K`: one per GPU of the task
 
     def __post_init__(self) -> None:
         # Absolute and normalised: the script runs in whatever directory sbatch was called from.
@@ -105,6 +106,8 @@ class SbatchOptions:
             raise HoptError(f"--array must be at least 1 (got {self.array})")
         if self.parallelism is not None and self.parallelism < 1:
             raise HoptError(f"the array parallelism (%k) must be at least 1 (got {self.parallelism})")
+        if self.workers_per_task < 1:
+            raise HoptError(f"--workers-per-task must be at least 1 (got {self.workers_per_task})")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise HoptError(f"--cpus-per-task must be at least 1 (got {self.cpus_per_task})")
         if self.time is not None and not SBATCH_TIME.fullmatch(self.time):
@@ -147,6 +150,8 @@ def render_sbatch(options: SbatchOptions) -> str:
     directives += [f"--{flag}={value}" for flag, value in optional.items() if value is not None]
     directives += options.extra
     worker = f"exec {options.command} --dir {shlex.quote(str(options.directory))}"
+    if options.workers_per_task > 1:
+        worker += f" --workers {options.workers_per_task}"
     lines = [
         "#!/bin/bash",
         f"# hopt worker array for {options.directory}, written by `hopt slurm`: write it again, don't edit.",
@@ -154,7 +159,8 @@ def render_sbatch(options: SbatchOptions) -> str:
         "",
         "set -euo pipefail",
         *options.setup,
-        "# exec: the worker replaces this shell, so SIGUSR1 from --signal=B: reaches it directly.",
+        "# exec: the worker replaces this shell, so SIGUSR1 from --signal=B: reaches it directly"
+        + (" (and it passes the signal on to its workers)." if options.workers_per_task > 1 else "."),
         worker + (" --requeue" if options.requeue else ""),
     ]
     return "\n".join(lines) + "\n"

@@ -62,6 +62,12 @@ def test_render_full_matches_golden() -> None:
     check_golden("worker_full.sbatch", render_sbatch(FULL))
 
 
+def test_render_of_a_worker_per_gpu_matches_golden() -> None:
+    options = SbatchOptions(Path("/scratch/runs/exp1"), array=2, gres="gpu:4", cpus_per_task=16, requeue=True,
+                            workers_per_task=4)
+    check_golden("worker_per_gpu.sbatch", render_sbatch(options))
+
+
 def test_render_quotes_paths_and_makes_them_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     text = render_sbatch(SbatchOptions(Path("my runs/../my exp"), array=1))
@@ -75,7 +81,7 @@ def test_render_quotes_paths_and_makes_them_absolute(tmp_path: Path, monkeypatch
 
 @pytest.mark.parametrize("kwargs", [
     {"array": 0}, {"array": 2, "parallelism": 0}, {"array": 2, "grace": 70000},
-    {"array": 2, "cpus_per_task": 0},
+    {"array": 2, "cpus_per_task": 0}, {"array": 2, "workers_per_task": 0},
     {"array": 2, "extra": ["--qos=a\necho injected"]}, {"array": 2, "setup": ["a\rb"]},
 ])
 def test_options_reject_bad_values(kwargs: dict) -> None:

@@ -112,3 +112,43 @@ def test_a_task_submitted_from_anywhere_runs_the_projects_trainable(tmp_path):
     log = Store.open(root).paths.log(f"slurm-{job}_0").read_text()
     assert "experiment complete" in log, log
     assert check_finished_experiment(root).failures == 0
+
+
+def test_a_task_of_two_workers_passes_the_preemption_to_both_and_requeues_once(tmp_path, write_recipe):
+    root, markers, go = tmp_path / "exp", tmp_path / "markers", tmp_path / "go"
+    markers.mkdir()
+    recipe = toy_recipe(population=4, intervals=3, worker="tests.hopt_cli.trainables:waits_for_go")
+    assert hopt("init", str(write_recipe(recipe)), "--dir", str(root)).returncode == 0
+    store = Store.open(root)
+    allocation = f"export CUDA_VISIBLE_DEVICES=0,1 HOPT_TEST_MARKER={shlex.quote(str(markers))} " \
+                 f"HOPT_TEST_GO={shlex.quote(str(go))}"  # as SLURM sets it for --gres=gpu:2
+
+    submitted = hopt("slurm", "--dir", str(root), "--array", "1", "--workers-per-task", "2", "--time", "00:10:00",
+                     "--setup", f"cd {shlex.quote(str(REPO))}", "--setup", allocation,
+                     "--command", f"{shlex.quote(sys.executable)} -m hopt_cli worker", "--submit")
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    task = f"{job}_0"
+    workers = [f"slurm-{task}-0", f"slurm-{task}-1"]
+    try:
+        announced = lambda: [p for p in markers.iterdir() if not p.name.startswith(".")]  # noqa: E731
+        wait_for(lambda: len(announced()) == 2, 60, "both workers of the task inside an interval", poll=0.05)
+        run("scancel", "--batch", "--signal=USR1", task)  # what --signal=B:USR1@grace does before the limit
+        wait_for(lambda: "requeueing SLURM job" in store.paths.log(f"slurm-{task}").read_text(), 60,
+                 "the task to requeue itself")
+        go.touch()
+        wait_for(lambda: store.sync().complete, TIMEOUT, "the experiment to complete")
+        wait_until_finished(job, TIMEOUT)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+    check_finished_experiment(root)
+    log = store.paths.log(f"slurm-{task}").read_text()
+    assert log.count(f"starting 2 workers on GPUs 0,1: {', '.join(workers)}") == 2  # once more after the requeue
+    assert f"stopped by SIGUSR1: {workers[0]} exit 0, {workers[1]} exit 0" in log
+    assert log.count(f"preempted with work left: requeueing SLURM job {task}") == 1
+    assert "experiment complete" in log.rstrip().splitlines()[-1] and "Traceback" not in log
+    released = [e for e in store.read_events()[0] if e.kind == "release"]
+    assert sorted(e.worker for e in released) == workers and {e.reason for e in released} == {"stop requested"}
+    for name in workers:
+        assert "stopped by SIGTERM" in store.paths.log(name).read_text()
