@@ -535,11 +535,12 @@ class Store:
 
     def keep_interval_log(self, lease: Lease, output: bytes) -> None:
         """Keep what `lease`'s interval wrote, under its checkpoint's name, before its commit or failure
-        names it. A log that cannot be written costs the log only, never the interval."""
+        names it. A log that cannot be written (or that a power cut empties) costs the log only, never
+        the interval."""
         path = self.paths.interval_log(checkpoint_name(lease.member, lease.interval, lease.token))
         try:
             path.parent.mkdir(exist_ok=True)
-            write_atomic(path, output, sync_dir=False)
+            write_atomic(path, output, sync_dir=False, durable=False)
         except OSError as err:
             self._note(f"could not keep the log of member {lease.member} interval {lease.interval} in {path} "
                        f"({err.strerror}); the worker's log has its output")
