@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from hopt_cli.trainable import Context
+from tests.conftest import REPO
+from tests.invariants import check_finished_experiment
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +41,32 @@ def make_ctx(tmp_path: Path) -> Callable[..., Context]:
                        steps=steps, member=member, seed=seed, should_stop=should_stop)
 
     return make
+
+
+def chain(train: Callable[[Context], dict[str, Any]], make_ctx: Callable[..., Context], hparams: dict[str, Any],
+          intervals: int, steps: int, parent: Path | None = None, member: int = 0,
+          seed: int = 0) -> tuple[dict[str, Any], Path | None]:
+    """Chain `intervals` intervals of `train` from `parent`; return (last metrics, last checkpoint folder)."""
+    metrics: dict[str, Any] = {}
+    for i in range(intervals):
+        ctx = make_ctx(hparams, parent=parent, steps=steps, member=member, seed=seed, interval=i)
+        metrics = train(ctx)
+        parent = ctx.out
+    return metrics, parent
+
+
+def short_pbt(tmp_path: Path, recipe: str, **sizes: int) -> Path:
+    """`hopt run` of recipes/RECIPE at `sizes` with 2 workers, checked to complete with every invariant
+    and no failure; returns the experiment directory."""
+    data = yaml.safe_load((REPO / "recipes" / recipe).read_text())
+    data.update(sizes)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
+    root = tmp_path / "exp"
+    result = subprocess.run([sys.executable, "-m", "hopt_cli", "run", str(tmp_path / "recipe.yaml"), "--dir", str(root),
+                             "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + "".join(p.read_text() for p in (root / "logs").glob("*.log"))
+    assert check_finished_experiment(root).failures == 0
+    return root
 
 
 def load_state(folder: Path) -> dict[str, Any]:

@@ -2,30 +2,20 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-import yaml
 
 from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import load_recipe
 from tests.conftest import REPO
-from tests.invariants import check_finished_experiment
-from tests.workers.conftest import assert_same_tensors, load_state
+from tests.workers.conftest import assert_same_tensors, chain, load_state, short_pbt
 from workers import charlm
 from workers.torch_common import load_checkpoint
 
 
 def _train(make_ctx, hparams, intervals, steps=40, parent=None, member=0, seed=0):
-    """Chain `intervals` intervals from `parent`; return (last metrics, last checkpoint folder)."""
-    metrics = {}
-    for i in range(intervals):
-        ctx = make_ctx(hparams, parent=parent, steps=steps, member=member, seed=seed, interval=i)
-        metrics = charlm.train_interval(ctx)
-        parent = ctx.out
-    return metrics, parent
+    return chain(charlm.train_interval, make_ctx, hparams, intervals, steps, parent, member, seed)
 
 
 def test_the_splits_are_disjoint_blocks_of_the_whole_text():
@@ -104,15 +94,7 @@ def test_the_shipped_recipe_validates():
 
 
 def test_a_short_pbt_experiment_runs_through_hopt_run(tmp_path):
-    recipe = yaml.safe_load((REPO / "recipes" / "charlm.yaml").read_text())
-    recipe.update(population=3, intervals=2, steps=3)
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    root = short_pbt(tmp_path, "charlm.yaml", population=3, intervals=2, steps=3)
 
-    result = subprocess.run([sys.executable, "-m", "hopt_cli", "run", str(tmp_path / "recipe.yaml"),
-                             "--dir", str(tmp_path / "exp"), "--workers", "2"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-
-    assert result.returncode == 0, result.stderr + "".join(p.read_text() for p in (tmp_path / "exp" / "logs").iterdir())
-    assert check_finished_experiment(tmp_path / "exp").failures == 0
-    best = Experiment(tmp_path / "exp").best()
+    best = Experiment(root).best()
     assert {"val_bpc", "test_bpc"} <= set(best.metrics)

@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.workers.conftest import assert_same_tensors, load_state
+from tests.workers.conftest import assert_same_tensors, chain, load_state
 from workers import digits
 from workers.torch_common import ShuffledBatches, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def _train(make_ctx, hparams, intervals, steps=100, parent=None, member=0):
-    """Chain `intervals` intervals from `parent`; return (last metrics, last checkpoint folder)."""
-    metrics = {}
-    for i in range(intervals):
-        ctx = make_ctx(hparams, parent=parent, steps=steps, member=member, interval=i)
-        metrics = digits.train_interval(ctx)
-        parent = ctx.out
-    return metrics, parent
+    return chain(digits.train_interval, make_ctx, hparams, intervals, steps, parent, member)
 
 
 # The learning bounds below leave a wide margin to what kernels and thread counts change: over seeds

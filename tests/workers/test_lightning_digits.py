@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import torch
-import yaml
 
 from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import load_recipe
 from tests.conftest import REPO
-from tests.invariants import check_finished_experiment
-from tests.workers.conftest import assert_same_tensors
+from tests.workers.conftest import assert_same_tensors, chain, short_pbt
 from workers import lightning_digits
 
 GOOD = {"lr": 0.05, "momentum": 0.9, "dropout": 0.1}
@@ -28,13 +24,7 @@ def _momentum(checkpoint):
 
 
 def _train(make_ctx, hparams, intervals, steps, parent=None, member=0):
-    """Chain `intervals` intervals from `parent`; return (last metrics, last checkpoint folder)."""
-    metrics = {}
-    for i in range(intervals):
-        ctx = make_ctx(hparams, parent=parent, steps=steps, member=member, interval=i)
-        metrics = lightning_digits.train_interval(ctx)
-        parent = ctx.out
-    return metrics, parent
+    return chain(lightning_digits.train_interval, make_ctx, hparams, intervals, steps, parent, member)
 
 
 def test_mutated_hparams_win_over_the_restored_checkpoint(make_ctx):
@@ -112,18 +102,9 @@ def test_the_shipped_recipe_validates():
 
 
 def test_a_short_pbt_experiment_runs_through_hopt_run(tmp_path):
-    recipe = yaml.safe_load((REPO / "recipes" / "lightning-digits.yaml").read_text())
-    recipe.update(population=4, intervals=3, steps=40)
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    root = short_pbt(tmp_path, "lightning-digits.yaml", population=4, intervals=3, steps=40)
 
-    result = subprocess.run([sys.executable, "-m", "hopt_cli", "run", str(tmp_path / "recipe.yaml"),
-                             "--dir", str(tmp_path / "exp"), "--workers", "2"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-
-    assert result.returncode == 0, result.stderr + "".join(p.read_text() for p in (tmp_path / "exp" / "logs").iterdir())
-    summary = check_finished_experiment(tmp_path / "exp")
-    assert summary.failures == 0
-    best = Experiment(tmp_path / "exp").best()
+    best = Experiment(root).best()
     assert (best.checkpoint / lightning_digits.CHECKPOINT).is_file()
     # The best score is at least the best first interval's, which scheduling cannot change (each
     # member's hparams and seed come from the recipe's seed): 0.642 under ATEN_CPU_CAPABILITY default,
