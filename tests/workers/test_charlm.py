@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from hopt_cli.experiment import Experiment
@@ -11,7 +10,6 @@ from hopt_cli.recipe import load_recipe
 from tests.conftest import REPO
 from tests.workers.conftest import assert_same_tensors, chain, load_state, short_pbt
 from workers import charlm
-from workers.torch_common import load_checkpoint
 
 
 def _train(make_ctx, hparams, intervals, steps=40, parent=None, member=0, seed=0):
@@ -66,25 +64,6 @@ def test_an_exploit_by_another_member_draws_fresh_dropout_noise(make_ctx):
     _, other = _train(make_ctx, hp, intervals=1, steps=4, parent=parent, member=1)
     assert_same_tensors(load_state(same)["model"], load_state(again)["model"])
     assert not torch.equal(load_state(same)["model"]["out.weight"], load_state(other)["model"]["out.weight"])
-
-
-def test_hparams_changed_between_intervals_are_applied(make_ctx):
-    _, parent = _train(make_ctx, {"lr": 1e-2}, intervals=1, steps=2)
-    _, child = _train(make_ctx, {"lr": 1e-3, "weight_decay": 3e-2}, intervals=1, steps=2, parent=parent)
-    group = load_state(child)["optimizer"]["param_groups"][0]
-    assert (group["lr"], group["weight_decay"]) == (1e-3, 3e-2)
-
-
-def test_should_stop_ends_the_interval_after_the_current_step(make_ctx):
-    ctx = make_ctx(steps=100, should_stop=lambda: True)
-    metrics = charlm.train_interval(ctx)
-    assert metrics["step"] == 1 and math.isfinite(metrics["val_bpc"])
-    assert load_checkpoint(ctx.out)["step"] == 1
-
-
-def test_unknown_hparam_is_a_clear_error(make_ctx):
-    with pytest.raises(ValueError, match="learning_rate"):
-        charlm.train_interval(make_ctx({"learning_rate": 0.1}))
 
 
 def test_the_shipped_recipe_validates():

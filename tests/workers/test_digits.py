@@ -5,7 +5,6 @@ import math
 import random
 
 import numpy as np
-import pytest
 import torch
 
 from tests.workers.conftest import assert_same_tensors, chain, load_state
@@ -61,25 +60,6 @@ def test_an_exploit_by_another_member_draws_fresh_noise(make_ctx):
     assert_same_tensors(load_state(same)["model"], load_state(again)["model"])
     assert not torch.equal(load_state(same)["model"]["fc2.weight"], load_state(other)["model"]["fc2.weight"])
     assert load_state(other)["member"] == 1
-
-
-def test_hparams_changed_between_intervals_are_applied(make_ctx):
-    _, parent = _train(make_ctx, {"lr": 0.05}, intervals=1, steps=5)
-    _, child = _train(make_ctx, {"lr": 0.01, "weight_decay": 3e-3}, intervals=1, steps=5, parent=parent)
-    group = load_state(child)["optimizer"]["param_groups"][0]
-    assert (group["lr"], group["weight_decay"]) == (0.01, 3e-3)
-
-
-def test_should_stop_ends_the_interval_after_the_current_step(make_ctx):
-    ctx = make_ctx(steps=100, should_stop=lambda: True)
-    metrics = digits.train_interval(ctx)
-    assert metrics["step"] == 1 and math.isfinite(metrics["val_acc"])
-    assert load_checkpoint(ctx.out)["step"] == 1
-
-
-def test_unknown_hparam_is_a_clear_error(make_ctx):
-    with pytest.raises(ValueError, match="learning_rate"):
-        digits.train_interval(make_ctx({"learning_rate": 0.1}))
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
