@@ -17,7 +17,7 @@ import cloudpickle
 
 from hopt_cli import launch, schedule, tensorboard
 from hopt_cli.doctor import diagnose
-from hopt_cli.errors import ExperimentFailed, HoptError
+from hopt_cli.errors import HoptError
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
 from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
@@ -107,14 +107,10 @@ def _worker_group(store: Store, name: str, count: int, preemption: signal.Signal
     else:
         how = "experiment complete" if result.complete else "workers ended"
     log.info("%s: %s", how, ", ".join(f"{n} exit {c}" for n, c in result.exit_codes.items()))
-    if result.failed:
-        raise ExperimentFailed(result.failed)
+    launch.check_ended(store, result)
     if result.interrupted == preemption and requeue_ and not result.complete:
         log.info("preempted with work left: requeueing SLURM job %s", env.requeue_target)
         requeue(env)
-    elif not result.interrupted and not result.complete:
-        bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
-        raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
 
 
 @cli.command()

@@ -84,12 +84,17 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
         stopped = Interrupted(result.interrupted)
         line.say(str(stopped))
         raise stopped
+    check_ended(store, result)
+    return Experiment(dir)
+
+
+def check_ended(store: Store, result: RunResult) -> None:
+    """Raise ExperimentFailed if the experiment failed, or its workers ended unasked before it was complete."""
     if result.failed:
         raise ExperimentFailed(result.failed)
-    if not result.complete:
+    if not result.complete and not result.interrupted:
         bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
         raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
-    return Experiment(dir)
 
 
 def run_task(store: Store, name: str, workers: int, preemption: signal.Signals,

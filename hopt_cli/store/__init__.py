@@ -545,14 +545,6 @@ class Store:
             self._note(f"could not keep the log of member {lease.member} interval {lease.interval} in {path} "
                        f"({err.strerror}); the worker's log has its output")
 
-    def interval_logs(self, member: int, interval: int) -> list[Path]:
-        """The kept logs of `member`'s `interval`: every attempt whose log was kept, in no particular order."""
-        prefix = checkpoint_name(member, interval, "")
-        with contextlib.suppress(FileNotFoundError):
-            return [Path(e.path) for e in os.scandir(self.paths.interval_logs)
-                    if e.name.startswith(prefix) and e.name.endswith(".log")]
-        return []
-
     def fail(self, lease: Lease, error: str, staging: Path) -> bool:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""
         self._discard(staging)
