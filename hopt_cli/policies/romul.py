@@ -28,7 +28,6 @@ class Romul:
     sigma_min: float = 0.005
     sigma_max: float = 0.5
     ready: int = 2
-    window: int = 2
     quantile: float = 0.375  # tuned from 0.25 (benchmarks/results/tuning-log.md)
     F: float = 0.5
     resample: float = 0.2
@@ -42,7 +41,7 @@ class Romul:
     de_move: bool = True  # step 7 (off: PBT's x0.8 / x1.2 perturbation or resampling)
 
     def explorer_count(self, size: int) -> int:
-        return max(1, round(self.explorers * size)) if self.explorers > 0 else 0
+        return round(self.explorers * size)
 
     def decide(self, view: PopulationView, member: int, space: SearchSpace, rng: np.random.Generator) -> Decision:
         me = view.members[member]
@@ -67,7 +66,7 @@ class Romul:
     def _score(self, peer: MemberView, t: int) -> float:
         """Steps 3-4: the lineage's mean over the last `ready` intervals, at training time `t`."""
         at = t if self.equal_time else len(peer.scores)
-        return peer.robust_at(at, self.window if self.robust else 1)
+        return peer.robust_at(at, self.ready if self.robust else 1)
 
     def _select(self, me: MemberView, found: list[MemberView], score: dict[int, float],
                 rng: np.random.Generator) -> MemberView | None:
