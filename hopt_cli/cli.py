@@ -480,7 +480,8 @@ def _log_to_stderr(name: str, level: int) -> None:
 
 
 def main() -> None:
-    """Entry point: a user's mistake is one line on stderr and its exit status, never a traceback."""
+    """Entry point: every error is one line on stderr, never a traceback; the exit status says its kind
+    (2: the user's input or usage, 1: a runtime failure, 130: stopped by a signal)."""
     try:
         cli.main(prog_name="hopt", standalone_mode=False)
     except click.exceptions.Abort:

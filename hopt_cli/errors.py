@@ -1,20 +1,30 @@
-"""hopt's error types: one root, so only the CLI decides how an error becomes an exit status."""
+"""hopt's error types: one root, so only the CLI decides how an error becomes an exit status.
+
+The class says the status, as click's do: a plain `HoptError` is a mistake in what the user typed or
+chose (a recipe, an option, a directory) and exits 2; a `RuntimeFailure` is something that failed while
+hopt ran (a file of the experiment, the lock, SLURM, the filesystem, the experiment itself) and exits 1.
+Either way the CLI prints one line on stderr, never a traceback.
+"""
 from __future__ import annotations
 
 
 class HoptError(Exception):
-    """A problem the user can fix; the CLI prints it on one line and exits 2."""
+    """A problem in the user's input (recipe, command line, directory); the CLI prints it on one line and exits 2."""
 
     exit_code = 2
 
 
-class ExperimentFailed(HoptError):
-    """The experiment cannot go on (a member kept failing); the CLI exits 1."""
+class RuntimeFailure(HoptError):
+    """Something failed that the user did not type: running again may work once the cause is fixed. Exit 1."""
 
     exit_code = 1
 
 
-class CorruptFile(HoptError):
+class ExperimentFailed(RuntimeFailure):
+    """The experiment cannot go on (a member kept failing, workers stopped before it was complete)."""
+
+
+class CorruptFile(RuntimeFailure):
     """A file of the experiment directory cannot be read; names the file and what to do."""
 
     def __init__(self, path: object, problem: str, fix: str) -> None:
@@ -31,10 +41,8 @@ class RecipeError(HoptError):
         self.problem = problem
 
 
-class FilesystemError(HoptError):
-    """The shared filesystem keeps failing a read (ESTALE, EIO) after retries; the CLI exits 1."""
-
-    exit_code = 1
+class FilesystemError(RuntimeFailure):
+    """The shared filesystem keeps failing a read (ESTALE, EIO) after retries."""
 
     def __init__(self, path: object, problem: str, attempts: int) -> None:
         super().__init__(f"{path}: {problem} ({attempts} times in a row): the shared filesystem is failing; "
@@ -42,10 +50,17 @@ class FilesystemError(HoptError):
         self.path = path
 
 
-class LockNotExclusive(HoptError):
-    """Our journal appends keep reading back void: others write while we hold the lock. Exit 1."""
+class LockTimeout(RuntimeFailure, TimeoutError):
+    """The experiment lock could not be taken in time; carries the lock file's path."""
 
-    exit_code = 1
+    def __init__(self, path: object, timeout: float) -> None:
+        super().__init__(f"{path}: could not take the experiment lock in {timeout:.0f} s; "
+                         "a process may hang inside a critical section (check `hopt status`)")
+        self.path = path
+
+
+class LockNotExclusive(RuntimeFailure):
+    """Our journal appends keep reading back void: others write while we hold the lock."""
 
     def __init__(self, path: object, conflicts: int, lock: str) -> None:
         fix = ("use `lock: hardlink` (in the recipe, or in experiment.yaml while no worker runs)" if lock == "flock"
@@ -54,3 +69,7 @@ class LockNotExclusive(HoptError):
                          f"not read, although we held the {lock} lock: it does not exclude on this filesystem; "
                          f"{fix}; `hopt doctor --dir D` tests it. The experiment is intact: void events count for nobody")
         self.path = path
+
+
+class SlurmFailed(RuntimeFailure):
+    """A SLURM command (sbatch, scontrol) is missing, got no answer, or failed; names what to do instead."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import HoptError, LockTimeout
 from hopt_cli.store.fsio import touch
 from hopt_cli.store.leases import Holder
 from hopt_cli.store.mounts import flock_problem
@@ -40,15 +40,6 @@ STALE_SECONDS = 15.0  # a hard-link lock this old is broken: critical sections t
 # that only stalled and overlaps with the next has its late events voided by the journal's sequence numbers
 
 log = logging.getLogger("hopt")
-
-
-class LockTimeout(HoptError):
-    """The lock could not be taken in time; carries the lock file's path."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__(f"{path}: could not take the experiment lock in {timeout:.0f} s; "
-                         "a process may hang inside a critical section (check `hopt status`)")
-        self.path = path
 
 
 class ExperimentLock:

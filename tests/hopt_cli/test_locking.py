@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from hopt_cli.store import locking
+import hopt_cli.store
+from hopt_cli import cli
+from hopt_cli.errors import LockTimeout
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store, locking
 from hopt_cli.store.leases import Holder
-from hopt_cli.store.locking import HardLinkLock, LockTimeout, abandoned_claims, make_lock
+from hopt_cli.store.locking import HardLinkLock, abandoned_claims, make_lock
 from hopt_cli.store.paths import ExperimentPaths
-from tests.conftest import REPO
+from tests.conftest import REPO, toy_recipe
 
 KINDS = ("flock", "hardlink")
 
@@ -40,7 +44,8 @@ def _count(args: tuple[str, str, int]) -> None:
 
 def in_child(root: Path, kind: str, body: str, timeout: float = 0.3) -> subprocess.CompletedProcess:
     """Run `body` in another process with `lock` (of `kind`, on `root`) in scope."""
-    program = (f"from pathlib import Path\nfrom hopt_cli.store.locking import make_lock, LockTimeout\n"
+    program = (f"from pathlib import Path\nfrom hopt_cli.errors import LockTimeout\n"
+               f"from hopt_cli.store.locking import make_lock\n"
                f"from hopt_cli.store.paths import ExperimentPaths\n"
                f"lock = make_lock({kind!r}, ExperimentPaths(Path({str(root)!r})), timeout={timeout})\n{body}")
     return subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -82,6 +87,20 @@ class TestEveryLockKind:
                     pass
         assert caught.value.path.parent == tmp_path
         assert paths.hardlink_claims() == []  # the waiter that gave up left nothing behind
+
+    def test_a_timeout_stops_the_command_with_one_line_exit_1(self, tmp_path: Path, kind: str, monkeypatch,
+                                                              capsys) -> None:
+        store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(lock=kind)))
+        monkeypatch.setattr(hopt_cli.store, "make_lock",
+                            lambda lock_kind, paths: make_lock(lock_kind, paths, timeout=0.05))
+        monkeypatch.setattr(sys, "argv", ["hopt", "retry", "--dir", str(store.paths.root)])
+
+        with store.lock, pytest.raises(SystemExit) as exit:
+            cli.main()
+
+        assert exit.value.code == 1
+        assert capsys.readouterr().err == (f"hopt: error: {store.lock.path}: could not take the experiment lock in "
+                                           "0 s; a process may hang inside a critical section (check `hopt status`)\n")
 
 
 def test_a_deleted_flock_file_is_recreated(tmp_path: Path) -> None:
