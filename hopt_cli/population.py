@@ -5,7 +5,7 @@ journal order; nothing here does I/O, so the state after any prefix of the journ
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from hopt_cli.decision import Decision
@@ -322,9 +322,6 @@ class Population:
                                    dict(member.hparams), dict(member.metrics), member.lineage.copy()))
         self.best.sort(key=lambda b: -self.normalized(b.score))
         del self.best[self.keep_best:]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()}
 
 
 _HANDLERS = {

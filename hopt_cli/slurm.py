@@ -6,7 +6,6 @@ the batch shell `exec`s the worker. Nothing here trains or touches the experimen
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
@@ -19,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.store.fsio import write_atomic
 from hopt_cli.store.paths import ExperimentPaths, safe_name
 
@@ -185,7 +184,7 @@ def submit(script: Path) -> str:
                fix=f"check the #SBATCH lines of {script}, or submit it yourself: sbatch {script}")
     job_id = out.strip().split(";")[0]
     if not job_id:
-        raise HoptError(f"sbatch printed no job id for {script}; check `squeue --me` before submitting again")
+        raise SlurmFailed(f"sbatch printed no job id for {script}; check `squeue --me` before submitting again")
     return job_id
 
 
@@ -200,34 +199,33 @@ def requeue(env: SlurmEnvironment) -> None:
 
 
 def _run(argv: list[str], fix: str) -> str:
-    """Run a SLURM command and return its stdout; any failure is a HoptError naming `fix`."""
+    """Run a SLURM command and return its stdout; any failure is a SlurmFailed naming `fix`."""
     command = shlex.join(argv)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
     except FileNotFoundError:
-        raise HoptError(f"{argv[0]} not found on PATH: SLURM is not installed here; "
-                        f"run this on a SLURM login node, or {fix}") from None
+        raise SlurmFailed(f"{argv[0]} not found on PATH: SLURM is not installed here; "
+                          f"run this on a SLURM login node, or {fix}") from None
     except subprocess.TimeoutExpired:
-        raise HoptError(f"{command} got no answer in {COMMAND_TIMEOUT:.0f} s (is slurmctld up? try sinfo); "
-                        f"{fix}") from None
+        raise SlurmFailed(f"{command} got no answer in {COMMAND_TIMEOUT:.0f} s (is slurmctld up? try sinfo); "
+                          f"{fix}") from None
     if done.returncode != 0:
         stderr = "; ".join(line.strip() for line in done.stderr.splitlines() if line.strip()) or "no message"
-        raise HoptError(f"{command} failed (exit {done.returncode}): {stderr}; {fix}")
+        raise SlurmFailed(f"{command} failed (exit {done.returncode}): {stderr}; {fix}")
     return done.stdout
 
 
 class StopSignals:
     """Records which stop signal arrived (SIGTERM, SIGINT, the preemption signal); the loop acts on it.
 
-    The handler only sets state and, when a child is registered, forwards the signal to it; it never
-    does the work itself. The first signal is the one kept. Install from the main thread.
+    The handler only sets state; it never does the work itself. The first signal is the one kept.
+    Install from the main thread.
     """
 
     def __init__(self, preemption: signal.Signals = signal.SIGUSR1) -> None:
         self.preemption = preemption
         self.signals = tuple(dict.fromkeys((signal.SIGTERM, signal.SIGINT, preemption)))
         self._received: signal.Signals | None = None
-        self._child: int | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
     def install(self) -> StopSignals:
@@ -248,17 +246,10 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         self.restore()
 
-    def forward_to(self, pid: int | None) -> None:
-        """Forward later signals to this child process (a command trainable); None stops forwarding."""
-        self._child = pid
-
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        """The signal handler: remember the signal, pass it on to the child."""
+        """The signal handler: remember the signal."""
         if self._received is None:
             self._received = signal.Signals(signum)
-        if self._child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._child, signum)
 
     @property
     def requested(self) -> bool:

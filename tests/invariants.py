@@ -26,7 +26,7 @@ def check_finished_experiment(root: Path) -> Summary:
     population = store.sync()
     recipe = store.recipe
     events = store.journal.read()[0]
-    assert store.rebuild().to_dict() == population.to_dict(), "snapshot + tail differs from a full replay"
+    assert store.rebuild() == population, "snapshot + tail differs from a full replay"
 
     assert population.complete and population.failed is None
     for member in population.members:  # the budget as the journal has it: `hopt extend` may have grown it

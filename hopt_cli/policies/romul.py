@@ -112,8 +112,3 @@ def _rank_weighted(count: int, rng: np.random.Generator) -> int:
     """An index into a best-first list, drawn with weights count, count-1, ..., 1."""
     weights = np.arange(count, 0, -1, dtype=float)
     return int(rng.choice(count, p=weights / weights.sum()))
-
-
-def de() -> Romul:
-    """Differential evolution inside PBT: ROMUL with a fixed step (no step 6) and F = 0.8."""
-    return Romul(adapt=False, F=0.8)

@@ -88,7 +88,7 @@ def test_an_experiment_of_format_1_reads_with_its_old_keys(tmp_path):
     status = experiment.status()
     assert status.done == 6 and status.members[2].last_error == "metric 'score' is nan"
     assert len(experiment.history()) == 6
-    assert experiment.store.sync().to_dict() == experiment.store.rebuild().to_dict()
+    assert experiment.store.sync() == experiment.store.rebuild()
 
 
 def test_a_worker_refuses_an_experiment_of_format_1_and_writes_nothing(tmp_path):
