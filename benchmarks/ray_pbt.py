@@ -29,7 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from benchmarks.policies import REPO, SCRATCH, toy_recipe
 from benchmarks.report import Run, best_curve
-from hopt_cli.policies import trainable_seed
+from hopt_cli.seeds import trainable_seed
 from hopt_cli.space import Param
 from hopt_cli.trainable import Context, load_trainable, run_interval
 

@@ -21,6 +21,7 @@ from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.journal import Cursor
+from hopt_cli.store.paths import checkpoint_name
 from workers.noop import STATE_FILE
 
 EXPLOIT_RATE = 0.13  # share of decisions that exploit in the no-op benchmark's ROMUL runs
@@ -74,7 +75,7 @@ class _Generator:
         interval = decision.interval
         token = f"{self.count:016x}"
         self.count += 1
-        name = f"m{m:05d}-i{interval:05d}-{token}"
+        name = checkpoint_name(m, interval, token)
         self.time += 0.005
         claim = Claim(member=m, token=token, decision=decision, hparams=hparams, worker="synthetic", host="node",
                       pid=1, time=round(self.time, 3))

@@ -18,7 +18,7 @@ from hopt_cli import events, history, schedule
 from hopt_cli.errors import HoptError
 from hopt_cli.events import JournalEvent
 from hopt_cli.history import Commit, Event
-from hopt_cli.population import Lineage, MemberState, Population
+from hopt_cli.population import Lineage, MemberState, Population, robust_score
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.leases import Holder
@@ -164,7 +164,7 @@ class Experiment:
     @staticmethod
     def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:
         scores = state.lineage.scores
-        robust = sum(scores[-window:]) / len(scores[-window:]) if scores else None
+        robust = robust_score(scores, window) if scores else None
         return MemberStatus(state.member, state.interval, scores[-1] if scores else None, robust, state.hparams,
                             state.sigma, state.explorer, state.failures, state.last_error, lease)
 

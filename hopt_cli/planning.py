@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hopt_cli.policies import Policy, decision_rng
+from hopt_cli.policies import Policy
+from hopt_cli.seeds import decision_rng
 from hopt_cli.decision import Decision
 from hopt_cli.population import Population
 from hopt_cli.space import SearchSpace

@@ -5,6 +5,7 @@ journal order; nothing here does I/O, so the state after any prefix of the journ
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +34,13 @@ class MemberView:
 
     def robust_at(self, t: int, window: int) -> float:
         """Mean of the lineage's last `window` scores up to training time `t`."""
-        end = min(t, len(self.scores))
-        recent = self.scores[max(0, end - window):end]
-        return sum(recent) / len(recent)
+        return robust_score(self.scores[:t], window)
+
+
+def robust_score(scores: Sequence[float], window: int) -> float:
+    """ROMUL's robust score (step 4): the mean of the last `window` scores."""
+    recent = scores[-window:]
+    return sum(recent) / len(recent)
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from hopt_cli.errors import ExperimentFailed, HoptError
-from hopt_cli.policies import trainable_seed
+from hopt_cli.seeds import trainable_seed
 from hopt_cli.schedule import Schedule, ScheduleStep, scores_csv
 from hopt_cli.store.fsio import write_atomic
 from hopt_cli.isolation import IsolatedTrainable
-from hopt_cli.trainable import CommandTrainable, Context, environment_with, load_trainable, run_interval
+from hopt_cli.trainable import CommandTrainable, Context, environment_with, load_trainable, never, run_interval
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,6 @@ class ReplayResult:
     @property
     def score(self) -> float | None:
         return self.scores[-1] if self.scores else None
-
-
-def _never() -> bool:
-    return False
 
 
 class Trainables:
@@ -68,7 +64,7 @@ class Trainables:
                 trainable.close()
 
 
-def replay(plan: Schedule, out: str | Path, stop: Callable[[], bool] = _never,
+def replay(plan: Schedule, out: str | Path, stop: Callable[[], bool] = never,
            progress: Callable[[int, float], None] | None = None, project: str | None = None) -> ReplayResult:
     """Train `plan` interval by interval into `out` (checkpoint/, scores.csv); `stop` ends it cleanly.
 

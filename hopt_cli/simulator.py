@@ -23,9 +23,10 @@ from hopt_cli import events
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
 from hopt_cli.planning import Plan, plan_next
-from hopt_cli.policies import trainable_seed
+from hopt_cli.seeds import trainable_seed
 from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
+from hopt_cli.store.paths import checkpoint_name
 from hopt_cli.trainable import Context, Outcome, load_trainable, run_interval, thread_settings
 
 DURATION_STREAM = 0xD0_2A_71  # keeps the durations' generator apart from every decision's
@@ -147,7 +148,7 @@ class _Simulator:
             shutil.rmtree(job.staging)
             self._apply(events.fail(plan.member, plan.decision.interval, job.token, outcome.error, job.worker))
             return
-        name = f"m{plan.member:05d}-i{plan.decision.interval:05d}-{job.token}"
+        name = checkpoint_name(plan.member, plan.decision.interval, job.token)
         os.rename(job.staging, self.checkpoints / name)
         self.on_disk.add(name)
         self._apply(Commit(member=plan.member, token=job.token, decision=plan.decision, hparams=plan.hparams,

@@ -10,7 +10,9 @@ import json
 from dataclasses import asdict, dataclass
 
 TAG = "timing"
-STEPS = ("claim", "busy", "done", "commit")  # busy: every free member was leased; done: nothing left
+# again: an adoption or a claim on a stale view, tried again at once; busy: every free member was leased;
+# done: nothing left
+STEPS = ("claim", "again", "busy", "done", "commit")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from hopt_cli.errors import HoptError
 log = logging.getLogger("hopt")
 
 
-def _never() -> bool:
+def never() -> bool:
+    """A stop request that never comes: the default of `Context.should_stop`."""
     return False
 
 
@@ -45,7 +46,7 @@ class Context:
     steps: int
     member: int
     seed: int
-    should_stop: Callable[[], bool] = field(default=_never, compare=False)
+    should_stop: Callable[[], bool] = field(default=never, compare=False)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ at any moment; everything it leaves behind is valid, and its lease expires or is
 """
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import threading
@@ -17,7 +18,7 @@ from hopt_cli import intervallog
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.isolation import IsolatedTrainable
 from hopt_cli.planning import plan_next
-from hopt_cli.policies import trainable_seed
+from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
@@ -28,7 +29,12 @@ from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainabl
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
 STOPPED = Outcome(None, {}, "stop requested before training")
-AGAIN = object()  # no claim, but no reason to wait: an adoption, or a claim made on a stale view
+class NoClaim(enum.Enum):
+    """Why an attempt to claim gave no claim, and so what the worker does next."""
+
+    COMPLETE = "done"  # nothing is left to train: stop
+    BUSY = "busy"  # every unfinished member is being trained: wait, then try again
+    AGAIN = "again"  # an adoption, or a claim made on a stale view: try again at once
 
 
 class StopRequest(Protocol):
@@ -111,16 +117,17 @@ class Worker:
         while not self.stop.requested:
             started = time.perf_counter()
             claim = self._try_claim()
-            self._log_timing("busy" if claim is False else "done" if claim is None else "claim", started)
-            if claim is AGAIN:
-                continue
-            if claim is not False:
+            self._log_timing(claim.value if isinstance(claim, NoClaim) else "claim", started)
+            if claim is NoClaim.COMPLETE:
+                return None
+            if isinstance(claim, Claim):
                 return claim
-            time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
+            if claim is NoClaim.BUSY:
+                time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
         return None
 
-    def _try_claim(self) -> Claim | None | bool | object:
-        """A claim; None when complete; False when every free member is leased; AGAIN to retry now."""
+    def _try_claim(self) -> Claim | NoClaim:
+        """A claim of the next member to train, or why there is none."""
         with self.store.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
@@ -133,19 +140,19 @@ class Worker:
                 plan = plan_next(population, leased, self.recipe.policy, self.recipe.space,
                                  self.recipe.seed)
                 if plan is None:
-                    return False
+                    return NoClaim.BUSY
                 if plan.adopt:
                     parent = population.members[int(plan.decision.parent)]
                     if self.store.adopt(plan.member, plan.decision, self.holder):
                         log.info("member %d takes over member %d's finished lineage (score %.6g): nothing left "
                                  "to train", plan.member, parent.member, parent.lineage.scores[-1])
-                    return AGAIN
+                    return NoClaim.AGAIN
                 lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
                 if lease is None:
-                    return AGAIN
+                    return NoClaim.AGAIN
         if complete:
             self.store.empty_trash()
-            return None
+            return NoClaim.COMPLETE
         return Claim(lease, plan.decision, plan.hparams)
 
     def train_and_commit(self, claim: Claim) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.random  # noqa: F401 (numpy imports it lazily: on a worker's first claim, under the lock)
 
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies.pbt import Pbt
@@ -45,16 +44,6 @@ def make_policy(name: str, settings: Mapping[str, Any] | None = None) -> Policy:
             raise RecipeError(f"policy.{key}", f"unknown setting for {name} (allowed: {allowed})")
         _check_type(f"policy.{key}", value, fields[key].default)
     return factory(**{**fixed, **(settings or {})})
-
-
-def decision_rng(seed: int, member: int, interval: int, attempt: int) -> np.random.Generator:
-    """The generator for one decision, seeded by (experiment seed, member, interval, attempt)."""
-    return np.random.default_rng([seed, member, interval, attempt])
-
-
-def trainable_seed(seed: int, member: int, interval: int) -> int:
-    """The seed a trainable gets for one interval; a retried interval gets the same one."""
-    return int(np.random.SeedSequence([seed, member, interval]).generate_state(1)[0])
 
 
 def policy_settings(name: str, policy: Policy) -> dict[str, Any]:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from hopt_cli.errors import RecipeError
-from hopt_cli.policies import decision_rng, make_policy
+from hopt_cli.policies import make_policy
+from hopt_cli.seeds import decision_rng
 from hopt_cli.policies.romul import Romul
 from hopt_cli.decision import Decision
 from hopt_cli.population import MemberView, PopulationView
