@@ -24,10 +24,9 @@ from hopt_cli.launch import Interrupted, create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.replay import replay
-from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, requeue, submit, worker_command,
-                             write_sbatch)
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, requeue_if_preempted,
+                             submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
-from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.worker import Worker
 
 SUMMARY_ROWS = 20  # members `hopt status` lists before it summarises the rest (--all lists them all)
@@ -71,8 +70,8 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
            verbose: bool, count: int, piped: bool) -> None:
     """Train intervals until the experiment is complete; SIGTERM or the preemption signal stop it at once."""
     env = SlurmEnvironment.from_env()
-    if requeue_ and env.requeue_target is None:
-        raise HoptError("--requeue needs a SLURM job (no SLURM_JOB_ID here); drop --requeue outside SLURM")
+    if requeue_:
+        check_requeue(env)
     store = create(recipe, root.absolute()) if recipe else Store.open(root.absolute())
     enter_project(store.recipe)
     trainable = cloudpickle.loads(sys.stdin.buffer.read()) if piped else None
@@ -92,9 +91,8 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"
     log.info("%s: %d intervals committed, %d failed, %d discarded", how, report.commits, report.failures,
              report.fenced)
-    if signals.preempted and requeue_ and not report.complete:
-        log.info("preempted with work left: requeueing SLURM job %s", env.requeue_target)
-        requeue(env)
+    if requeue_:
+        requeue_if_preempted(env, signals.preempted, report.complete)
 
 
 def _worker_group(store: Store, name: str, count: int, preemption: signal.Signals, trainable: Any,
@@ -108,9 +106,8 @@ def _worker_group(store: Store, name: str, count: int, preemption: signal.Signal
         how = "experiment complete" if result.complete else "workers ended"
     log.info("%s: %s", how, ", ".join(f"{n} exit {c}" for n, c in result.exit_codes.items()))
     launch.check_ended(store, result)
-    if result.interrupted == preemption and requeue_ and not result.complete:
-        log.info("preempted with work left: requeueing SLURM job %s", env.requeue_target)
-        requeue(env)
+    if requeue_:
+        requeue_if_preempted(env, result.interrupted == preemption, result.complete)
 
 
 @cli.command()
@@ -461,8 +458,6 @@ def extend(root: Path, intervals: int | None, population: int | None) -> None:
 def doctor(root: Path, lock_kind: str | None, min_free_gb: float, peer: bool, peer_timeout: float) -> None:
     """Check the filesystem under --dir: its type, hard links, the lock, atomic replace, fsync, clock skew,
     free space; with --peer, lock exclusion, appends, listings and replaces across two nodes."""
-    if lock_kind is None and ExperimentPaths(root).experiment.is_file():
-        lock_kind = Store.open(root).recipe.lock
     failed = False
     for check in diagnose(root, lock_kind, min_free_gb, peer_timeout if peer else None):
         click.echo(check.line())

@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import HoptError, LockTimeout
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.store.fsio import append_line, create_exclusive, fsync_dir, read_bytes, touch, write_atomic
-from hopt_cli.store.locking import ExperimentLock, HardLinkLock, KernelFlock, LockTimeout, make_lock
+from hopt_cli.store import Store
+from hopt_cli.store.locking import ExperimentLock, HardLinkLock, KernelFlock, make_lock
 from hopt_cli.store.mounts import Mount, flock_problem, mount_of
 from hopt_cli.store.paths import ExperimentPaths
 
@@ -74,13 +75,15 @@ def diagnose(root: Path, lock_kind: str | None, min_free_gb: float,
              peer_timeout: float | None = None) -> Iterator[Check | Advice]:
     """Run every check in a scratch folder under `root`, yielding each line as soon as it is known.
 
-    `lock_kind` is the experiment's (or --lock); None when neither names one: the probe of this host's
-    lock then tests flock, hopt's default. With `peer_timeout` (--peer), meet another `hopt doctor
+    `lock_kind` is --lock; None: the experiment's, when `root` holds one, else none, and the probe of this
+    host's lock then tests flock, hopt's default. With `peer_timeout` (--peer), meet another `hopt doctor
     --peer` and test both lock kinds across the two nodes instead of between two processes of this host.
     HoptError if `root` cannot be used at all.
     """
     if not root.is_dir():
         raise HoptError(f"{root} is not a directory; create it, or give an experiment's --dir")
+    if lock_kind is None and ExperimentPaths(root).experiment.is_file():
+        lock_kind = Store.open(root).recipe.lock
     peer = peer_timeout is not None
     kind = lock_kind if peer else lock_kind or "flock"
     with _scratch(root) as scratch:

@@ -6,6 +6,7 @@ the batch shell `exec`s the worker. Nothing here trains or touches the experimen
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -21,6 +22,8 @@ from typing import Any
 from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.store.fsio import write_atomic
 from hopt_cli.store.paths import ExperimentPaths, safe_name
+
+log = logging.getLogger("hopt")
 
 COMMAND_TIMEOUT = 120.0  # seconds; sbatch and scontrol retry for a while when slurmctld is slow
 
@@ -188,13 +191,23 @@ def submit(script: Path) -> str:
     return job_id
 
 
+def check_requeue(env: SlurmEnvironment) -> None:
+    """Refuse `--requeue` up front where there is no SLURM job to requeue."""
+    if env.requeue_target is None:
+        raise HoptError("--requeue needs a SLURM job (no SLURM_JOB_ID here); drop --requeue outside SLURM")
+
+
+def requeue_if_preempted(env: SlurmEnvironment, preempted: bool, complete: bool) -> None:
+    """After the workers stopped: requeue this job if the preemption signal stopped them with work left."""
+    if preempted and not complete:
+        log.info("preempted with work left: requeueing SLURM job %s", env.requeue_target)
+        requeue(env)
+
+
 def requeue(env: SlurmEnvironment) -> None:
     """Ask SLURM to requeue this job (`scontrol requeue`); SLURM then stops the running instance."""
-    target = env.requeue_target
-    if target is None:
-        raise HoptError("cannot requeue: this process is not a SLURM job (no SLURM_JOB_ID); "
-                        "drop --requeue outside SLURM")
-    _run(["scontrol", "requeue", target],
+    check_requeue(env)
+    _run(["scontrol", "requeue", str(env.requeue_target)],
          fix="submit with --requeue on a cluster with JobRequeue=1, or requeue it yourself later")
 
 

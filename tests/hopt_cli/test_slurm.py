@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from hopt_cli.errors import HoptError, SlurmFailed
-from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue, submit,
-                             write_sbatch)
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue,
+                             requeue_if_preempted, submit, write_sbatch)
 from tests.conftest import toy_recipe
 from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 
@@ -115,8 +115,17 @@ def test_env_outside_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     env = SlurmEnvironment.from_env()
     assert env == SlurmEnvironment()
     assert env.worker_name is None and env.requeue_target is None
-    with pytest.raises(HoptError, match="not a SLURM job"):
+    with pytest.raises(HoptError, match="--requeue needs a SLURM job"):
         requeue(env)
+
+
+def test_only_a_preemption_with_work_left_asks_for_a_requeue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    env = SlurmEnvironment.from_env()
+    requeue_if_preempted(env, preempted=False, complete=False)  # nothing to ask: no job needed
+    requeue_if_preempted(env, preempted=True, complete=True)
+    with pytest.raises(HoptError, match="--requeue needs a SLURM job"):  # it would ask: here there is no job
+        requeue_if_preempted(env, preempted=True, complete=False)
 
 
 # write_sbatch
