@@ -25,6 +25,7 @@ PLOT = "families.png"
 ALPHA = 0.05
 MAIN = ("romul", "pbt", "de", "random")
 BASELINES = MAIN[1:]
+PEERS = ("ray-pbt", "ray-pb2")  # Ray Tune's schedulers (benchmarks/ray_families.py), on the cells they ran on
 DESCRIPTIONS = {
     "ellipsoid": "dims 2-8, condition 10-1e4 (curvatures log-spaced, shuffled, summing to 1), each coordinate "
                  "linear or log by a coin, optimum uniform in [0.15, 0.85]^d; weights move 0.3 of the way to the "
@@ -176,12 +177,15 @@ def render_report(rows: list[Row], provenance: list[Invocation]) -> str:
              f"comparisons (this makes a loss easier to detect than Holm would: the strict reading for "
              f"\"significantly behind no baseline\", the lenient one for wins). Win / loss: p < alpha with ROMUL "
              f"ahead / behind in rank sums; tie otherwise.", "",
-             "## Targets", "", *_targets(cells, table, verdicts), "",
+             "## Targets", "", *_targets(cells, table, verdicts), *_peer_targets(rows), "",
              "## Mean rank over the whole suite (1 = best of the four; per instance, then averaged)", "",
              *_rank_table(main), "",
              "## ROMUL's win / tie / loss against each baseline (cells)", "",
              *_wtl_table(cells, verdicts), ""]
-    ablations = [r for r in rows if r.policy not in MAIN and r.variant == ""]
+    peers = [r for r in rows if r.policy in PEERS]
+    if peers:
+        lines += _peer_section(main, peers)
+    ablations = [r for r in rows if r.policy not in (*MAIN, *PEERS) and r.variant == ""]
     if ablations:
         lines += ["## Ablations (each ROMUL rule removed or replaced; the cells they ran on)", "",
                   *_ablation_table(main, ablations), ""]
@@ -237,6 +241,60 @@ def _targets(cells: list[tuple[str, int, int]], table: dict, verdicts: dict) -> 
                      f"{':' if misses else '.'}")
         lines += [_miss(c, baseline, table, verdicts) for c in misses]
     return lines
+
+
+def _peer_verdicts(rows: list[Row]) -> tuple[dict, dict]:
+    """cell -> policy -> seed -> final over the cells where a peer ran, and ROMUL's verdict against each peer."""
+    main = [r for r in rows if r.policy in MAIN and r.variant == ""]
+    peers = [r for r in rows if r.policy in PEERS]
+    table = _by_cell(main + peers)
+    verdicts = {(c, p): verdict(table[c]["romul"], table[c][p]) for c in _cells(table) for p in PEERS
+                if p in table[c] and "romul" in table[c]}
+    return table, verdicts
+
+
+def _peer_targets(rows: list[Row]) -> list[str]:
+    """The "behind no baseline" target against Ray's PBT and PB2, on the cells they ran on."""
+    if not any(r.policy in PEERS for r in rows):
+        return []
+    table, verdicts = _peer_verdicts(rows)
+    losses = [key for key, v in verdicts.items() if v.outcome == "loss"]
+    lines = [f"- Significantly behind Ray Tune's PBT or PB2: {len(losses)} of {len(verdicts)} cell-peer pairs "
+             f"(target: none) — {'met' if not losses else 'MISSED'}{':' if losses else '.'}"]
+    return lines + [_miss(c, p, table, verdicts) for c, p in losses]
+
+
+def _peer_section(main: list[Row], peers: list[Row]) -> list[str]:
+    """Ray's schedulers beside hopt's four: mean ranks among all six, win/tie/loss, every cell."""
+    table, verdicts = _peer_verdicts(main + peers)
+    cells = sorted({c for c, _ in verdicts}, key=lambda c: (list(FAMILIES).index(c[0]), c[1], c[2]))
+    shown = [p for p in PEERS if any(r.policy == p for r in peers)]
+    everyone = (*MAIN, *shown)
+    within = [r for r in main + peers if r.cell in set(cells)]
+    ranked = mean_ranks(within, everyone)
+    families = [f for f in FAMILIES if (f, "romul") in ranked]
+    populations = sorted({c[1] for c in cells})
+    lines = [f"## Ray Tune's PBT and PB2 beside them (populations {', '.join(map(str, populations))})", "",
+             "Ray's own scheduler code making the decisions inside the same simulator, instances and workers "
+             "(benchmarks/ray_families.py says which Ray functions run and what is reproduced). Mean rank among "
+             f"all {len(everyone)} policies over the cells where the peers ran:", "",
+             "| policy | these cells | " + " | ".join(FAMILIES[f].title for f in families) + " |",
+             "|---|---|" + "---|" * len(families)]
+    for p in everyone:
+        lines.append(f"| {p} | {ranked[('all', p)]:.2f} | " + " | ".join(f"{ranked[(f, p)]:.2f}" for f in families)
+                     + " |")
+    lines += ["", "ROMUL's win / tie / loss against each (cells): " + "; ".join(
+        f"{p} {_wtl([verdicts[(c, p)] for c in cells if (c, p) in verdicts])}" for p in shown) + ".", "",
+              "| family | population | budget | romul | " + " | ".join(shown) + " | "
+              + " | ".join(f"vs {p}" for p in shown) + " |", "|---|---|---|" + "---|" * (1 + 2 * len(shown))]
+    for c in cells:
+        summary = {p: Summary.of(list(table[c][p].values())) for p in ("romul", *shown) if p in table[c]}
+        best = max(s.median for s in summary.values())
+        medians = [_summary_cell(summary[p], summary[p].median == best) if p in summary else "" for p in
+                   ("romul", *shown)]
+        tests = [verdicts[(c, p)].text() if (c, p) in verdicts else "" for p in shown]
+        lines.append(f"| {FAMILIES[c[0]].title} | {c[1]} | {c[2]} | " + " | ".join(medians + tests) + " |")
+    return lines + [""]
 
 
 def _miss(c: tuple[str, int, int], baseline: str, table: dict, verdicts: dict) -> str:

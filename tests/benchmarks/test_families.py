@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import families
-from benchmarks.family_report import ranks
+from benchmarks.family_report import Row, ranks, render_report
 from benchmarks.stats import wilcoxon
 from hopt_cli.trainable import Context
 from workers.families import FAMILIES, Instance, draw
@@ -123,6 +123,20 @@ def test_the_wilcoxon_test_agrees_with_scipy_where_scipy_is_installed():
 
 def test_ranks_share_ties():
     assert ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4.0, 1.5, 3.0]
+
+
+def test_a_peer_that_beats_romul_on_every_instance_is_a_missed_target_and_gets_its_section():
+    finals = {"romul": 0.0, "pbt": -1.0, "de": -2.0, "random": -3.0, "ray-pbt": 1.0}
+    rows = [Row("report", "ellipsoid", 8, 20, policy, "", seed, "none", final + seed, 0.1)
+            for policy, final in finals.items() for seed in range(1, 17, 2)]
+
+    report = render_report(rows, [])
+
+    # 8 pairs all one way: the exact two-sided p is 2 / 2**8 = 0.0078
+    assert "- Significantly behind Ray Tune's PBT or PB2: 1 of 1 cell-peer pairs (target: none) — MISSED:" in report
+    assert "## Ray Tune's PBT and PB2 beside them (populations 8)" in report
+    assert "| ray-pbt | 1.00 |" in report and "| romul | 2.00 |" in report
+    assert "ray-pbt 0/0/1" in report and "## Ablations" not in report
 
 
 def test_a_tiny_run_of_both_halves_renders_the_report_from_the_report_half_only(tmp_path):
