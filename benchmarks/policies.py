@@ -26,6 +26,7 @@ import yaml
 from benchmarks.report import LABELS, TOYS, Invocation, Run, best_curve, merge
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies import Policy, make_policy
+from hopt_cli.policies.romul import SWITCHES
 from hopt_cli.recipe import Recipe, load_recipe
 from hopt_cli.simulator import simulate
 
@@ -43,8 +44,11 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def registry(romul_settings: dict[str, Any] | None = None) -> dict[str, Policy]:
-    """Every benchmarked hopt policy; `romul_settings` override ROMUL's defaults in romul and its ablations."""
-    romul = make_policy("romul", romul_settings)
+    """Every benchmarked hopt policy; `romul_settings` override ROMUL's defaults in romul and its ablations
+    (its settings, and its ablation switches, which only the constructor takes)."""
+    settings = dict(romul_settings or {})
+    switches = {key: settings.pop(key) for key in list(settings) if key in SWITCHES}
+    romul = dataclasses.replace(make_policy("romul", settings), **switches)
     baselines = {name: make_policy(name) for name in ("pbt", "de", "random")}
     return {"romul": romul, **baselines,
             **{name: dataclasses.replace(romul, **change) for name, change in ABLATIONS.items()}}

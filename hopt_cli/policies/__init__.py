@@ -10,7 +10,7 @@ import numpy as np
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies.pbt import Pbt
 from hopt_cli.policies.random_search import RandomSearch
-from hopt_cli.policies.romul import Romul
+from hopt_cli.policies.romul import SWITCHES, Romul
 from hopt_cli.decision import Decision
 from hopt_cli.population import PopulationView
 from hopt_cli.space import SearchSpace
@@ -38,18 +38,24 @@ def make_policy(name: str, settings: Mapping[str, Any] | None = None) -> Policy:
         raise RecipeError("policy.name", f"unknown policy {name!r} (choose one of {', '.join(NAMES)})")
     factory, fixed = _FACTORIES[name]
     fields = {f.name: f for f in dataclasses.fields(factory) if f.name not in fixed}
-    for key, value in (settings or {}).items():
+    settings = dict(settings or {})
+    for key in [k for k in settings if k in SWITCHES and k in fields]:
+        if settings.pop(key) is not fields[key].default:  # a default one: earlier hopt wrote them all
+            raise RecipeError(f"policy.{key}", "is an ablation switch of the benchmarks, not a recipe setting; "
+                                               "remove it")
+    fields = {k: f for k, f in fields.items() if k not in SWITCHES}
+    for key, value in settings.items():
         if key not in fields:
             allowed = ", ".join(fields) or "none"
             raise RecipeError(f"policy.{key}", f"unknown setting for {name} (allowed: {allowed})")
         _check_type(f"policy.{key}", value, fields[key].default)
-    return factory(**{**fixed, **(settings or {})})
+    return factory(**{**fixed, **settings})
 
 
 def policy_settings(name: str, policy: Policy) -> dict[str, Any]:
     """Every setting a recipe may give this policy, defaults included (for experiment.yaml and status)."""
     fixed = _FACTORIES[name][1]
-    return {k: v for k, v in dataclasses.asdict(policy).items() if k not in fixed}
+    return {k: v for k, v in dataclasses.asdict(policy).items() if k not in fixed and k not in SWITCHES}
 
 
 _FRACTIONS = {"explorers", "quantile", "resample", "CR"}

@@ -17,6 +17,8 @@ from hopt_cli.population import MemberView, PopulationView
 from hopt_cli.space import SearchSpace
 
 STEP_FACTORS = (0.5, 1.0, 2.0)
+# Ablation switches: constructor-only (benchmarks/policies.py builds its variants with them), never recipe settings.
+SWITCHES = ("wait", "equal_time", "robust", "rank_select", "adapt", "de_move")
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Romul:
     F: float = 0.5
     resample: float = 0.2
     CR: float = 0.3  # tuned from 0.5 (benchmarks/results/tuning-log.md)
-    # Ablation switches (benchmarks/policies.py): turning one off removes its step or puts PBT's in its place.
+    # SWITCHES: turning one off removes its step or puts PBT's in its place.
     wait: bool = True  # step 2: wait `ready` intervals after a change
     equal_time: bool = True  # step 3: peers compared at m's training time (off: at their latest)
     robust: bool = True  # step 4: mean of the last `ready` scores (off: the last score)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hopt_cli.errors import RecipeError
-from hopt_cli.policies import make_policy
+from hopt_cli.policies import make_policy, policy_settings
 from hopt_cli.seeds import decision_rng
 from hopt_cli.policies.romul import Romul
 from hopt_cli.decision import Decision
@@ -590,9 +590,9 @@ def test_random_starts_then_always_continues():
 # --- make_policy -----------------------------------------------------------------------------------
 
 def test_make_policy_builds_each_policy_with_overrides():
-    romul = make_policy("romul", {"quantile": 0.5, "ready": 3, "adapt": False, "sigma0": 1})
+    romul = make_policy("romul", {"quantile": 0.5, "ready": 3, "sigma0": 1})
     assert isinstance(romul, Romul)
-    assert (romul.quantile, romul.ready, romul.adapt, romul.sigma0) == (0.5, 3, False, 1)
+    assert (romul.quantile, romul.ready, romul.sigma0) == (0.5, 3, 1)
     assert make_policy("romul") == Romul()
     assert make_policy("pbt", {"quantile": 0.25}).quantile == 0.25
     assert make_policy("de", {"ready": 4}).ready == 4
@@ -616,13 +616,25 @@ def test_make_policy_builds_each_policy_with_overrides():
     ("romul", {"ready": True}, "policy.ready"),
     ("romul", {"adapt": "yes"}, "policy.adapt"),
     ("romul", {"adapt": 1}, "policy.adapt"),
+    ("romul", {"wait": False}, "policy.wait"),
+    ("de", {"de_move": False}, "policy.de_move"),
     ("romul", {"sigma0": -0.1}, "policy.sigma0"),
     ("romul", {"sigma0": "0.1"}, "policy.sigma0"),
     ("romul", {"explorers": True}, "policy.explorers"),
     ("romul", {"CR": 1.01}, "policy.CR"),
 ])
 def test_make_policy_rejects_bad_names_and_settings(name, settings, key):
+    """`romul`'s ablation switches are refused like unknown settings unless at their defaults."""
     with pytest.raises(RecipeError) as info:
         make_policy(name, settings)
     assert info.value.key == key
     assert str(info.value).startswith(key)
+
+
+def test_ablation_switches_are_not_recipe_settings_but_an_older_experiment_yaml_with_them_still_reads():
+    written_by_earlier_hopt = {"quantile": 0.375, "wait": True, "equal_time": True, "robust": True,
+                               "rank_select": True, "adapt": True, "de_move": True}
+    assert make_policy("romul", written_by_earlier_hopt) == Romul()
+    assert make_policy("de", {k: v for k, v in written_by_earlier_hopt.items() if k != "adapt"}) == make_policy("de")
+    assert set(policy_settings("romul", Romul())) == {"explorers", "sigma0", "sigma_min", "sigma_max", "ready",
+                                                      "quantile", "F", "resample", "CR"}
