@@ -100,7 +100,7 @@ class Collect(tune.Callback):
 def _trial(config: dict[str, Any], toy: str, seed: int, intervals: int, population: int) -> None:
     """One Ray trial: the toy interval by interval from Ray's checkpoint, each interval reported."""
     recipe = toy_recipe(toy, seed, intervals, population)
-    trainable = load_trainable(recipe.worker, None)
+    trainable = load_trainable(recipe.trainable, None)
     hparams = {p.name: min(max(config[p.name], p.low), p.high) for p in recipe.space.params}
     member = int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
     work = Path(tempfile.mkdtemp(prefix="hopt-ray-trial-", dir=SCRATCH))

@@ -39,9 +39,9 @@ _PR_SET_PDEATHSIG = 1
 class IsolatedTrainable:
     """Calls `module:function` in a child process, killing it on timeout or when the interval must stop."""
 
-    def __init__(self, worker: str, timeout: float, cwd: str | None = None,
+    def __init__(self, trainable: str, timeout: float, cwd: str | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        self.worker = worker
+        self.trainable = trainable
         self.timeout = timeout
         self.cwd = cwd
         self.env = env
@@ -78,7 +78,7 @@ class IsolatedTrainable:
             ours, theirs = socket.socketpair()
             with theirs:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "hopt_cli.isolation", str(theirs.fileno()), self.worker, str(os.getpid())],
+                    [sys.executable, "-m", "hopt_cli.isolation", str(theirs.fileno()), self.trainable, str(os.getpid())],
                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env)
             self._conn = Connection(ours.detach())
         return self._conn
@@ -117,14 +117,14 @@ def die_with_parent(parent: int, signum: signal.Signals) -> None:
         os._exit(1)
 
 
-def serve(fd: int, worker: str, parent: int) -> None:
+def serve(fd: int, trainable: str, parent: int) -> None:
     """The child's loop: receive a context, run one interval, send back ("ok", result) or ("error", text)."""
     die_with_parent(parent, signal.SIGKILL)  # the worker decides when we end, and it may die any way
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(fd)
     try:
-        function = load_trainable(worker, None)
+        function = load_trainable(trainable, None)
         broken = None
     except HoptError as err:
         function, broken = None, str(err)

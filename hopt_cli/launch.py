@@ -57,7 +57,7 @@ def create(recipe: RecipeSource, root: str | os.PathLike, trainable: Trainable |
         raise HoptError(f"{where}project: {resolved.project} is not a directory; give the directory your "
                         "trainable is imported from and runs in")
     if trainable is None:
-        load_trainable(resolved.worker, resolved.command, resolved.project)
+        load_trainable(resolved.trainable, resolved.command, resolved.project)
     return Store.create(root, resolved)
 
 
@@ -131,7 +131,7 @@ def enter_project(recipe: Recipe) -> None:
 
 def _recipe(recipe: RecipeSource, trainable: Trainable | None) -> Recipe:
     if isinstance(recipe, Recipe):
-        return recipe if trainable is None else replace(recipe, worker=trainable_name(trainable), command=None)
+        return recipe if trainable is None else replace(recipe, trainable=trainable_name(trainable), command=None)
     if isinstance(recipe, Mapping):
         data = dict(recipe)
     else:

@@ -54,7 +54,7 @@ class Recipe:
     space: SearchSpace
     policy_name: str
     policy: Policy = field(compare=False)
-    worker: str | None = None
+    trainable: str | None = None  # module:function, the recipe's `worker` key (or `command`)
     command: str | None = None
     seed: int = 0
     steps: int = 1
@@ -77,7 +77,7 @@ class Recipe:
             "steps": self.steps,
             "policy": {"name": self.policy_name, **policy_settings(self.policy_name, self.policy)},
         }
-        data["worker" if self.worker else "command"] = self.worker or self.command
+        data["worker" if self.trainable else "command"] = self.trainable or self.command
         data["space"] = self.space.to_recipe()
         data["lease"] = {"timeout": self.lease.timeout, "heartbeat": self.lease.heartbeat}
         data["keep_best"] = self.keep_best
@@ -105,7 +105,7 @@ class Recipe:
                               f"(got {data['format']!r}); upgrade hopt")
         space = SearchSpace.from_recipe(data.get("space"))
         policy_name, policy = _policy(data.get("policy", {"name": "romul"}))
-        worker, command = _trainable(data, space)
+        trainable, command = _trainable(data, space)
         population = _bounded(data, "population", 2, MAX_POPULATION,
                               "every worker and `hopt status` hold each member in memory (about 2 KB each)")
         return cls(
@@ -115,7 +115,7 @@ class Recipe:
             space=space,
             policy_name=policy_name,
             policy=policy,
-            worker=worker,
+            trainable=trainable,
             command=command,
             seed=_integer(data, "seed", 0, low=0),
             steps=_integer(data, "steps", 1, low=1),

@@ -43,7 +43,7 @@ class Trainables:
     """The schedule's trainable once per thread setting, each running in `project` with exactly that setting."""
 
     def __init__(self, plan: Schedule, project: str | None) -> None:
-        load_trainable(plan.worker, plan.command, project)  # an import error is the user's to fix: say it now
+        load_trainable(plan.trainable, plan.command, project)  # an import error is the user's to fix: say it now
         self.plan = plan
         self.project = project
         self._made: dict[str, Callable[[Context], Any]] = {}
@@ -55,7 +55,7 @@ class Trainables:
             if self.plan.command is not None:
                 self._made[key] = CommandTrainable(self.plan.command, cwd=self.project, env=env)
             else:
-                self._made[key] = IsolatedTrainable(str(self.plan.worker), math.inf, self.project, env)
+                self._made[key] = IsolatedTrainable(str(self.plan.trainable), math.inf, self.project, env)
         return self._made[key]
 
     def close(self) -> None:

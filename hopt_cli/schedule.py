@@ -52,7 +52,7 @@ class Span:
 class Schedule:
     """A parsed schedule.yaml."""
 
-    worker: str | None
+    trainable: str | None  # module:function (the recipe's `worker`), or None with `command`
     command: str | None
     project: str | None
     steps: int
@@ -114,7 +114,7 @@ def document(recipe: Recipe, member: int, score: float, schedule: list[ScheduleS
         if span.threads != threads:
             segment["threads"] = span.threads
         segments.append({**segment, "hparams": span.hparams})
-    trainable = {"worker": recipe.worker} if recipe.worker else {"command": recipe.command}
+    trainable = {"worker": recipe.trainable} if recipe.trainable else {"command": recipe.command}
     where = {"project": recipe.project} if recipe.project else {}
     ran_with = {"threads": threads} if threads is not None else {}
     return {"hopt_schedule": FORMAT, "experiment": recipe.name, **trainable, **where, **ran_with,

@@ -65,7 +65,7 @@ def simulate(recipe: Recipe, workers: int = 1, trainable: Callable[[Context], An
     Interval durations are lognormal with median 1 and log-std `spread`; checkpoints live in a temporary
     folder under `scratch` (the system's default when None) that is deleted at the end.
     """
-    trainable = trainable or load_trainable(recipe.worker, recipe.command)
+    trainable = trainable or load_trainable(recipe.trainable, recipe.command)
     with tempfile.TemporaryDirectory(prefix="hopt-sim-", dir=scratch) as root:
         return _Simulator(recipe, trainable, Path(root), spread).run(workers)
 

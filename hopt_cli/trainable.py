@@ -158,14 +158,14 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
-def load_trainable(worker: str | None, command: str | None, project: str | None = None) -> Callable[[Context], Any]:
+def load_trainable(trainable: str | None, command: str | None, project: str | None = None) -> Callable[[Context], Any]:
     """The recipe's trainable, imported from `project` (default: the current directory); a module or
     function that cannot be imported is a HoptError."""
     if command is not None:
         return CommandTrainable(command, cwd=project)
-    module_name, _, function_name = str(worker).partition(":")
+    module_name, _, function_name = str(trainable).partition(":")
     if module_name == "__main__":
-        raise HoptError(f"worker: {worker} was defined in a script or notebook and given to hopt_cli.run(); "
+        raise HoptError(f"worker: {trainable} was defined in a script or notebook and given to hopt_cli.run(); "
                         f"resume with hopt_cli.run(..., trainable={function_name}), or move it into a module")
     where = project or os.getcwd()
     if where not in sys.path:

@@ -74,10 +74,10 @@ def make_trainable(recipe: Recipe) -> Callable[[Context], Any]:
     """The recipe's trainable; with `interval_timeout`, a Python one runs in a killable child process."""
     if recipe.command is not None:
         return CommandTrainable(recipe.command, timeout=recipe.interval_timeout)
-    function = load_trainable(recipe.worker, None)  # import errors surface here, before any claim
+    function = load_trainable(recipe.trainable, None)  # import errors surface here, before any claim
     if recipe.interval_timeout is None:
         return function
-    return IsolatedTrainable(str(recipe.worker), recipe.interval_timeout)
+    return IsolatedTrainable(str(recipe.trainable), recipe.interval_timeout)
 
 
 class Worker:

@@ -37,7 +37,7 @@ def test_the_docs_show_recipes():
 def test_a_recipe_in_the_docs_validates_and_trains_an_interval(block, tmp_path, monkeypatch):
     monkeypatch.setenv("HOPT_DEVICE", "cpu")
     recipe = Recipe.from_dict(block)
-    trainable = load_trainable(recipe.worker, recipe.command)
+    trainable = load_trainable(recipe.trainable, recipe.command)
     hparams = recipe.space.decode(recipe.space.sample_init(np.random.default_rng(0)))
     (tmp_path / "out").mkdir()
     ctx = Context(hparams, None, tmp_path / "out", 0, min(recipe.steps, 5), 0, 0)

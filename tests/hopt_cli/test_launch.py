@@ -85,5 +85,5 @@ def test_a_trainable_from_a_module_replaces_the_recipes_worker(tmp_path):
     experiment = hopt_cli.run(toy_recipe(population=2, intervals=2), tmp_path / "exp", workers=1,
                               trainable=counts_threads)
 
-    assert experiment.recipe.worker == "tests.hopt_cli.trainables:counts_threads"
+    assert experiment.recipe.trainable == "tests.hopt_cli.trainables:counts_threads"
     assert experiment.status().complete

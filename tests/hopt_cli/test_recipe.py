@@ -76,7 +76,7 @@ def test_full_recipe_resolved_values():
     assert recipe.name == "digits-cnn"
     assert (recipe.seed, recipe.population, recipe.intervals, recipe.steps) == (7, 8, 20, 100)
     assert recipe.objective.metric == "val_acc" and recipe.objective.maximize
-    assert recipe.worker == "workers.digits:train_interval" and recipe.command is None
+    assert recipe.trainable == "workers.digits:train_interval" and recipe.command is None
     assert recipe.space.names == ("lr", "dropout", "weight_decay", "batch_size", "augment")
     assert (recipe.lease.timeout, recipe.lease.heartbeat) == (600.0, 60.0)
     assert (recipe.keep_best, recipe.max_failures) == (5, 4)
@@ -122,7 +122,7 @@ def test_command_with_known_placeholders_validates():
     command = "python train.py --lr {lr} --resume {parent} --out {out} --steps {steps} --seed {seed}"
     space = {"lr": {"type": "log", "low": 1e-4, "high": 1.0}}
     recipe = Recipe.from_dict(with_changes(MINIMAL, worker=DROP, command=command, space=space))
-    assert recipe.command == command and recipe.worker is None
+    assert recipe.command == command and recipe.trainable is None
     data = recipe.to_dict()
     assert data["command"] == command and "worker" not in data
     assert Recipe.from_dict(data).to_dict() == data

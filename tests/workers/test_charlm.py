@@ -68,7 +68,7 @@ def test_an_exploit_by_another_member_draws_fresh_dropout_noise(make_ctx):
 
 def test_the_shipped_recipe_validates():
     recipe = load_recipe(REPO / "recipes" / "charlm.yaml")
-    assert recipe.worker == "workers.charlm:train_interval" and recipe.objective.metric == "val_bpc"
+    assert recipe.trainable == "workers.charlm:train_interval" and recipe.objective.metric == "val_bpc"
     assert set(recipe.space.names) == set(charlm.DEFAULTS)
 
 

@@ -97,7 +97,7 @@ def test_lightning_writes_only_the_checkpoint(make_ctx, tmp_path, monkeypatch):
 
 def test_the_shipped_recipe_validates():
     recipe = load_recipe(REPO / "recipes" / "lightning-digits.yaml")
-    assert recipe.worker == "workers.lightning_digits:train_interval"
+    assert recipe.trainable == "workers.lightning_digits:train_interval"
     assert set(recipe.space.names) == set(lightning_digits.DEFAULTS)
 
 
