@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.workers.conftest import assert_same_tensors, load_state
-from workers import cifar
+from workers import cifar, cifar_data
 
 AUGMENTED = {"lr": 0.05, "crop_flip": "on", "magnitude": 0.5, "cutout": 8, "mixup": 0.4,
              "label_smoothing": 0.1}
@@ -107,8 +107,8 @@ def test_evaluation_uses_the_statistics_of_the_final_weights(tiny):
     Train mode normalises with the batch's biased variance, eval mode with the stored unbiased one:
     over 180 images x at least 16 positions the two differ by under 4e-4 relative, hence the tolerance.
     """
-    data = cifar._load("cifar10", cifar.data_dir(cifar.SPECS["cifar10"]))
-    norm = cifar._Normalize(cifar.SPECS["cifar10"], torch.device("cpu"))
+    data = cifar_data.load("cifar10", cifar_data.data_dir(cifar_data.SPECS["cifar10"]))
+    norm = cifar_data.Normalize(cifar_data.SPECS["cifar10"], torch.device("cpu"))
     torch.manual_seed(0)
     model = cifar.ResNet18(10, width=4)
     for layer in model.modules():
@@ -198,7 +198,7 @@ def test_crop_flip_must_be_on_off_or_bool(tiny, make_ctx):
 
 def test_crop_flip_moves_pixels_without_inventing_them():
     x = torch.rand(8, 3, 32, 32)
-    out = cifar.crop_flip(x)
+    out = cifar_data.crop_flip(x)
     assert out.shape == x.shape
     kept = set(x.flatten().tolist()) | {0.0}
     assert set(out.flatten().tolist()) <= kept
@@ -207,6 +207,6 @@ def test_crop_flip_moves_pixels_without_inventing_them():
 def test_cutout_zeroes_one_square_and_jitter_zero_is_identity():
     torch.manual_seed(0)
     x = torch.ones(16, 3, 32, 32)
-    holes = (cifar.cutout(x, 6) == 0).sum(dim=(1, 2, 3))
+    holes = (cifar_data.cutout(x, 6) == 0).sum(dim=(1, 2, 3))
     assert holes.max() == 3 * 36 and holes.min() > 0
-    assert torch.allclose(cifar.jitter(x * 0.5, 0.0), x * 0.5)
+    assert torch.allclose(cifar_data.jitter(x * 0.5, 0.0), x * 0.5)
