@@ -23,9 +23,12 @@ from pathlib import Path
 import yaml
 
 from benchmarks.family_report import Invocation, Row, merge
-from benchmarks.policies import ABLATIONS, REPO, SCRATCH, machine, registry
+from benchmarks.common import REPO, SCRATCH
+from benchmarks.machine import cpu_summary
+from benchmarks.policies import ABLATIONS, registry
 from benchmarks.report import best_curve
 from hopt_cli.errors import RecipeError
+from hopt_cli.policies import Policy
 from hopt_cli.recipe import Recipe
 from hopt_cli.simulator import simulate
 from workers.families import FAMILIES, Instance, draw
@@ -58,22 +61,23 @@ class Job:
     budget: int
 
 
-def recipe_for(instance: Instance, job: Job) -> Recipe:
-    """The experiment of one job: the instance's space, the job's size, its policy, the instance seed."""
+def recipe_for(instance: Instance, job: Job, policy: Policy) -> Recipe:
+    """The experiment of one job: the instance's space, the job's size, `policy`, the instance seed."""
     recipe = Recipe.from_dict({
         "name": f"{job.family}-{job.seed}", "seed": job.seed, "objective": {"metric": "score", "mode": "max"},
         "population": job.population, "intervals": job.budget, "space": instance.space,
         "worker": "workers.families:Instance",  # documentation only: simulate() is handed the instance itself
     })
-    return replace(recipe, policy_name="romul" if job.policy in ABLATIONS else job.policy,
-                   policy=POLICIES[job.policy])
+    return replace(recipe, policy_name="romul" if job.policy in ABLATIONS else job.policy, policy=policy)
 
 
-def run_job(job: Job) -> Row:
-    """One simulated experiment; its result is the final true score of the best observed member."""
+def run_job(job: Job, policy: Policy | None = None) -> Row:
+    """One simulated experiment; its result is the final true score of the best observed member.
+
+    `policy` decides in place of the job's registered one (a benchmark adapter: benchmarks/ray_families.py)."""
     started = time.perf_counter()
     instance = draw(job.family, job.seed, job.budget)
-    recipe = recipe_for(instance, job)
+    recipe = recipe_for(instance, job, policy or POLICIES[job.policy])
     simulation = simulate(recipe, workers=workers_for(job.population), trainable=instance, scratch=SCRATCH)
     final = best_curve(simulation.commits, job.budget)[-1]
     return Row(job.half, job.family, job.population, job.budget, job.policy, job.variant, job.seed,
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_all(jobs, args.processes)
     command = "python -m benchmarks.families " + shlex.join(argv if argv is not None else sys.argv[1:])
     invocation = Invocation(command.strip(), args.half, tuple(args.policies), args.variant, tuple(args.families),
-                            args.instances, tuple(args.populations), tuple(args.budgets), machine(),
+                            args.instances, tuple(args.populations), tuple(args.budgets), cpu_summary(),
                             round(time.perf_counter() - started, 1), round(sum(r.seconds for r in rows), 1))
     merge(args.out, rows, invocation)
     print(f"{len(rows)} runs in {invocation.wall_seconds:.0f} s; results in {args.out}", file=sys.stderr)

@@ -109,7 +109,7 @@ def merge(out: Path, rows: list[Row], invocation: Invocation) -> None:
     provenance = [p for p in read_provenance(out) if p.command != invocation.command] + [invocation]
     (out / PROVENANCE).write_text(json.dumps([asdict(p) for p in provenance], indent=1) + "\n")
     report = [r for r in merged if r.half == "report"]
-    if report:
+    if any(r.policy in MAIN and r.variant == "" for r in report):  # peers or ablations alone: no report yet
         (out / TABLE).write_text(render_report(report, [p for p in provenance if p.half == "report"]))
         plot(report, out / PLOT)
     tune = [r for r in merged if r.half == "tune"]
@@ -277,7 +277,9 @@ def _peer_section(main: list[Row], peers: list[Row]) -> list[str]:
     lines = [f"## Ray Tune's PBT and PB2 beside them (populations {', '.join(map(str, populations))})", "",
              "Ray's own scheduler code making the decisions inside the same simulator, instances and workers "
              "(benchmarks/ray_families.py says which Ray functions run and what is reproduced). Mean rank among "
-             f"all {len(everyone)} policies over the cells where the peers ran:", "",
+             f"all {len(everyone)} policies over every (cell, instance) where all of them ran (a peer with fewer "
+             f"instances in a cell limits the cell to those; the paired tests below use every instance ROMUL and "
+             f"that peer share):", "",
              "| policy | these cells | " + " | ".join(FAMILIES[f].title for f in families) + " |",
              "|---|---|" + "---|" * len(families)]
     for p in everyone:

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.common import REPO
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,11 @@ class Machine:
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as `uptime` prints them."""
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_summary() -> str:
+    """The CPU model, core count and Python version, in one line for a results file."""
+    return f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def _cpu_model() -> str:

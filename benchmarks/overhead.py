@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.disk import SLACK, DiskWatch
-from benchmarks.machine import REPO, Machine, load_average
+from benchmarks.common import REPO
+from benchmarks.machine import Machine, load_average
 from benchmarks.processes import hopt_command, start, wait
 from benchmarks.scale import percentile
 from hopt_cli.recipe import Recipe

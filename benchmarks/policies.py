@@ -12,8 +12,6 @@ import argparse
 import dataclasses
 import importlib.metadata
 import multiprocessing
-import os
-import platform
 import shlex
 import sys
 import time
@@ -23,15 +21,14 @@ from typing import Any
 
 import yaml
 
+from benchmarks.common import REPO, SCRATCH, toy_recipe
+from benchmarks.machine import cpu_summary
 from benchmarks.report import LABELS, TOYS, Invocation, Run, best_curve, merge
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies import Policy, make_policy
 from hopt_cli.policies.romul import SWITCHES
-from hopt_cli.recipe import Recipe, load_recipe
 from hopt_cli.simulator import simulate
 
-REPO = Path(__file__).resolve().parent.parent
-SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None  # checkpoints in memory: 5x faster than disk
 ABLATIONS: dict[str, dict[str, Any]] = {
     "romul-no-ready": {"wait": False},
     "romul-no-equal-time": {"equal_time": False},
@@ -69,12 +66,6 @@ class Job:
     workers: int
 
 
-def toy_recipe(toy: str, seed: int, intervals: int, population: int) -> Recipe:
-    """The toy's recipe from recipes/, at this seed and size."""
-    recipe = load_recipe(REPO / TOYS[toy].recipe)
-    return dataclasses.replace(recipe, seed=seed, intervals=intervals, population=population)
-
-
 def run_job(job: Job) -> Run:
     """One simulated experiment of a hopt policy."""
     started = time.perf_counter()
@@ -106,19 +97,6 @@ def ray_runs(args: argparse.Namespace) -> list[Run]:
         raise SystemExit(f"{RAY} needs Ray Tune, which hopt does not depend on: run the benchmark from an "
                          "environment with `pip install \"ray[tune]\" matplotlib numpy pyyaml click filelock`")
     return run_ray(args.toys, args.seeds, args.intervals, args.population, args.workers, args.processes)
-
-
-def machine() -> str:
-    """The CPU model and core count, for the results file."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -158,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if RAY in args.policies:
         runs += ray_runs(args)
     command = "python -m benchmarks.policies " + shlex.join(argv if argv is not None else sys.argv[1:])
-    where = machine() + (f", Ray {importlib.metadata.version('ray')}" if RAY in args.policies else "")
+    where = cpu_summary() + (f", Ray {importlib.metadata.version('ray')}" if RAY in args.policies else "")
     invocation = Invocation(tuple(args.policies), tuple(args.toys), args.seeds, command.strip(), where,
                             round(time.perf_counter() - started, 1), round(sum(r.seconds for r in runs), 1))
     merge(args.out, runs, invocation)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.machine import REPO
+from benchmarks.common import REPO
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.common import REPO
 from benchmarks.machine import Machine, load_average
 from benchmarks.report import Summary
 
-REPO = Path(__file__).resolve().parent.parent
 POLICIES = ("romul", "pbt", "de", "random")
 WORKERS = 2
 RUNS, PROVENANCE, TABLE = "runs.csv", "provenance.json", "table.md"

@@ -18,11 +18,10 @@ import pytest
 from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue,
                              requeue_if_preempted, submit, write_sbatch)
-from tests.conftest import toy_recipe
+from tests.conftest import REPO, toy_recipe
 from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 
 GOLDEN = Path(__file__).parent / "golden"
-REPO = Path(__file__).resolve().parents[2]
 
 FULL = SbatchOptions(
     directory=Path("/scratch/runs/exp1"), array=8, parallelism=4, partition="gpu", time="04:00:00",

@@ -1,0 +1,118 @@
+"""DESIGN.md's layers, read from the source: who may import whom, and no import loop anywhere in the tree."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+TREES = ("hopt_cli", "workers", "benchmarks", "tests")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for tree in TREES for p in sorted((REPO / tree).rglob("*.py"))}
+
+
+def _imported(module: str, alias: str) -> str:
+    """The module an import names: `from pkg import sub` imports pkg.sub where that is a module, else pkg."""
+    return f"{module}.{alias}" if f"{module}.{alias}" in MODULES else module
+
+
+def imports_of(module: str) -> set[str]:
+    """Every module `module` imports, at its top or inside a function, absolute imports only."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {_imported(node.module, alias.name) for alias in node.names}
+    return found
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def _under(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components of the import graph with more than one module, or a self-import."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(GRAPH[v] & MODULES.keys()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in GRAPH[v]:
+                found.append(sorted(component))
+
+    for v in sorted(MODULES):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_reader_sees_the_tree():
+    assert {"hopt_cli.cli", "hopt_cli.store", "hopt_cli.policies.romul", "workers.digits", "benchmarks.families",
+            "tests.test_layers"} <= MODULES.keys()
+    assert "hopt_cli.policies.common" in GRAPH["hopt_cli.policies.romul"]
+    assert "hopt_cli.trainable" in GRAPH["workers.toys"]
+
+
+def test_no_import_loop_anywhere_in_the_tree():
+    assert _cycles() == []
+
+
+# (layer, modules, what they must not import, why)
+RULES = [
+    ("policies", "hopt_cli.policies", ("hopt_cli.store", "hopt_cli.worker", "hopt_cli.planning", "hopt_cli.cli",
+                                      "hopt_cli.simulator", "hopt_cli.trainable", "os", "time", "random"),
+     "policies are pure: no I/O, no clock, no global RNG"),
+    ("store", "hopt_cli.store", ("hopt_cli.policies", "hopt_cli.planning", "hopt_cli.worker", "hopt_cli.cli"),
+     "the store must not know how decisions are made"),
+    ("trainables", "workers", ("hopt_cli.store", "hopt_cli.policies", "hopt_cli.worker", "hopt_cli.cli"),
+     "trainables know the trainable contract only"),
+    ("package", "hopt_cli", ("workers", "benchmarks", "tests"), "the package never reaches up into the tree"),
+]
+# worker loop and below: no ML framework (launch counts GPUs with torch, imported only for `--gpus all`)
+FRAMEWORKS = ("torch", "lightning", "tensorflow", "jax")
+FRAMEWORK_EXCEPTIONS = {("hopt_cli.launch", "torch")}
+
+
+@pytest.mark.parametrize("layer, package, forbidden, why", RULES, ids=[r[0] for r in RULES])
+def test_a_layer_imports_nothing_it_must_not(layer, package, forbidden, why):
+    broken = sorted((m, i) for m in MODULES if _under(m, package) for i in GRAPH[m]
+                    if any(_under(i, f) for f in forbidden))
+    assert broken == [], why
+
+
+def test_only_the_entry_point_imports_the_cli():
+    assert sorted(m for m in MODULES if _under(m, "hopt_cli") and "hopt_cli.cli" in GRAPH[m]) == ["hopt_cli.__main__"]
+
+
+def test_the_package_knows_no_ml_framework():
+    used = {(m, i.split(".")[0]) for m in MODULES if _under(m, "hopt_cli") for i in GRAPH[m]
+            if i.split(".")[0] in FRAMEWORKS}
+    assert used == FRAMEWORK_EXCEPTIONS
