@@ -12,6 +12,7 @@ small cluster.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import logging
 import os
 import random
@@ -27,7 +28,7 @@ from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search import BasicVariantGenerator
 
-from benchmarks.policies import REPO, SCRATCH, toy_recipe
+from benchmarks.common import REPO, SCRATCH, toy_recipe
 from benchmarks.report import Run, best_curve
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.space import Param
@@ -98,10 +99,17 @@ class Collect(tune.Callback):
 
 
 def _trial(config: dict[str, Any], toy: str, seed: int, intervals: int, population: int) -> None:
-    """One Ray trial: the toy interval by interval from Ray's checkpoint, each interval reported."""
+    """One Ray trial of a toy."""
     recipe = toy_recipe(toy, seed, intervals, population)
-    trainable = load_trainable(recipe.trainable, None)
     hparams = {p.name: min(max(config[p.name], p.low), p.high) for p in recipe.space.params}
+    train_reporting(load_trainable(recipe.trainable, None), hparams, seed, intervals, recipe.steps,
+                    recipe.objective.metric)
+
+
+def train_reporting(trainable: Callable[[Context], Any], hparams: dict[str, Any], seed: int, intervals: int,
+                    steps: int, metric: str) -> None:
+    """The body of a Ray trial: `trainable` interval by interval from Ray's checkpoint, each interval reported,
+    a checkpoint at every perturbation interval (Ray's advice), with hopt's per-interval trainable seeds."""
     member = int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
     work = Path(tempfile.mkdtemp(prefix="hopt-ray-trial-", dir=SCRATCH))
     parent, start = None, 0
@@ -114,12 +122,12 @@ def _trial(config: dict[str, Any], toy: str, seed: int, intervals: int, populati
         for t in range(start, intervals):
             out = work / f"i{t:05d}"
             out.mkdir()
-            ctx = Context(hparams, parent, out, t, recipe.steps, member, trainable_seed(seed, member, t))
-            outcome = run_interval(trainable, ctx, recipe.objective.metric)
+            ctx = Context(hparams, parent, out, t, steps, member, trainable_seed(seed, member, t))
+            outcome = run_interval(trainable, ctx, metric)
             (out / PROGRESS_FILE).write_text(json.dumps({"interval": t + 1}))
             metrics = {"score": outcome.score, "true_score": outcome.metrics["true_score"], "interval": t}
             if (t + 1) % READY and t + 1 < intervals:
-                tune.report(metrics)  # Ray's advice: checkpoint at the perturbation interval, not every step
+                tune.report(metrics)
             else:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out))
             if parent is not None:
