@@ -286,7 +286,8 @@ def _peer_section(main: list[Row], peers: list[Row]) -> list[str]:
         lines.append(f"| {p} | {ranked[('all', p)]:.2f} | " + " | ".join(f"{ranked[(f, p)]:.2f}" for f in families)
                      + " |")
     lines += ["", "ROMUL's win / tie / loss against each (cells): " + "; ".join(
-        f"{p} {_wtl([verdicts[(c, p)] for c in cells if (c, p) in verdicts])}" for p in shown) + ".", "",
+        f"{p} {_wtl([verdicts[(c, p)] for c in cells if (c, p) in verdicts])}" for p in shown) + ". Each "
+        "median is over that policy's own instances of the cell; each test over the instances both ran.", "",
               "| family | population | budget | romul | " + " | ".join(shown) + " | "
               + " | ".join(f"vs {p}" for p in shown) + " |", "|---|---|---|" + "---|" * (1 + 2 * len(shown))]
     for c in cells:
