@@ -17,7 +17,7 @@ import multiprocessing
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -61,14 +61,13 @@ class Job:
     budget: int
 
 
-def recipe_for(instance: Instance, job: Job, policy: Policy) -> Recipe:
-    """The experiment of one job: the instance's space, the job's size, `policy`, the instance seed."""
-    recipe = Recipe.from_dict({
+def recipe_for(instance: Instance, job: Job) -> Recipe:
+    """The experiment of one job: the instance's space, the job's size, the instance seed."""
+    return Recipe.from_dict({
         "name": f"{job.family}-{job.seed}", "seed": job.seed, "objective": {"metric": "score", "mode": "max"},
         "population": job.population, "intervals": job.budget, "space": instance.space,
         "worker": "workers.families:Instance",  # documentation only: simulate() is handed the instance itself
     })
-    return replace(recipe, policy_name="romul" if job.policy in ABLATIONS else job.policy, policy=policy)
 
 
 def run_job(job: Job, policy: Policy | None = None) -> Row:
@@ -77,8 +76,9 @@ def run_job(job: Job, policy: Policy | None = None) -> Row:
     `policy` decides in place of the job's registered one (a benchmark adapter: benchmarks/ray_families.py)."""
     started = time.perf_counter()
     instance = draw(job.family, job.seed, job.budget)
-    recipe = recipe_for(instance, job, policy or POLICIES[job.policy])
-    simulation = simulate(recipe, workers=workers_for(job.population), trainable=instance, scratch=SCRATCH)
+    recipe = recipe_for(instance, job)
+    simulation = simulate(recipe, workers=workers_for(job.population), trainable=instance, scratch=SCRATCH,
+                          policy=policy or POLICIES[job.policy])
     final = best_curve(simulation.commits, job.budget)[-1]
     return Row(job.half, job.family, job.population, job.budget, job.policy, job.variant, job.seed,
                instance.noise, final, time.perf_counter() - started)

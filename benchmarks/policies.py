@@ -69,9 +69,8 @@ class Job:
 def run_job(job: Job) -> Run:
     """One simulated experiment of a hopt policy."""
     started = time.perf_counter()
-    recipe = dataclasses.replace(toy_recipe(job.toy, job.seed, job.intervals, job.population),
-                                 policy=POLICIES[job.policy])
-    simulation = simulate(recipe, workers=job.workers, scratch=SCRATCH)
+    recipe = toy_recipe(job.toy, job.seed, job.intervals, job.population)
+    simulation = simulate(recipe, workers=job.workers, scratch=SCRATCH, policy=POLICIES[job.policy])
     curve = best_curve(simulation.commits, recipe.intervals, 1.0 if recipe.objective.maximize else -1.0)
     return Run(job.toy, job.policy, job.seed, curve, time.perf_counter() - started)
 

@@ -48,7 +48,7 @@ def init(recipe: Path, root: Path) -> None:
     store = create(recipe, root)
     population = store.sync()
     click.echo(f"experiment {store.recipe.name} ready in {root}: {population.size} members x "
-               f"{population.intervals} intervals, policy {store.recipe.policy_name}")
+               f"{population.intervals} intervals, policy {store.recipe.policy.name}")
 
 
 @cli.command()

@@ -140,7 +140,7 @@ class Experiment:
         infos = [info for info in self.store.lease_infos() if info.lease is not None]
         here = Holder.this_process("hopt-status")
         leases = {info.lease.member: self._lease_status(info, here) for info in infos}
-        window = getattr(self.recipe.policy, "ready", 2)
+        window = self.recipe.policy.settings.get("ready", 2)
         members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
         started = population.started
@@ -149,7 +149,7 @@ class Experiment:
         eta = 0.0 if population.complete else self._eta(population) if live else None
         r = self.recipe
         return Status(
-            r.name, r.policy_name, r.objective.metric, r.objective.mode, population.size, population.intervals,
+            r.name, r.policy.name, r.objective.metric, r.objective.mode, population.size, population.intervals,
             population.intervals_done, population.budget, population.complete, population.failed,
             None if top is None else BestStatus(top.member, top.interval, top.score),
             started, None if started is None else round(now - started, 3), eta, live,

@@ -103,7 +103,7 @@ def _integer_intervals(ax: Axes) -> None:
 def _title(experiment: Experiment, what: str) -> str:
     r, population = experiment.recipe, experiment.population()
     return (f"{r.name}: {what}  ({population.size} members, {population.intervals} intervals, "
-            f"policy {r.policy_name})")
+            f"policy {r.policy.name})")
 
 
 def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> None:
@@ -279,7 +279,7 @@ def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
     ax.set(xlabel="interval", ylabel="step size \u03c3 (unit cube)",
            title=_title(experiment, "step size per member"))
     if not any(c.sigma > 0 for c in commits):
-        ax.text(0.5, 0.5, f"policy {experiment.recipe.policy_name} has no step size", ha="center", va="center",
+        ax.text(0.5, 0.5, f"policy {experiment.recipe.policy.name} has no step size", ha="center", va="center",
                 transform=ax.transAxes, fontsize=12, color="gray")
         return figure
     sigma = {(c.member, c.interval): c.sigma for c in commits}

@@ -6,14 +6,14 @@ import os
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hopt_cli.errors import HoptError, RecipeError
-from hopt_cli.policies import Policy, make_policy, policy_settings
+from hopt_cli.policies import resolve
 from hopt_cli.space import SearchSpace
 
 FORMAT = 2  # of experiment.yaml; 2: journal events written through hopt_cli/events.py, keys unified
@@ -45,6 +45,15 @@ class LeaseSettings:
 
 
 @dataclass(frozen=True)
+class PolicySpec:
+    """The recipe's policy as plain data: its name and every setting, defaults included. The policy itself
+    is built where decisions are made (the worker, the simulator)."""
+
+    name: str
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A validated recipe; `to_dict` is the resolved form stored in experiment.yaml."""
 
@@ -52,8 +61,7 @@ class Recipe:
     population: int
     intervals: int
     space: SearchSpace
-    policy_name: str
-    policy: Policy = field(compare=False)
+    policy: PolicySpec
     trainable: str | None = None  # module:function, the recipe's `worker` key (or `command`)
     command: str | None = None
     seed: int = 0
@@ -75,7 +83,7 @@ class Recipe:
             "population": self.population,
             "intervals": self.intervals,
             "steps": self.steps,
-            "policy": {"name": self.policy_name, **policy_settings(self.policy_name, self.policy)},
+            "policy": {"name": self.policy.name, **self.policy.settings},
         }
         data["worker" if self.trainable else "command"] = self.trainable or self.command
         data["space"] = self.space.to_recipe()
@@ -104,7 +112,7 @@ class Recipe:
             raise RecipeError("format", f"this hopt reads formats {READABLE_FORMATS[0]} to {FORMAT} "
                               f"(got {data['format']!r}); upgrade hopt")
         space = SearchSpace.from_recipe(data.get("space"))
-        policy_name, policy = _policy(data.get("policy", {"name": "romul"}))
+        policy = _policy(data.get("policy", {"name": "romul"}))
         trainable, command = _trainable(data, space)
         population = _bounded(data, "population", 2, MAX_POPULATION,
                               "every worker and `hopt status` hold each member in memory (about 2 KB each)")
@@ -113,7 +121,6 @@ class Recipe:
             population=population,
             intervals=_bounded(data, "intervals", 1, MAX_INTERVALS, "split the training into fewer, longer intervals"),
             space=space,
-            policy_name=policy_name,
             policy=policy,
             trainable=trainable,
             command=command,
@@ -234,14 +241,14 @@ def _project(value: Any) -> str | None:
     return value
 
 
-def _policy(value: Any) -> tuple[str, Policy]:
+def _policy(value: Any) -> PolicySpec:
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, Mapping):
         raise RecipeError("policy", "must be a mapping such as {name: romul}")
     settings = {k: v for k, v in value.items() if k != "name"}
     name = value.get("name", "romul")
-    return name, make_policy(name, settings)
+    return PolicySpec(name, resolve(name, settings))
 
 
 def _trainable(data: Mapping[str, Any], space: SearchSpace) -> tuple[str | None, str | None]:

@@ -23,6 +23,7 @@ from hopt_cli import events
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
 from hopt_cli.planning import Plan, plan_next
+from hopt_cli.policies import Policy, make_policy
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
@@ -59,20 +60,24 @@ class _Job:
 
 
 def simulate(recipe: Recipe, workers: int = 1, trainable: Callable[[Context], Any] | None = None,
-             spread: float = 0.5, scratch: str | Path | None = None) -> Simulation:
+             spread: float = 0.5, scratch: str | Path | None = None, policy: Policy | None = None) -> Simulation:
     """Run `recipe` to completion with `workers` simulated workers.
 
     Interval durations are lognormal with median 1 and log-std `spread`; checkpoints live in a temporary
-    folder under `scratch` (the system's default when None) that is deleted at the end.
+    folder under `scratch` (the system's default when None) that is deleted at the end. `policy` decides
+    in place of the recipe's (a benchmark's variant).
     """
     trainable = trainable or load_trainable(recipe.trainable, recipe.command)
+    policy = policy or make_policy(recipe.policy.name, recipe.policy.settings)
     with tempfile.TemporaryDirectory(prefix="hopt-sim-", dir=scratch) as root:
-        return _Simulator(recipe, trainable, Path(root), spread).run(workers)
+        return _Simulator(recipe, policy, trainable, Path(root), spread).run(workers)
 
 
 class _Simulator:
-    def __init__(self, recipe: Recipe, trainable: Callable[[Context], Any], root: Path, spread: float) -> None:
+    def __init__(self, recipe: Recipe, policy: Policy, trainable: Callable[[Context], Any], root: Path,
+                 spread: float) -> None:
         self.recipe = recipe
+        self.policy = policy
         self.trainable = trainable
         self.checkpoints = root / "checkpoints"
         self.staging = root / "staging"
@@ -106,7 +111,7 @@ class _Simulator:
         """Idle workers claim members until none is free (they wait for the next commit, as real ones poll)."""
         recipe = self.recipe
         while idle:
-            plan = plan_next(self.population, self.leased, recipe.policy, recipe.space, recipe.seed)
+            plan = plan_next(self.population, self.leased, self.policy, recipe.space, recipe.seed)
             if plan is None:
                 return
             if plan.adopt:

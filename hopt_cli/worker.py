@@ -18,6 +18,7 @@ from hopt_cli import intervallog
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.isolation import IsolatedTrainable
 from hopt_cli.planning import plan_next
+from hopt_cli.policies import make_policy
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
 from hopt_cli.recipe import Recipe
@@ -88,6 +89,7 @@ class Worker:
         self.holder = Holder.this_process(name)
         self.stop = stop or NeverStop()
         self.trainable = trainable or make_trainable(self.recipe)
+        self.policy = make_policy(self.recipe.policy.name, self.recipe.policy.settings)
         self.report = WorkerReport()
         self._dropped: set[str] = set()
         self._warned_empty = False
@@ -137,7 +139,7 @@ class Worker:
                 self.store.drop_leftovers()
             else:
                 leased = self.store.leased(self.holder)
-                plan = plan_next(population, leased, self.recipe.policy, self.recipe.space,
+                plan = plan_next(population, leased, self.policy, self.recipe.space,
                                  self.recipe.seed)
                 if plan is None:
                     return NoClaim.BUSY

@@ -58,6 +58,11 @@ def policy_settings(name: str, policy: Policy) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(policy).items() if k not in fixed and k not in SWITCHES}
 
 
+def resolve(name: str, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A recipe's policy settings checked and completed with every default: what experiment.yaml holds."""
+    return policy_settings(name, make_policy(name, settings))
+
+
 _FRACTIONS = {"explorers", "quantile", "resample", "CR"}
 
 

@@ -10,7 +10,8 @@ import yaml
 from hopt_cli.errors import HoptError, RecipeError
 from hopt_cli.policies.pbt import Pbt
 from hopt_cli.policies.romul import Romul
-from hopt_cli.recipe import FORMAT, Recipe, load_recipe
+from hopt_cli.policies import policy_settings
+from hopt_cli.recipe import FORMAT, PolicySpec, Recipe, load_recipe
 
 SPACE = {
     "lr": {"type": "log", "low": 1.0e-4, "high": 1.0, "init": [1.0e-3, 1.0e-1]},
@@ -80,9 +81,8 @@ def test_full_recipe_resolved_values():
     assert recipe.space.names == ("lr", "dropout", "weight_decay", "batch_size", "augment")
     assert (recipe.lease.timeout, recipe.lease.heartbeat) == (600.0, 60.0)
     assert (recipe.keep_best, recipe.max_failures) == (5, 4)
-    assert recipe.policy_name == "romul"
-    assert isinstance(recipe.policy, Romul)
-    assert recipe.policy.quantile == 0.3 and recipe.policy.sigma0 == 0.2
+    assert recipe.policy.name == "romul"
+    assert recipe.policy.settings["quantile"] == 0.3 and recipe.policy.settings["sigma0"] == 0.2
     data = recipe.to_dict()
     assert data["format"] == FORMAT
     assert data["policy"]["name"] == "romul"
@@ -99,7 +99,7 @@ def test_defaults():
     assert recipe.lease.timeout == 300 and recipe.lease.heartbeat == 30
     assert recipe.keep_best == 3
     assert recipe.max_failures == 3
-    assert recipe.policy_name == "romul" and recipe.policy == Romul()
+    assert recipe.policy == PolicySpec("romul", policy_settings("romul", Romul()))
     data = recipe.to_dict()
     assert data["seed"] == 0 and data["steps"] == 1
     assert data["objective"] == {"metric": "score", "mode": "max"}
@@ -111,11 +111,11 @@ def test_defaults():
 
 def test_policy_as_a_name_and_minimize():
     recipe = Recipe.from_dict(with_changes(MINIMAL, policy="pbt", objective={"metric": "loss", "mode": "min"}))
-    assert recipe.policy_name == "pbt" and isinstance(recipe.policy, Pbt)
+    assert recipe.policy == PolicySpec("pbt", policy_settings("pbt", Pbt()))
     assert recipe.objective.mode == "min" and not recipe.objective.maximize
     assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
     for name in ("de", "random"):
-        assert Recipe.from_dict(with_changes(MINIMAL, policy={"name": name})).policy_name == name
+        assert Recipe.from_dict(with_changes(MINIMAL, policy={"name": name})).policy.name == name
 
 
 def test_command_with_known_placeholders_validates():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hopt_cli.errors import HoptError, LockNotExclusive
+from hopt_cli.policies import make_policy
 from hopt_cli.recipe import Recipe
 from hopt_cli.events import Reclaim
 from hopt_cli.store import Store
@@ -151,7 +152,7 @@ class TestStoreProtocol:
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
         ghost = Holder("ghost", Holder.this_process("x").host, int(dead.stdout), Holder.this_process("x").pidns)
         with store.transaction() as population:
-            decision = Recipe.from_dict(toy_recipe()).policy.decide(
+            decision = make_policy("romul").decide(
                 population.view(), 0, store.recipe.space, __import__("numpy").random.default_rng(0))
             store.claim(0, decision, store.recipe.space.decode(decision.coords), ghost)
 
@@ -162,7 +163,7 @@ class TestStoreProtocol:
             assert store.leased(Holder.this_process("me")) == set()  # it lists: the next is a period away
 
         with store.transaction() as population:  # yet a dead claimer is noticed at the next claim
-            decision = Recipe.from_dict(toy_recipe()).policy.decide(
+            decision = make_policy("romul").decide(
                 population.view(), 1, store.recipe.space, __import__("numpy").random.default_rng(0))
             store.claim(1, decision, store.recipe.space.decode(decision.coords), ghost)
         with store.transaction():
@@ -275,7 +276,7 @@ def _two_writers_whose_locks_do_not_exclude(root: Path) -> tuple[Store, Store]:
 
 
 def _plan(store: Store, member: int):
-    decision = store.recipe.policy.decide(store.population.view(), member, store.recipe.space,
+    decision = make_policy(store.recipe.policy.name, store.recipe.policy.settings).decide(store.population.view(), member, store.recipe.space,
                                           np.random.default_rng(member))
     return decision, store.recipe.space.decode(decision.coords)
 
