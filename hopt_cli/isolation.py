@@ -1,6 +1,7 @@
 """Python trainables in a child process, so that an interval can be killed without killing the worker.
 
-Used when the recipe sets `interval_timeout`: an interval that runs longer is killed and fails, and a
+`make_trainable` gives a worker the recipe's trainable as it must run: the function itself, a command, or,
+when the recipe sets `interval_timeout`, the function in such a child. Then an interval that runs longer is killed and fails, and a
 stop request (a stop signal, or our lease taken away) abandons the interval at once instead of waiting
 for the trainable to look at `should_stop()`. A crash of the trainable (segfault, out of memory) becomes
 a failed interval too.
@@ -23,13 +24,16 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from multiprocessing.connection import Connection
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hopt_cli.errors import HoptError
-from hopt_cli.trainable import Context, IntervalError, exit_message, load_trainable
+from hopt_cli.trainable import CommandTrainable, Context, IntervalError, exit_message, load_trainable
+
+if TYPE_CHECKING:  # only for the annotation: the child process imports no recipe
+    from hopt_cli.recipe import Recipe
 
 POLL_SECONDS = 0.05
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -115,6 +119,16 @@ def die_with_parent(parent: int, signum: signal.Signals) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def make_trainable(recipe: Recipe) -> Callable[[Context], Any]:
+    """The recipe's trainable; with `interval_timeout`, a Python one runs in a killable child process."""
+    if recipe.command is not None:
+        return CommandTrainable(recipe.command, timeout=recipe.interval_timeout)
+    function = load_trainable(recipe.trainable, None)  # import errors surface here, before any claim
+    if recipe.interval_timeout is None:
+        return function
+    return IsolatedTrainable(str(recipe.trainable), recipe.interval_timeout)
 
 
 def serve(fd: int, trainable: str, parent: int) -> None:

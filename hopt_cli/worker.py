@@ -16,16 +16,15 @@ from typing import Any, Protocol
 
 from hopt_cli import intervallog
 from hopt_cli.errors import ExperimentFailed
-from hopt_cli.isolation import IsolatedTrainable
+from hopt_cli.isolation import IsolatedTrainable, make_trainable
 from hopt_cli.planning import plan_next
 from hopt_cli.policies import make_policy
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
-from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.timing import StepTiming
-from hopt_cli.trainable import CommandTrainable, Context, Outcome, load_trainable, run_interval, thread_settings
+from hopt_cli.trainable import Context, Outcome, run_interval, thread_settings
 
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
@@ -69,16 +68,6 @@ class WorkerReport:
     fenced: int = 0
     stopped: bool = False
     complete: bool = False
-
-
-def make_trainable(recipe: Recipe) -> Callable[[Context], Any]:
-    """The recipe's trainable; with `interval_timeout`, a Python one runs in a killable child process."""
-    if recipe.command is not None:
-        return CommandTrainable(recipe.command, timeout=recipe.interval_timeout)
-    function = load_trainable(recipe.trainable, None)  # import errors surface here, before any claim
-    if recipe.interval_timeout is None:
-        return function
-    return IsolatedTrainable(str(recipe.trainable), recipe.interval_timeout)
 
 
 class Worker:
