@@ -17,7 +17,9 @@ import multiprocessing
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import yaml
@@ -97,20 +99,43 @@ def run_all(jobs: list[Job], processes: int) -> list[Row]:
     return rows
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def suite_parser(description: str, policies: Iterable[str], default: str, populations: str, processes: int,
+                 quick: dict[str, Any]) -> argparse.ArgumentParser:
+    """The options of a run of the suite: which half, policies, families, instances, sizes, processes, out."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--half", choices=tuple(HALVES), default="report")
-    parser.add_argument("--policies", default=",".join(MAIN), help=f"comma-separated, of {', '.join(POLICIES)}")
+    parser.add_argument("--policies", default=default, help=f"comma-separated, of {', '.join(policies)}")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
-    parser.add_argument("--instances", type=int, default=20, help="instances per cell (seeds of the half)")
-    parser.add_argument("--populations", default="4,8,16,32")
+    parser.add_argument("--instances", type=int, default=20, help="instances per cell (the first seeds of the half)")
+    parser.add_argument("--populations", default=populations)
     parser.add_argument("--budgets", default="20,60", help="intervals per member")
-    parser.add_argument("--processes", type=int, default=2, help="local processes running the simulations")
+    parser.add_argument("--processes", type=int, default=processes, help="local processes running the simulations")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: {quick['instances']} instances, populations "
+                             f"{','.join(map(str, quick['populations']))}, budget {quick['budgets'][0]}")
+    return parser
+
+
+def read_suite(parser: argparse.ArgumentParser, args: argparse.Namespace, policies: Iterable[str],
+               quick: dict[str, Any]) -> argparse.Namespace:
+    """The suite options of `args` as lists; an unknown policy or family is the parser's error."""
+    args.policies = args.policies.split(",")
+    args.families = args.families.split(",")
+    args.populations = [int(p) for p in args.populations.split(",")]
+    args.budgets = [int(b) for b in args.budgets.split(",")]
+    if args.quick:
+        args.instances, args.populations, args.budgets = quick["instances"], quick["populations"], quick["budgets"]
+    unknown = [p for p in args.policies if p not in policies] + [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        parser.error(f"unknown policy or family: {', '.join(unknown)}")
+    return args
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = suite_parser(__doc__.splitlines()[0], POLICIES, ",".join(MAIN), "4,8,16,32", 2, QUICK)
     parser.add_argument("--romul", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override ROMUL's defaults (in romul and its ablations), e.g. CR=0.2")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run: {QUICK['instances']} instances, populations 4,8, budget 6")
     args = parser.parse_args(argv)
     try:
         settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.romul)}
@@ -118,16 +143,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     except (RecipeError, yaml.YAMLError) as err:
         parser.error(f"--romul: {err}")
     args.variant = " ".join(args.romul)
-    args.policies = args.policies.split(",")
-    args.families = args.families.split(",")
-    args.populations = [int(p) for p in args.populations.split(",")]
-    args.budgets = [int(b) for b in args.budgets.split(",")]
-    if args.quick:
-        args.instances, args.populations, args.budgets = QUICK["instances"], QUICK["populations"], QUICK["budgets"]
-    unknown = [p for p in args.policies if p not in POLICIES] + [f for f in args.families if f not in FAMILIES]
-    if unknown:
-        parser.error(f"unknown policy or family: {', '.join(unknown)}")
-    return args
+    return read_suite(parser, args, POLICIES, QUICK)
 
 
 def main(argv: list[str] | None = None) -> int:

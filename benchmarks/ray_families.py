@@ -111,7 +111,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,7 +123,6 @@ from hopt_cli.decision import Decision
 from hopt_cli.policies import common
 from hopt_cli.population import PopulationView
 from hopt_cli.space import Param, SearchSpace
-from workers.families import FAMILIES
 
 try:
     from ray import tune
@@ -313,29 +311,9 @@ def versions() -> str:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--half", choices=tuple(families.HALVES), default="report")
-    parser.add_argument("--policies", default=",".join(ADAPTERS), help=f"comma-separated, of {', '.join(ADAPTERS)}")
-    parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
-    parser.add_argument("--instances", type=int, default=20, help="instances per cell (the first seeds of the half)")
-    parser.add_argument("--populations", default="8,16")
-    parser.add_argument("--budgets", default="20,60", help="intervals per member")
-    parser.add_argument("--processes", type=int, default=1, help="local processes running the simulations")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser = families.suite_parser(__doc__.splitlines()[0], ADAPTERS, ",".join(ADAPTERS), "8,16", 1, QUICK)
     parser.add_argument("--redo", action="store_true", help="run again the rows --out already has")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run: {QUICK['instances']} instances, population 8, budget 6")
-    args = parser.parse_args(argv)
-    args.policies = args.policies.split(",")
-    args.families = args.families.split(",")
-    args.populations = [int(p) for p in args.populations.split(",")]
-    args.budgets = [int(b) for b in args.budgets.split(",")]
-    if args.quick:
-        args.instances, args.populations, args.budgets = QUICK["instances"], QUICK["populations"], QUICK["budgets"]
-    unknown = [p for p in args.policies if p not in ADAPTERS] + [f for f in args.families if f not in FAMILIES]
-    if unknown:
-        parser.error(f"unknown policy or family: {', '.join(unknown)}")
-    return args
+    return families.read_suite(parser, parser.parse_args(argv), ADAPTERS, QUICK)
 
 
 def main(argv: list[str] | None = None) -> int:
