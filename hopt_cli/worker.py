@@ -22,6 +22,7 @@ from hopt_cli.policies import make_policy
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
 from hopt_cli.store import Store
+from hopt_cli.store.fsio import retrying
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.timing import StepTiming
 from hopt_cli.trainable import Context, Outcome, run_interval, thread_settings
@@ -210,7 +211,7 @@ class Worker:
         """Run the trainable with a heartbeat thread keeping the lease alive."""
         decision = claim.decision
         parent = self.store.paths.checkpoint(decision.checkpoint) if decision.checkpoint else None
-        if parent is not None and not parent.is_dir():
+        if parent is not None and not retrying(parent.is_dir, parent):  # a fresh handle after ESTALE
             return Outcome(None, {}, f"checkpoint {parent} is missing (deleted outside hopt?); restore it from "
                                      "a backup: hopt never deletes a checkpoint that is still referenced"), False
         lost = threading.Event()

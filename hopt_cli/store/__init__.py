@@ -29,7 +29,7 @@ from hopt_cli.population import MemberState, Population
 from hopt_cli.recipe import FORMAT, Recipe
 from hopt_cli.store import snapshot
 from hopt_cli.store.fsio import (RETRIES, create_exclusive, fsync_dir, is_temporary, patience, read_bytes, retrying,
-                                touch, write_atomic, write_json_atomic)
+                                touch, unless_gone, write_atomic, write_json_atomic)
 from hopt_cli.store.journal import Cursor, Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.locking import abandoned_claims, make_lock
@@ -637,7 +637,7 @@ class Store:
             in_use = self._wanted(leases)
             for entry in candidates:
                 if entry.name not in in_use and checkpoint_token(entry.name) not in in_use:
-                    with contextlib.suppress(FileNotFoundError):
+                    with unless_gone():  # another node's sweep took it first; anything left goes at the next one
                         os.rename(entry.path, self.paths.trash / f"{entry.name}.{secrets.token_hex(4)}")
                         moved += 1
         return moved
@@ -711,7 +711,7 @@ class Store:
                 os.unlink(entry.path)
 
     def _discard(self, folder: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with unless_gone():
             os.rename(folder, self.paths.trash / f"{folder.name}.{secrets.token_hex(4)}")
 
     def _note(self, message: str) -> None:

@@ -2,6 +2,7 @@
 outlast the transient errors of network filesystems."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -44,6 +45,18 @@ def retrying(action: Callable[[], T], path: Path) -> T:
                 raise
             problem = err.strerror or str(err)
     raise FilesystemError(path, problem, RETRIES)
+
+
+@contextlib.contextmanager
+def unless_gone() -> Iterator[None]:
+    """Skip an operation on an entry that is gone: missing, or (ESTALE) moved by another node since we listed it."""
+    try:
+        yield
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        if err.errno != errno.ESTALE:
+            raise
 
 
 def read_bytes(path: Path) -> bytes:

@@ -1,6 +1,7 @@
 """The directory protocol: journal, snapshot, leases and fencing, garbage collection, creation races."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -203,6 +204,29 @@ class TestStoreProtocol:
         assert store.paths.staging_dir(in_flight.lease.token).exists()
         assert not list(store.paths.trash.iterdir())
 
+
+    def test_a_checkpoint_whose_handle_went_stale_is_left_to_the_next_sweep(self, make_store, tmp_path,
+                                                                            monkeypatch):
+        """GlusterFS answers ESTALE for an entry another node's sweep moved since we listed it."""
+        store = make_store(tmp_path / "exp", population=2, intervals=4)
+        worker = Worker(store, "w")
+        for _ in range(4):
+            worker.train_and_commit(worker.claim())
+        left = store.paths.checkpoints / "m00000-i00000-left"  # member 0 is past interval 0: garbage
+        left.mkdir()
+        rename = os.rename
+
+        def stale(source, target):
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(source))
+
+        monkeypatch.setattr(os, "rename", stale)
+        with store.transaction():
+            assert store.collect_garbage(store.reclaim(worker.holder)) == 0
+        assert left.is_dir()
+        monkeypatch.setattr(os, "rename", rename)
+        with store.transaction():
+            assert store.collect_garbage(store.reclaim(worker.holder)) == 1
+        assert not left.exists()
 
     def test_a_snapshot_being_written_outside_the_lock_is_left_alone(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
