@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from hopt_cli.errors import HoptError, RecipeError
-from hopt_cli.policies import resolve
+from hopt_cli.policies import Policy, make_policy, resolve
 from hopt_cli.space import SearchSpace
 
 FORMAT = 2  # of experiment.yaml; 2: journal events written through hopt_cli/events.py, keys unified
@@ -51,6 +51,10 @@ class PolicySpec:
 
     name: str
     settings: dict[str, Any]
+
+    def build(self) -> Policy:
+        """The policy itself, for whoever makes decisions."""
+        return make_policy(self.name, self.settings)
 
 
 @dataclass(frozen=True)

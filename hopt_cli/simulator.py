@@ -23,7 +23,7 @@ from hopt_cli import events
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
 from hopt_cli.planning import Plan, plan_next
-from hopt_cli.policies import Policy, make_policy
+from hopt_cli.policies import Policy
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.population import Population
 from hopt_cli.recipe import Recipe
@@ -68,7 +68,7 @@ def simulate(recipe: Recipe, workers: int = 1, trainable: Callable[[Context], An
     in place of the recipe's (a benchmark's variant).
     """
     trainable = trainable or load_trainable(recipe.trainable, recipe.command)
-    policy = policy or make_policy(recipe.policy.name, recipe.policy.settings)
+    policy = policy or recipe.policy.build()
     with tempfile.TemporaryDirectory(prefix="hopt-sim-", dir=scratch) as root:
         return _Simulator(recipe, policy, trainable, Path(root), spread).run(workers)
 

@@ -18,7 +18,6 @@ from hopt_cli import intervallog
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.isolation import IsolatedTrainable, make_trainable
 from hopt_cli.planning import plan_next
-from hopt_cli.policies import make_policy
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
 from hopt_cli.store import Store
@@ -79,7 +78,7 @@ class Worker:
         self.holder = Holder.this_process(name)
         self.stop = stop or NeverStop()
         self.trainable = trainable or make_trainable(self.recipe)
-        self.policy = make_policy(self.recipe.policy.name, self.recipe.policy.settings)
+        self.policy = self.recipe.policy.build()
         self.report = WorkerReport()
         self._dropped: set[str] = set()
         self._warned_empty = False

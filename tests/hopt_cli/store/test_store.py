@@ -300,7 +300,7 @@ def _two_writers_whose_locks_do_not_exclude(root: Path) -> tuple[Store, Store]:
 
 
 def _plan(store: Store, member: int):
-    decision = make_policy(store.recipe.policy.name, store.recipe.policy.settings).decide(store.population.view(), member, store.recipe.space,
+    decision = store.recipe.policy.build().decide(store.population.view(), member, store.recipe.space,
                                           np.random.default_rng(member))
     return decision, store.recipe.space.decode(decision.coords)
 
