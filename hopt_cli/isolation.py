@@ -1,10 +1,10 @@
 """Python trainables in a child process, so that an interval can be killed without killing the worker.
 
-`make_trainable` gives a worker the recipe's trainable as it must run: the function itself, a command, or,
-when the recipe sets `interval_timeout`, the function in such a child. Then an interval that runs longer is killed and fails, and a
-stop request (a stop signal, or our lease taken away) abandons the interval at once instead of waiting
-for the trainable to look at `should_stop()`. A crash of the trainable (segfault, out of memory) becomes
-a failed interval too.
+`make_trainable` gives a worker the recipe's trainable as it must run: the function itself, a command,
+or, when the recipe sets `interval_timeout`, the function in such a child. Then an interval that runs
+longer is killed and fails, and a stop request (a stop signal, or our lease taken away) abandons the
+interval at once instead of waiting for the trainable to look at `should_stop()`. A crash of the
+trainable (segfault, out of memory) becomes a failed interval too.
 
 One child per worker, started at the first interval and reused, so an interval costs one round trip
 over a socket (well under a millisecond); a killed child is replaced at the next interval. The child
