@@ -650,7 +650,7 @@ class Store:
             for entry in os.scandir(self.paths.interval_logs):
                 name = entry.name.removesuffix(".log")
                 if entry.name.endswith(".log") and name not in referenced and self._superseded(name):
-                    with contextlib.suppress(FileNotFoundError):
+                    with unless_gone():
                         os.unlink(entry.path)
 
     def _wanted(self, live: list[Lease]) -> set[str]:
@@ -698,7 +698,7 @@ class Store:
                 for entry in os.scandir(folder):
                     if not is_temporary(entry.name):
                         continue
-                    with contextlib.suppress(FileNotFoundError):
+                    with unless_gone():
                         if folder == self.paths.leases or now - entry.stat().st_mtime > old:
                             os.unlink(entry.path)
         for claim in abandoned_claims(self.paths, Holder.this_process("gc"), now, self.lock.timeout):
@@ -707,7 +707,7 @@ class Store:
     def empty_trash(self) -> None:
         for entry in os.scandir(self.paths.trash):
             shutil.rmtree(entry.path, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            with unless_gone(), contextlib.suppress(IsADirectoryError):
                 os.unlink(entry.path)
 
     def _discard(self, folder: Path) -> None:
