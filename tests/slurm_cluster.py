@@ -1,7 +1,8 @@
 """Helpers for the tests that submit real jobs: is a cluster there, what state is a job in, bounded waits.
 
-The tests marked `slurm` use the `cluster` fixture: it skips when no SLURM answers, and fails instead
-when CI=true (CI starts one with tests/slurm/start-cluster.sh, so a missing cluster is a broken CI).
+The tests marked `slurm` use the `cluster` fixture: it skips when the suite's own cluster does not answer
+(none, or another one whose settings the tests' waits do not allow for), and fails instead when CI=true
+(CI starts one with tests/slurm/start-cluster.sh, so a missing cluster is a broken CI).
 """
 from __future__ import annotations
 
@@ -17,17 +18,37 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", 
                 "DEADLINE", "PREEMPTED"}
 
 
-@pytest.fixture(scope="session")
-def cluster() -> None:
-    """Skip unless a SLURM cluster answers (asked once); with CI=true a missing cluster is a failure."""
+# What the tests' waits assume of the cluster: tests/slurm/slurm.conf.in, as start-cluster.sh writes it.
+SUITE_SETTINGS = {"ClusterName": "hopt", "AuthInfo": "cred_expire=10"}
+
+
+def cluster_problem() -> str | None:
+    """Why the SLURM cluster that answers is not usable by the suite (None when it is the suite's own).
+
+    Any cluster answers sinfo, but the tests' hang guards assume the settings of tests/slurm/slurm.conf.in:
+    a requeued task under another cluster's cred_expire (120 s by default) waits past them.
+    """
     try:
         answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=15)
-        reason = None if answer.returncode == 0 and "up" in answer.stdout.split() else answer.stderr.strip()
+        if answer.returncode != 0 or "up" not in answer.stdout.split():
+            return f"no SLURM cluster answers sinfo ({answer.stderr.strip() or 'no partition up'})"
+        config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=15)
     except (FileNotFoundError, subprocess.TimeoutExpired) as err:
-        reason = str(err)
-    if reason is not None:
-        message = (f"no SLURM cluster answers sinfo ({reason or 'no partition up'}); "
-                   "run tests/slurm/start-cluster.sh")
+        return f"no SLURM cluster answers sinfo ({err})"
+    settings = dict(re.findall(r"^(\w+)\s*=\s*(.*?)\s*$", config.stdout, re.MULTILINE))
+    wrong = [f"{key}={settings.get(key, '?')} (the suite's: {value})" for key, value in SUITE_SETTINGS.items()
+             if settings.get(key) != value]
+    if wrong:
+        return f"the SLURM cluster that answers is not the suite's own: {', '.join(wrong)}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> None:
+    """Skip unless the suite's own SLURM cluster answers (asked once); with CI=true, fail instead."""
+    problem = cluster_problem()
+    if problem is not None:
+        message = f"{problem}; run tests/slurm/start-cluster.sh"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
