@@ -31,7 +31,10 @@ def plan_next(population: Population, leased: set[int], policy: Policy, space: S
     if member is None:
         return None
     state = population.members[member]
-    rng = decision_rng(seed, member, state.interval, state.claims)
+    # A member's start is one draw however often its first interval is retried (killed, reclaimed, failed),
+    # so the initial population is the same as a run that never crashed; later retries may decide anew.
+    attempt = state.claims if state.checkpoint is not None else 0
+    rng = decision_rng(seed, member, state.interval, attempt)
     decision = policy.decide(population.view(), member, space, rng)
     adopt = decision.action == "exploit" and decision.interval >= population.intervals
     return Plan(member, decision, space.decode(decision.coords), state.claims, adopt)

@@ -23,6 +23,12 @@ from tests.invariants import check_finished_experiment
 POPULATION, INTERVALS = 4, 5
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited: a holder that is gone."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
 def half_done(root: Path, **overrides) -> Store:
     """An experiment stopped part way: some commits, a snapshot behind the journal, and the lease of a
     worker that died mid-interval."""
@@ -30,8 +36,7 @@ def half_done(root: Path, **overrides) -> Store:
     worker = Worker(store, "before")
     for _ in range(POPULATION * 2 + 1):
         worker.train_and_commit(worker.claim())
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    worker.holder = replace(worker.holder, pid=int(dead.stdout))
+    worker.holder = replace(worker.holder, pid=dead_pid())
     worker.claim()
     return store
 
@@ -116,6 +121,24 @@ def test_a_lease_file_edited_by_hand(tmp_path, edit):
     in_flight.write_text(edit)
     (store.paths.leases / "00003.json").write_text(edit)
     finish(store.paths.root)
+
+
+def test_a_members_start_is_the_same_draw_however_often_its_first_interval_is_retried(tmp_path):
+    recipe = Recipe.from_dict(toy_recipe(population=2, intervals=2))
+    calm = Worker(Store.create(tmp_path / "calm", recipe), "calm").claim()
+    store = Store.create(tmp_path / "exp", recipe)
+    killed = Worker(store, "killed")
+    killed.holder = replace(killed.holder, pid=dead_pid())
+    starts = [killed.claim()]  # then killed mid-interval: its lease is reclaimed
+    failing = Worker(store, "failing", trainable=lambda ctx: float("nan"))
+    starts.append(failing.claim())
+    failing.train_and_commit(starts[-1])
+    starts.append(Worker(store, "after").claim())
+
+    assert [(c.member, c.decision.action, c.decision.interval) for c in starts] == [(0, "start", 0)] * 3
+    assert [e.attempt for e in store.read_events()[0] if isinstance(e, Claim)] == [0, 1, 2]
+    assert [c.hparams for c in starts] == [calm.hparams] * 3
+    assert [c.decision for c in starts] == [calm.decision] * 3
 
 
 # stopped with one clear error
