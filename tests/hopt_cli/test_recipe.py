@@ -280,3 +280,21 @@ def test_load_recipe_empty_file(tmp_path):
     with pytest.raises(HoptError) as info:
         load_recipe(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_yaml_1_1_booleans_stay_the_words_the_recipe_wrote(tmp_path):
+    """`on`, `off`, `yes`, `no` are strings, as in YAML 1.2: only true and false are booleans."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: on\nobjective: {metric: score, mode: max}\npopulation: 4\nintervals: 3\n"
+                    "worker: workers.toys:pbt_quadratic\n"
+                    "space:\n  bn: {type: choice, values: [on, off, yes, no, Y, N]}\n"
+                    "  flag: {type: choice, values: [True, FALSE]}\n")
+
+    recipe = load_recipe(path)
+
+    assert recipe.name == "on"
+    assert recipe.space.param("bn").values == ("on", "off", "yes", "no", "Y", "N")
+    assert recipe.space.param("flag").values == (True, False)
+    stored = tmp_path / "stored.yaml"  # experiment.yaml is written with safe_dump: the words stay strings there
+    stored.write_text(yaml.safe_dump(recipe.to_dict()))
+    assert load_recipe(stored).to_dict() == recipe.to_dict()
