@@ -23,7 +23,7 @@ from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
-from hopt_cli.replay import replay
+from hopt_cli.retrain import check_trainable, replay
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, requeue_if_preempted,
                              submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
@@ -304,13 +304,14 @@ def replay_command(schedule_file: Path, out: Path) -> None:
         project = os.getcwd()
         click.echo(f"the schedule's project directory {plan.project} is not here: running the trainable in "
                    f"{project}", err=True)
+    check_trainable(plan, schedule_file, out, project)
     click.echo(f"replaying member {plan.member}'s lineage: {plan.intervals} intervals in {len(plan.spans)} "
                f"segments into {out}", err=True)
     line = ProgressLine()
     signals = StopSignals()
     signals.install()
     try:
-        result = replay(plan, out, lambda: signals.requested,
+        result = replay(plan, out, None, lambda: signals.requested,
                         lambda interval, score: line.show(interval + 1, plan.intervals, f"{plan.metric} {score:.4g}"),
                         project)
     finally:

@@ -29,6 +29,8 @@ from dataclasses import fields
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import cloudpickle
+
 from hopt_cli.errors import HoptError
 from hopt_cli.trainable import CommandTrainable, Context, IntervalError, exit_message, load_trainable
 
@@ -36,16 +38,21 @@ if TYPE_CHECKING:  # only for the annotation: the child process imports no recip
     from hopt_cli.recipe import Recipe
 
 POLL_SECONDS = 0.05
+PICKLED = "-"  # the child's trainable argument when the function itself comes pickled over the socket
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1
 
 
 class IsolatedTrainable:
-    """Calls `module:function` in a child process, killing it on timeout or when the interval must stop."""
+    """Calls `module:function` in a child process, killing it on timeout or when the interval must stop.
 
-    def __init__(self, trainable: str, timeout: float, cwd: str | None = None,
+    A callable instead of a name reaches the child pickled by value (cloudpickle), as `hopt_cli.run()`
+    hands one to its workers: a function of a script or notebook has no name the child could import."""
+
+    def __init__(self, trainable: str | Callable[[Context], Any], timeout: float, cwd: str | None = None,
                  env: Mapping[str, str] | None = None) -> None:
         self.trainable = trainable
+        self._pickled = None if isinstance(trainable, str) else cloudpickle.dumps(trainable)
         self.timeout = timeout
         self.cwd = cwd
         self.env = env
@@ -81,10 +88,13 @@ class IsolatedTrainable:
         if self._conn is None:
             ours, theirs = socket.socketpair()
             with theirs:
+                name = PICKLED if self._pickled is not None else str(self.trainable)
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "hopt_cli.isolation", str(theirs.fileno()), self.trainable, str(os.getpid())],
+                    [sys.executable, "-m", "hopt_cli.isolation", str(theirs.fileno()), name, str(os.getpid())],
                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd=self.cwd, env=self.env)
             self._conn = Connection(ours.detach())
+            if self._pickled is not None:
+                self._conn.send_bytes(self._pickled)
         return self._conn
 
     def _died(self) -> NoReturn:
@@ -138,10 +148,12 @@ def serve(fd: int, trainable: str, parent: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(fd)
     try:
-        function = load_trainable(trainable, None)
+        function = cloudpickle.loads(conn.recv_bytes()) if trainable == PICKLED else load_trainable(trainable, None)
         broken = None
     except HoptError as err:
         function, broken = None, str(err)
+    except Exception as err:  # unpickling imports what the function refers to, and that can fail in any way
+        function, broken = None, f"cannot load the trainable in its process ({type(err).__name__}: {err})"
     while True:
         try:
             values = conn.recv()

@@ -1,15 +1,18 @@
 """Replay: retrain one model from scratch along an exported schedule, with no population and no store.
 
-Each interval gets exactly what the original worker gave it (the span's hyperparameters, the steps,
-the seed of the member that trained that interval, the project directory as its working directory, and
-the thread settings it ran with, which decide the order of floating-point sums), so a deterministic
-trainable reproduces the original score exactly. That is why a Python trainable runs in a child process
-started with those settings: a thread count cannot be changed once torch is loaded.
+`hopt replay` and, from Python, `hopt_cli.replay()`. Each interval gets exactly what the original
+worker gave it (the span's hyperparameters, the steps, the seed of the member that trained that
+interval, the project directory as its working directory, and the thread settings it ran with, which
+decide the order of floating-point sums), so a deterministic trainable reproduces the original score
+exactly. That is why a Python trainable runs in a child process started with those settings: a thread
+count cannot be changed once torch is loaded. A trainable given as a callable (one that was given to
+`hopt_cli.run()` from a script or notebook) reaches that child pickled by value, as it reached the workers.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from hopt_cli.errors import ExperimentFailed, HoptError
-from hopt_cli.seeds import trainable_seed
-from hopt_cli.schedule import Schedule, ScheduleStep, scores_csv
-from hopt_cli.store.fsio import write_atomic
 from hopt_cli.isolation import IsolatedTrainable
+from hopt_cli.schedule import Schedule, ScheduleStep, load, scores_csv
+from hopt_cli.seeds import trainable_seed
+from hopt_cli.store.fsio import write_atomic
 from hopt_cli.trainable import CommandTrainable, Context, environment_with, load_trainable, never, run_interval
+
+ScheduleSource = str | os.PathLike | Schedule
+Trainable = Callable[[Context], Any]
 
 
 @dataclass(frozen=True)
@@ -40,22 +46,24 @@ class ReplayResult:
 
 
 class Trainables:
-    """The schedule's trainable once per thread setting, each running in `project` with exactly that setting."""
+    """The trainable (the schedule's, or `function` in its place) once per thread setting, each running in
+    `project` with exactly that setting."""
 
-    def __init__(self, plan: Schedule, project: str | None) -> None:
-        load_trainable(plan.trainable, plan.command, project)  # an import error is the user's to fix: say it now
+    def __init__(self, plan: Schedule, project: str | None, function: Trainable | None) -> None:
         self.plan = plan
         self.project = project
+        self.function = function
         self._made: dict[str, Callable[[Context], Any]] = {}
 
     def get(self, threads: dict[str, str] | None) -> Callable[[Context], Any]:
         key = json.dumps(threads, sort_keys=True)
         if key not in self._made:
             env = environment_with(threads)
-            if self.plan.command is not None:
+            if self.function is None and self.plan.command is not None:
                 self._made[key] = CommandTrainable(self.plan.command, cwd=self.project, env=env)
             else:
-                self._made[key] = IsolatedTrainable(str(self.plan.trainable), math.inf, self.project, env)
+                self._made[key] = IsolatedTrainable(self.function or str(self.plan.trainable), math.inf, self.project,
+                                                    env)
         return self._made[key]
 
     def close(self) -> None:
@@ -64,17 +72,37 @@ class Trainables:
                 trainable.close()
 
 
-def replay(plan: Schedule, out: str | Path, stop: Callable[[], bool] = never,
-           progress: Callable[[int, float], None] | None = None, project: str | None = None) -> ReplayResult:
-    """Train `plan` interval by interval into `out` (checkpoint/, scores.csv); `stop` ends it cleanly.
+def replay(schedule: ScheduleSource, dir: str | os.PathLike, trainable: Trainable | None = None,
+           stop: Callable[[], bool] = never, progress: Callable[[int, float], None] | None = None,
+           project: str | None = None) -> ReplayResult:
+    """Retrain the model of `schedule` (the path of a schedule.yaml that `hopt best --out` wrote, or a
+    loaded Schedule) from scratch into `dir` (checkpoint/, scores.csv), and compare its score.
 
-    The trainable runs in `project` (default: the one the schedule names)."""
-    out = Path(out).absolute()
-    trainables = Trainables(plan, project or plan.project)
+    `trainable` (any callable taking a Context) replaces the schedule's, as in `hopt_cli.run()`: a
+    trainable that was defined in a script or notebook must be given again. It runs in `project`
+    (default: the one the schedule names). `stop` ends the replay cleanly after an interval; `progress`
+    is called with each interval done and its score."""
+    plan = schedule if isinstance(schedule, Schedule) else load(schedule)
+    project = project or plan.project
+    if trainable is None:
+        check_trainable(plan, schedule, dir, project)
+    trainables = Trainables(plan, project, trainable)
     try:
-        return _replay(plan, out, stop, progress, trainables)
+        return _replay(plan, Path(dir).absolute(), stop, progress, trainables)
     finally:
         trainables.close()
+
+
+def check_trainable(plan: Schedule, schedule: ScheduleSource, dir: str | os.PathLike, project: str | None) -> None:
+    """Raise HoptError unless the schedule's trainable loads in `project`; one defined in a script or
+    notebook (`__main__:name`) cannot, and the message says how to replay it from Python instead."""
+    module, _, name = str(plan.trainable).partition(":")
+    if plan.command is None and module == "__main__":
+        source = "SCHEDULE" if isinstance(schedule, Schedule) else repr(str(schedule))
+        raise HoptError(f"worker: {plan.trainable} was defined in a script or notebook and given to hopt_cli.run(); "
+                        f"replay it from Python with the same function: hopt_cli.replay({source}, {str(dir)!r}, "
+                        f"trainable={name})")
+    load_trainable(plan.trainable, plan.command, project)
 
 
 def _replay(plan: Schedule, out: Path, stop: Callable[[], bool], progress: Callable[[int, float], None] | None,

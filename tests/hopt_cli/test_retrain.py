@@ -1,4 +1,5 @@
-"""`hopt replay`: one model retrained from scratch along an exported schedule reproduces the original."""
+"""`hopt replay` and `hopt_cli.replay()`: one model retrained from scratch along an exported schedule
+reproduces the original."""
 from __future__ import annotations
 
 import signal
@@ -11,9 +12,27 @@ import yaml
 from hopt_cli import schedule
 from hopt_cli.errors import HoptError
 from hopt_cli.experiment import Experiment
-from hopt_cli.replay import replay
-from tests.conftest import REPO
-from tests.hopt_cli.conftest import hopt
+from hopt_cli.retrain import replay
+from tests.commands import hopt
+from tests.conftest import REPO, toy_recipe
+
+SCRIPT = """
+import sys
+
+import hopt_cli
+from workers.toys import pbt_quadratic
+
+
+def train(ctx):
+    return pbt_quadratic(ctx)
+
+
+if __name__ == "__main__":
+    recipe, root, best, again = sys.argv[1:]
+    exported = hopt_cli.run(recipe, root, trainable=train).export_best(best)
+    replayed = hopt_cli.replay(best + "/schedule.yaml", again, trainable=train)
+    print(exported.score, replayed.score, replayed.original)
+"""
 
 
 def test_replaying_the_best_of_t1_reproduces_its_score_and_files(quadratic, tmp_path):
@@ -80,3 +99,27 @@ def test_a_schedule_with_a_gap_is_refused(quadratic, tmp_path):
 
     with pytest.raises(HoptError, match=r"broken schedule \(segment \[1, \d+\) does not follow interval 0\)"):
         schedule.load(tmp_path / "gap.yaml")
+
+
+@pytest.mark.slow
+def test_a_function_of_a_script_given_to_run_replays_from_python_and_hopt_replay_says_how(tmp_path, write_recipe):
+    """`hopt replay` told a user of hopt_cli.run(..., trainable=fn) to resume with hopt_cli.run, and there
+    was no way to replay such a schedule at all."""
+    (tmp_path / "script.py").write_text(SCRIPT)
+    recipe = write_recipe(toy_recipe(population=4, intervals=5))
+    best, again = tmp_path / "best dir", tmp_path / "again"
+
+    ran = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(recipe), str(tmp_path / "exp"), str(best),
+                          str(again)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    cli = hopt("replay", str(best / "schedule.yaml"), "--dir", str(tmp_path / "cli"))
+
+    assert ran.returncode == 0, ran.stderr
+    exported, replayed, original = (float(word) for word in ran.stdout.split())
+    assert replayed == original == exported
+    assert (again / "scores.csv").read_text() == (best / "scores.csv").read_text()
+    assert cli.returncode == 2 and cli.stdout == "" and cli.stderr.count("\n") == 1
+    assert cli.stderr == ("hopt: error: worker: __main__:train was defined in a script or notebook and given to "
+                          "hopt_cli.run(); replay it from Python with the same function: "
+                          f"hopt_cli.replay({str(best / 'schedule.yaml')!r}, {str(tmp_path / 'cli')!r}, "
+                          "trainable=train)\n")
+    assert not (tmp_path / "cli").exists()
