@@ -118,7 +118,7 @@ class Store:
                             f"create one with `hopt init RECIPE --dir {root}`")
         try:
             data = yaml.safe_load(paths.experiment.read_text())
-            recipe = Recipe.from_dict(data)
+            recipe = Recipe.from_dict(data, stored=True)
         except (RecipeError, yaml.YAMLError) as err:
             raise CorruptFile(paths.experiment, f"not a valid resolved recipe ({err})",
                               "restore it, or start the experiment again in a new --dir") from None
@@ -226,6 +226,7 @@ class Store:
             size = retrying(lambda: _size(self.paths.journal), self.paths.journal)
             if offset <= size:
                 return
+        self.journal.check_lines()  # a garbage line that replaced a longer one is no truncation: name it
         raise CorruptFile(self.paths.journal, f"is shorter than state.json records ({size} < {offset} bytes): "
                               "it was truncated or replaced, so committed intervals would be lost",
                               "restore it from a backup; or, to accept the loss, delete state.json")

@@ -24,6 +24,7 @@ from hopt_cli.errors import CorruptFile
 from hopt_cli.store.fsio import append_line, retrying
 
 CHUNK = 1 << 22  # bytes read at a time: replaying a journal of any length needs only this much at once
+GARBAGE_SHOWN = 40  # characters of a line that is no event an error quotes
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Journal:
             data = rest + chunk
             end = data.rfind(b"\n") + 1
             for line in data[:end].splitlines(keepends=True):
-                event = self._parse(line, cursor.offset)
+                event = self._parse(line, cursor)
                 cursor, valid = cursor.after(line, event)
                 visit(event, line, valid)
             rest = data[end:]
@@ -92,15 +93,21 @@ class Journal:
             handle.seek(offset)
             return handle.read(size)
 
-    def _parse(self, line: bytes, position: int) -> dict[str, Any]:
+    def check_lines(self) -> None:
+        """Raise CorruptFile naming the first complete line that is no journal event, if there is one."""
+        self.replay(Cursor(), lambda event, line, valid: None)
+
+    def _parse(self, line: bytes, cursor: Cursor) -> dict[str, Any]:
         try:
             event = json.loads(line)
         except ValueError:
             event = None
         if not isinstance(event, dict) or "type" not in event:
-            raise CorruptFile(self.path, f"the line at byte {position} is not a journal event",
+            garbage = line.rstrip(b"\n")[:GARBAGE_SHOWN].decode(errors="replace")
+            raise CorruptFile(self.path, f"line {cursor.lines + 1} (at byte {cursor.offset}) is not a journal event "
+                                         f"(garbage: {garbage!r})",
                               "restore the file from a backup, or cut the journal before that line "
-                              "(`truncate -s " f"{position} {self.path}`) and delete state.json")
+                              f"(`truncate -s {cursor.offset} {self.path}`) and delete state.json")
         return event
 
     def repair_tail(self) -> int:

@@ -166,18 +166,23 @@ def test_a_deleted_journal_is_refused(tmp_path):
     assert not store.paths.journal.exists()
 
 
-def test_a_garbage_line_inside_the_journal_names_its_byte(tmp_path):
+@pytest.mark.parametrize("edit", ["inserted", "in place of a longer one"])
+@pytest.mark.parametrize("snapshot", ["state.json kept", "state.json deleted"])
+def test_a_garbage_line_inside_the_journal_is_named_by_its_line_and_byte(tmp_path, edit, snapshot):
     store = half_done(tmp_path / "exp")
+    store.write_snapshot()
     lines = store.paths.journal.read_bytes().splitlines(keepends=True)
-    store.paths.journal.write_bytes(b"".join(lines[:3]) + b"\x00\x00garbage\n" + b"".join(lines[3:]))
-    store.paths.state.unlink()
+    after = lines[3:] if edit == "inserted" else lines[4:]
+    store.paths.journal.write_bytes(b"".join(lines[:3]) + b"\x00\x00garbage\n" + b"".join(after))
+    if snapshot == "state.json deleted":
+        store.paths.state.unlink()
 
     error = one_line_error(worker_process(store.paths.root))
 
     at = len(b"".join(lines[:3]))
-    assert error == (f"hopt: error: {store.paths.journal}: the line at byte {at} is not a journal event; restore the "
-                     f"file from a backup, or cut the journal before that line (`truncate -s {at} "
-                     f"{store.paths.journal}`) and delete state.json")
+    assert error == (f"hopt: error: {store.paths.journal}: line 4 (at byte {at}) is not a journal event (garbage: "
+                     f"'\\x00\\x00garbage'); restore the file from a backup, or cut the journal before that line "
+                     f"(`truncate -s {at} {store.paths.journal}`) and delete state.json")
 
 
 def test_a_garbage_experiment_yaml(tmp_path):

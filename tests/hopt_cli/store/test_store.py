@@ -65,7 +65,8 @@ class TestStoreProtocol:
         lines = store.paths.journal.read_bytes().splitlines(keepends=True)
         store.paths.journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
 
-        with pytest.raises(HoptError, match=rf"journal.jsonl: the line at byte {len(lines[0])} is not a journal event"):
+        expected = rf"journal.jsonl: line 2 \(at byte {len(lines[0])}\) is not a journal event \(garbage: 'garbage'\)"
+        with pytest.raises(HoptError, match=expected):
             Store.open(store.paths.root).sync()
 
 
