@@ -5,6 +5,7 @@ torn last line (a writer crashed mid-append) is simply not read yet.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,11 +23,12 @@ from hopt_cli.population import Lineage, MemberState, Population, robust_score
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.leases import Holder
-from hopt_cli.store.fsio import read_bytes, write_atomic
-from hopt_cli.store.journal import Cursor
-from hopt_cli.store.paths import checkpoint_name
+from hopt_cli.store.fsio import read_bytes, write_atomic, write_json_atomic
+from hopt_cli.store.journal import Cursor, line_hash
+from hopt_cli.store.paths import ExperimentPaths, checkpoint_name
 
 SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
+EXPORT_MARK = ".hopt-export.json"  # in a folder `hopt best --out` wrote: whose export it is
 
 
 @dataclass(frozen=True)
@@ -223,9 +225,11 @@ class Experiment:
         """Copy `result`'s checkpoint and write its schedule.yaml and scores.csv into `out`.
 
         The copy is made under a temporary name and renamed into place once whole, so a failure (a
-        full disk) leaves `out` as it was, with no half-written checkpoint.
+        full disk) leaves `out` as it was, with no half-written checkpoint. `out` must be new, empty, or an
+        earlier export of this experiment, and outside every experiment directory.
         """
         out = Path(out)
+        self._check_export_folder(out)
         document = schedule.document(self.recipe, result.member, result.score, result.schedule)
         staged: Path | None = None
         try:
@@ -238,6 +242,7 @@ class Experiment:
             if target.exists():
                 shutil.rmtree(target)
             staged.rename(target)
+            self._mark_export_folder(out)
         except OSError as err:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
@@ -251,7 +256,44 @@ class Experiment:
 
     def export_top(self, k: int, out: str | Path) -> list[Best]:
         """Export the `k` best into `out`/rank-1 ... `out`/rank-k."""
-        return [self.export(entry, Path(out) / f"rank-{rank}") for rank, entry in enumerate(self.top(k), 1)]
+        out = Path(out)
+        entries = self.top(k)
+        self._check_export_folder(out)
+        exported = [self.export(entry, out / f"rank-{rank}") for rank, entry in enumerate(entries, 1)]
+        try:
+            self._mark_export_folder(out)
+        except OSError as err:
+            raise HoptError(f"cannot export to {out}: {err.strerror or err}; choose an --out you can write to") \
+                from None
+        return exported
+
+    def _check_export_folder(self, out: Path) -> None:
+        """Refuse an export folder inside an experiment directory (which hopt manages and cleans), one
+        that holds an export of another experiment, and a non-empty one that holds no export at all."""
+        inside = enclosing_experiment(out)
+        if inside is not None:
+            raise HoptError(f"--out {out} is inside the experiment directory {inside}, which hopt manages "
+                            "and cleans; choose a folder outside it")
+        try:
+            entries = os.listdir(out)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise HoptError(f"--out {out} is a file; choose a new or empty folder") from None
+        if not entries:
+            return
+        mark = _read_json(out / EXPORT_MARK)
+        if mark is None:
+            raise HoptError(f"--out {out} is not empty and holds no export of `hopt best` ({EXPORT_MARK}); choose "
+                            "a new or empty folder")
+        if mark.get("head") != journal_head(self.store):
+            raise HoptError(f"--out {out} holds the export of another experiment ({mark.get('experiment')}); "
+                            f"choose another --out, or delete {out} first")
+
+    def _mark_export_folder(self, out: Path) -> None:
+        """Say in the whole export `out` whose export it is: exporting again there replaces it."""
+        write_json_atomic(out / EXPORT_MARK, {"hopt_export": 1, "experiment": str(self.store.paths.root.resolve()),
+                                              "head": journal_head(self.store)})
 
     def history(self) -> list[Commit]:
         """Every committed interval, in journal order."""
@@ -288,6 +330,28 @@ class Experiment:
         new, self._cursor = self.store.read_events(self._cursor)
         self._events.extend(new)
         return self._events
+
+
+def enclosing_experiment(path: Path) -> Path | None:
+    """The experiment directory (a folder holding experiment.yaml) at or above `path`, if any."""
+    path = path.resolve()
+    return next((folder for folder in (path, *path.parents) if ExperimentPaths(folder).experiment.is_file()), None)
+
+
+def journal_head(store: Store) -> str | None:
+    """The hash of the journal's first line: it tells one experiment from another (None: no line yet)."""
+    with open(store.paths.journal, "rb") as handle:
+        first = handle.readline()
+    return line_hash(first) if first.endswith(b"\n") else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it is missing or holds no object."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 _OUTCOMES = {events.Commit: "committed", events.Fail: "failed", events.Release: "released", events.Reclaim: "reclaimed"}

@@ -42,10 +42,11 @@ from typing import Any
 
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
+from hopt_cli.experiment import enclosing_experiment, journal_head
 from hopt_cli.space import SearchSpace
 from hopt_cli.store import Store
 from hopt_cli.store.fsio import fsync_dir, write_json_atomic
-from hopt_cli.store.journal import Cursor, line_hash
+from hopt_cli.store.journal import Cursor
 
 STATE = ".hopt-tensorboard.json"
 FORMAT = 1  # of the state file
@@ -95,8 +96,15 @@ def _run(member: int) -> str:
 
 
 def _load_state(out: Path, store: Store) -> dict[str, Any]:
-    """The state of `out`'s last export, checked to belong to this experiment; a fresh one if none."""
-    root, head = store.paths.root, _journal_head(store)
+    """The state of `out`'s last export, checked to belong to this experiment; a fresh one if none.
+
+    An `out` inside an experiment directory, or not empty without a state file, is refused: the export
+    would write among files that are not its own."""
+    root, head = store.paths.root, journal_head(store)
+    inside = enclosing_experiment(out)
+    if inside is not None:
+        raise HoptError(f"--out {out} is inside the experiment directory {inside}, which hopt manages "
+                        "and cleans; choose a folder outside it")
     fresh = {"format": FORMAT, "experiment": str(Path(root).resolve()), "head": head,
              "cursor": Cursor().to_dict(), "members": {}, "claimed": {}}
     path = out / STATE
@@ -106,6 +114,9 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
         if state["format"] != FORMAT:
             raise ValueError(f"format {state['format']}, this hopt reads {FORMAT}")
     except FileNotFoundError:
+        if out.is_dir() and any(out.iterdir()):
+            raise HoptError(f"--out {out} is not empty and holds no export of `hopt tensorboard` ({STATE}); "
+                            "choose a new or empty folder") from None
         return fresh
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise HoptError(f"{path}: not a state file of `hopt tensorboard` ({err}); export into a new --out, "
@@ -118,13 +129,6 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
         raise HoptError(f"{store.paths.journal} is shorter than {out} has exported ({size} < "
                         f"{state['cursor']['offset']} bytes): the journal was cut or replaced; export into a new --out")
     return {**state, "experiment": fresh["experiment"], "head": head}
-
-
-def _journal_head(store: Store) -> str | None:
-    """The hash of the journal's first line: it tells one experiment from another (None: no line yet)."""
-    with open(store.paths.journal, "rb") as handle:
-        first = handle.readline()
-    return line_hash(first) if first.endswith(b"\n") else None
 
 
 class _Runs:

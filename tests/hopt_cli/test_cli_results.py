@@ -8,10 +8,12 @@ import yaml
 from click.testing import CliRunner
 
 from hopt_cli.cli import cli
+from hopt_cli.errors import HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
+from tests.commands import invoke
 from tests.conftest import toy_recipe
 from tests.hopt_cli.conftest import hopt, hopt_onto_a_full_disk, mid_run
 
@@ -115,3 +117,41 @@ def test_a_large_population_is_summarised_and_all_lists_every_member(tmp_path):
     assert lines[3 + 20] == ("... and 10 more members (intervals 1-1, 0 training, 0 with failures): "
                              "`hopt status --all` lists every one")
     assert len([line for line in every[3:] if line.split()[0].rstrip("*").isdigit()]) == 30
+
+
+def refused(*args: str) -> str:
+    """The one-line message of a `hopt ARGS` that must exit 2 (the user's mistake)."""
+    result = invoke(*args)
+    assert isinstance(result.exception, HoptError) and result.exception.exit_code == 2, result.output
+    return str(result.exception)
+
+
+def files(folder) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_best_out_refuses_a_folder_inside_an_experiment_or_another_export_and_replaces_its_own(
+        quadratic, ellipsoid, tmp_path):
+    """`hopt best --out` wrote into the experiment (the next sweep deleted it) and over another
+    experiment's export, silently."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    run("best", "--dir", str(ellipsoid), "--out", str(tmp_path / "theirs"))
+    before = files(tmp_path)
+
+    for out, inside in ((quadratic / "best", quadratic), (ellipsoid / "checkpoints" / "x", ellipsoid)):
+        assert refused("best", "--dir", str(quadratic), "--out", str(out)) == (
+            f"--out {out} is inside the experiment directory {inside}, which hopt manages and "
+            "cleans; choose a folder outside it")
+        assert not out.exists()
+    assert refused("best", "--dir", str(quadratic), "--top", "2", "--out", str(tmp_path / "theirs")) == (
+        f"--out {tmp_path / 'theirs'} holds the export of another experiment ({ellipsoid}); choose another "
+        f"--out, or delete {tmp_path / 'theirs'} first")
+    assert refused("best", "--dir", str(quadratic), "--out", str(tmp_path / "notes")) == (
+        f"--out {tmp_path / 'notes'} is not empty and holds no export of `hopt best` (.hopt-export.json); choose "
+        "a new or empty folder")
+    assert files(tmp_path) == before
+
+    run("best", "--dir", str(quadratic), "--out", str(tmp_path / "ours"))
+    run("best", "--dir", str(quadratic), "--member", "2", "--out", str(tmp_path / "ours"))
+    assert yaml.safe_load((tmp_path / "ours" / "schedule.yaml").read_text())["member"] == 2

@@ -295,3 +295,24 @@ def test_hopt_tensorboard_says_what_it_exported_then_that_nothing_is_new(quadrat
     assert runs == [f"m{m:03d}" for m in range(5)]
     assert first.stdout.startswith("exported ") and f"to 5 of 5 runs in {out}" in first.stdout
     assert again.stdout == f"{out} is up to date (5 runs); view them: tensorboard --logdir {out}\n"
+
+
+def test_an_out_inside_an_experiment_or_holding_other_files_is_refused(quadratic, ellipsoid, tmp_path):
+    """`hopt tensorboard --out` wrote its runs into another experiment's directory."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in ellipsoid.rglob("*") if p.is_file()}
+
+    for out, message in (
+            (ellipsoid / "tb", f"--out {ellipsoid / 'tb'} is inside the experiment directory {ellipsoid}, which hopt "
+                               "manages and cleans; choose a folder outside it"),
+            (ellipsoid, f"--out {ellipsoid} is inside the experiment directory {ellipsoid}, which hopt manages "
+                        "and cleans; choose a folder outside it"),
+            (tmp_path / "notes", f"--out {tmp_path / 'notes'} is not empty and holds no export of `hopt tensorboard` "
+                                 "(.hopt-tensorboard.json); choose a new or empty folder")):
+        with pytest.raises(HoptError) as error:
+            export(quadratic, out)
+        assert str(error.value) == message and error.value.exit_code == 2
+
+    assert {p: p.read_bytes() for p in ellipsoid.rglob("*") if p.is_file()} == before
+    assert not (ellipsoid / "tb").exists() and [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
