@@ -46,6 +46,9 @@ def cli() -> None:
 def init(recipe: Path, root: Path) -> None:
     """Create the experiment in --dir from RECIPE (a no-op if it exists with the same recipe)."""
     store = create(recipe, root)
+    warning = launch.command_warning(store.recipe)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     population = store.sync()
     click.echo(f"experiment {store.recipe.name} ready in {root}: {population.size} members x "
                f"{population.intervals} intervals, policy {store.recipe.policy.name}")

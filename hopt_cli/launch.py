@@ -77,6 +77,9 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
         raise HoptError("interval_timeout runs each interval in a child process that imports the trainable by "
                         "name: give the trainable as the recipe's worker (module:function) instead")
     line = ProgressLine()
+    warning = command_warning(store.recipe)
+    if warning:
+        line.say(f"warning: {warning}")
     on = f", GPUs {','.join(devices)}" if devices else ""
     line.say(f"{store.recipe.name}: {workers} workers on {dir}{on} (logs in {store.paths.logs})")
     result = run_local(store, workers, line.show, line.say, trainable, devices)
@@ -86,6 +89,17 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
         raise stopped
     check_ended(store, result)
     return Experiment(dir)
+
+
+def command_warning(recipe: Recipe) -> str | None:
+    """What to say of a command that receives not every searched hyperparameter (None: it receives all)."""
+    names = recipe.unpassed
+    if not names:
+        return None
+    which = f"hyperparameter{'s' if len(names) > 1 else ''} {', '.join(names)}"
+    return (f"command: no placeholder for the searched {which}, so the values hopt picks never reach the "
+            f"command; pass {'each' if len(names) > 1 else 'it'}, e.g. --{names[0]} {{{names[0]}}}, or drop "
+            f"{'them' if len(names) > 1 else 'it'} from space")
 
 
 def check_ended(store: Store, result: RunResult) -> None:

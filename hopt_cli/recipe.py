@@ -19,6 +19,11 @@ from hopt_cli.space import SearchSpace
 FORMAT = 2  # of experiment.yaml; 2: journal events written through hopt_cli/events.py, keys unified
 READABLE_FORMATS = (1, 2)  # an experiment of format 1 (hopt 0.1) is read, never written (store.Store.transaction)
 CONTEXT_PLACEHOLDERS = ("parent", "out", "interval", "steps", "member", "seed")
+_REQUIRED = {  # the placeholders every command needs, and why
+    "parent": "{parent} is the checkpoint folder an interval continues from (empty for a fresh start), and without "
+              "it no member ever resumes or copies a better one; pass it, e.g. --resume {parent}",
+    "out": "{out} is the folder for the interval's checkpoint and metrics.json; pass it, e.g. --out {out}",
+}
 LOCK_KINDS = ("flock", "hardlink")
 MAX_POPULATION = 100_000  # measured: hopt status at 100,000 members takes 1.3 s and 165 MB
 MAX_INTERVALS = 1_000_000
@@ -116,9 +121,21 @@ class Recipe:
         """This recipe with its project directory absolute: a relative (or missing) one counts from `cwd`."""
         return replace(self, project=os.path.normpath(os.path.join(cwd, self.project or ".")))
 
+    @property
+    def unpassed(self) -> tuple[str, ...]:
+        """The searched hyperparameters a command never receives (no placeholder for them): every value
+        hopt tries for them is lost. None for a Python trainable, which gets them all."""
+        if self.command is None:
+            return ()
+        used = set(_placeholders(self.command))
+        return tuple(name for name in self.space.names if name not in used)
+
     @classmethod
-    def from_dict(cls, data: Any) -> Recipe:
-        """Validate a parsed recipe; the first problem raises RecipeError naming its key."""
+    def from_dict(cls, data: Any, stored: bool = False) -> Recipe:
+        """Validate a parsed recipe; the first problem raises RecipeError naming its key.
+
+        `stored`: experiment.yaml, which a hopt validated when it was created; checks added since (a
+        command's {parent} and {out}) are left out, so that an older experiment stays readable."""
         if not isinstance(data, Mapping):
             raise RecipeError("recipe", "must be a YAML mapping of keys such as name, population, space")
         unknown = sorted(set(data) - _TOP_KEYS)
@@ -129,7 +146,7 @@ class Recipe:
                               f"(got {data['format']!r}); upgrade hopt")
         space = SearchSpace.from_recipe(data.get("space"))
         policy = _policy(data.get("policy", {"name": "romul"}))
-        trainable, command = _trainable(data, space)
+        trainable, command = _trainable(data, space, stored)
         population = _bounded(data, "population", 2, MAX_POPULATION,
                               "every worker and `hopt status` hold each member in memory (about 2 KB each)")
         return cls(
@@ -267,7 +284,7 @@ def _policy(value: Any) -> PolicySpec:
     return PolicySpec(name, resolve(name, settings))
 
 
-def _trainable(data: Mapping[str, Any], space: SearchSpace) -> tuple[str | None, str | None]:
+def _trainable(data: Mapping[str, Any], space: SearchSpace, stored: bool) -> tuple[str | None, str | None]:
     worker, command = data.get("worker"), data.get("command")
     if (worker is None) == (command is None):
         raise RecipeError("worker", "give exactly one of worker (module:function) or command (a shell command)")
@@ -277,20 +294,29 @@ def _trainable(data: Mapping[str, Any], space: SearchSpace) -> tuple[str | None,
         return worker, None
     if not isinstance(command, str) or not command.strip():
         raise RecipeError("command", "must be a shell command string")
-    _check_placeholders(command, space)
+    _check_placeholders(command, space, stored)
     return None, command
 
 
-def _check_placeholders(command: str, space: SearchSpace) -> None:
+def _check_placeholders(command: str, space: SearchSpace, stored: bool) -> None:
     taken = sorted(set(space.names) & set(CONTEXT_PLACEHOLDERS))
     if taken:
         raise RecipeError(f"space.{taken[0]}", f"{{{taken[0]}}} in a command is filled by hopt from the interval's "
                                                "context; rename the hyperparameter")
     allowed = set(space.names) | set(CONTEXT_PLACEHOLDERS)
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(command) if f is not None]
+        fields = _placeholders(command)
     except ValueError as err:
         raise RecipeError("command", f"bad placeholder syntax ({err}); write {{name}}, and {{{{ }}}} for braces") from None
     for name in fields:
         if name not in allowed:
             raise RecipeError("command", f"unknown placeholder {{{name}}} (known: {', '.join(sorted(allowed))})")
+    missing = [] if stored else [name for name in ("parent", "out") if name not in fields]
+    if missing:
+        raise RecipeError("command", f"has no {' and no '.join(f'{{{name}}}' for name in missing)}: "
+                                     + "; ".join(_REQUIRED[name] for name in missing))
+
+
+def _placeholders(command: str) -> list[str]:
+    """The names of a command's placeholders ({lr:.3g} is lr); a ValueError for bad brace syntax."""
+    return [name for _, name, _, _ in string.Formatter().parse(command) if name is not None]

@@ -15,8 +15,9 @@ METRICS = """printf '{{"score": 1}}' > {out}/metrics.json"""
 
 
 def command(member_0_does: str) -> dict:
-    """A command trainable: member 0 does `member_0_does`, the others write a good metrics.json."""
-    return {"worker": None, "command": f"if test {{member}} = 0; then {member_0_does}; fi; {METRICS}"}
+    """A command trainable that resumes nothing from {parent}: member 0 does `member_0_does`, the others write a
+    good metrics.json."""
+    return {"worker": None, "command": f": {{parent}}; if test {{member}} = 0; then {member_0_does}; fi; {METRICS}"}
 
 
 CASES = {

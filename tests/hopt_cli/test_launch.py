@@ -13,7 +13,7 @@ from hopt_cli.errors import HoptError, RecipeError
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from tests.conftest import REPO, toy_recipe
-from tests.hopt_cli.conftest import hopt
+from tests.commands import hopt, invoke
 from tests.invariants import check_finished_experiment
 
 SCRIPT = """
@@ -87,3 +87,19 @@ def test_a_trainable_from_a_module_replaces_the_recipes_worker(tmp_path):
 
     assert experiment.recipe.trainable == "tests.hopt_cli.trainables:counts_threads"
     assert experiment.status().complete
+
+
+NO_H1 = """printf '{{"score": %s}}' {h0} > {out}/metrics.json # {parent}"""
+
+
+def test_a_command_that_never_gets_a_searched_hyperparameter_is_warned_about_once(tmp_path, write_recipe):
+    recipe = write_recipe(toy_recipe(population=2, intervals=1, worker=None, command=NO_H1))
+
+    init = invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
+    run = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--workers", "2")
+
+    warning = ("warning: command: no placeholder for the searched hyperparameter h1, so the values hopt picks never "
+               "reach the command; pass it, e.g. --h1 {h1}, or drop it from space\n")
+    assert init.exit_code == 0 and init.stderr == warning
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("warning:") == 1 and warning in run.stderr

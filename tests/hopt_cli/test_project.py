@@ -54,7 +54,8 @@ def recipe(folder: Path, **overrides) -> Path:
     return path
 
 
-@pytest.mark.parametrize("trainable", [{}, {"worker": None, "command": f"{sys.executable} mytrain.py {{out}}"}])
+@pytest.mark.parametrize("trainable", [{}, {"worker": None,
+                                              "command": f"{sys.executable} mytrain.py {{out}} {{parent}}"}])
 def test_a_worker_started_elsewhere_runs_the_trainable_in_the_project(project, tmp_path, trainable):
     root = tmp_path / "exp"
     assert hopt("init", str(recipe(project, **trainable)), "--dir", str(root), cwd=project).returncode == 0

@@ -12,6 +12,8 @@ from hopt_cli.policies.pbt import Pbt
 from hopt_cli.policies.romul import Romul
 from hopt_cli.policies import policy_settings
 from hopt_cli.recipe import FORMAT, PolicySpec, Recipe, load_recipe
+from hopt_cli.store import Store
+from tests.commands import hopt, invoke
 
 SPACE = {
     "lr": {"type": "log", "low": 1.0e-4, "high": 1.0, "init": [1.0e-3, 1.0e-1]},
@@ -127,7 +129,7 @@ def test_command_with_known_placeholders_validates():
     assert data["command"] == command and "worker" not in data
     assert Recipe.from_dict(data).to_dict() == data
     # every context placeholder, a format spec and literal braces
-    command = "run {member} {interval} {lr:.3g} {{literal}} > {out}/log"
+    command = "run {member} {interval} {lr:.3g} {parent} {{literal}} > {out}/log"
     assert Recipe.from_dict(with_changes(MINIMAL, worker=DROP, command=command, space=space)).command == command
 
 
@@ -157,6 +159,8 @@ BAD = [
     ("command with unknown placeholder", {"worker": DROP, "command": "train --x {foo} --out {out}"}, "command"),
     ("command with bad brace", {"worker": DROP, "command": "train --x {h0"}, "command"),
     ("empty command", {"worker": DROP, "command": "   "}, "command"),
+    ("command that never resumes", {"worker": DROP, "command": "train --h0 {h0} --out {out}"}, "command"),
+    ("command that writes nowhere", {"worker": DROP, "command": "train --h0 {h0} --resume {parent}"}, "command"),
     ("bad objective mode", {"objective": {"metric": "acc", "mode": "maximize"}}, "objective.mode"),
     ("empty objective metric", {"objective": {"metric": "", "mode": "max"}}, "objective.metric"),
     ("objective missing", {"objective": DROP}, "objective"),
@@ -298,3 +302,32 @@ def test_yaml_1_1_booleans_stay_the_words_the_recipe_wrote(tmp_path):
     stored = tmp_path / "stored.yaml"  # experiment.yaml is written with safe_dump: the words stay strings there
     stored.write_text(yaml.safe_dump(recipe.to_dict()))
     assert load_recipe(stored).to_dict() == recipe.to_dict()
+
+
+@pytest.mark.parametrize("command, missing", [
+    ("python train.py --lr {h0} --out {out}", "has no {parent}: {parent} is the checkpoint folder"),
+    ("python train.py --lr {h0} --resume {parent}", "has no {out}: {out} is the folder for the interval's"),
+    ("python train.py --lr {h0}", "has no {parent} and no {out}: {parent} is"),
+])
+def test_a_command_without_parent_or_out_is_refused_at_init(tmp_path, command, missing):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(with_changes(MINIMAL, worker=DROP, command=command)))
+
+    result = hopt("init", str(path), "--dir", str(tmp_path / "exp"))
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"hopt: error: {path}: command: {missing}")
+    assert "pass it, e.g." in result.stderr and not (tmp_path / "exp").exists()
+
+
+def test_an_experiment_whose_stored_command_predates_the_check_still_opens(tmp_path):
+    root = tmp_path / "exp"
+    command = "python train.py --lr {h0} --resume {parent} --out {out}"
+    Store.create(root, Recipe.from_dict(with_changes(MINIMAL, worker=DROP, command=command)))
+    stored = root / "experiment.yaml"  # as a hopt before the check wrote it
+    stored.write_text(stored.read_text().replace(" --resume {parent}", ""))
+
+    result = invoke("status", "--dir", str(root))
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("toy: 0/40 intervals")
