@@ -17,7 +17,7 @@ import cloudpickle
 
 from hopt_cli import launch, schedule, tensorboard
 from hopt_cli.doctor import diagnose
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import HoptError, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
 from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
@@ -165,7 +165,7 @@ def run(recipe: Path, root: Path, workers: int, gpus: str | None) -> None:
         sys.exit(err.exit_code)
     best = experiment.best()
     click.echo(f"done: best {experiment.recipe.objective.metric} {best.score:.6g} (member {best.member}, "
-               f"interval {best.interval}); export it with `hopt best --dir {root} --out DIR`")
+               f"interval {best.interval}); export it with `{command('hopt', 'best', '--dir', root, '--out', 'DIR')}`")
 
 
 @cli.command()
@@ -349,9 +349,9 @@ def tensorboard_command(root: Path, out: Path) -> None:
     done = tensorboard.export(root, out)
     if done.points:
         click.echo(f"exported {done.points} points ({done.events} new journal events) to {len(done.updated)} of "
-                   f"{len(done.runs)} runs in {out}; view them: tensorboard --logdir {out}")
+                   f"{len(done.runs)} runs in {out}; view them: {command('tensorboard', '--logdir', out)}")
     else:
-        click.echo(f"{out} is up to date ({len(done.runs)} runs); view them: tensorboard --logdir {out}")
+        click.echo(f"{out} is up to date ({len(done.runs)} runs); view them: {command('tensorboard', '--logdir', out)}")
 
 
 @cli.command()
@@ -383,20 +383,22 @@ def _interval_output(experiment: Experiment, member: int, interval: int) -> None
     attempts = experiment.interval_logs(member, interval)
     kept = [a for a in attempts if a.output is not None]
     if not kept:
-        raise HoptError(_no_interval_log(member, interval, attempts))
+        raise HoptError(_no_interval_log(experiment.store.paths.root, member, interval, attempts))
     for a in kept:
         ended = f"{a.outcome}: {a.reason}" if a.reason else a.outcome
         click.echo(f"== member {member} interval {interval}, attempt {a.attempt + 1} by {a.worker}: {ended} ==")
         click.echo(a.output, nl=False)
 
 
-def _no_interval_log(member: int, interval: int, attempts: list[IntervalLog]) -> str:
+def _no_interval_log(root: Path, member: int, interval: int, attempts: list[IntervalLog]) -> str:
     where = f"member {member} interval {interval}"
     if not attempts:
-        return f"{where} was never trained (an exploit may have jumped past it); `hopt log --member {member}` lists "                "its intervals"
+        return (f"{where} was never trained (an exploit may have jumped past it); "
+                f"`{command('hopt', 'log', '--dir', root, '--member', member)}` lists its intervals")
     if attempts[-1].outcome == "training":
         return f"{where} is training now: its output is in the log of worker {attempts[-1].worker} until it ends"
-    return f"no log is kept of {where}: a log goes with its checkpoint, and this one was collected (or the "            "worker's stderr was no file); `hopt best --member` and the kept checkpoints' intervals have theirs"
+    return (f"no log is kept of {where}: a log goes with its checkpoint, and this one was collected (or the "
+            "worker's stderr was no file); `hopt best --member` and the kept checkpoints' intervals have theirs")
 
 
 def _event_text(e: Event) -> str:

@@ -7,6 +7,14 @@ Either way the CLI prints one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
+import shlex
+
+
+def command(*words: object) -> str:
+    """A command line that a message suggests, each word shell-quoted, so that it pastes whole into a shell
+    even where a path holds a space, a quote or a `ü`: `command("hopt", "retry", "--dir", root)`."""
+    return shlex.join(str(word) for word in words)
+
 
 class HoptError(Exception):
     """A problem in the user's input (recipe, command line, directory); the CLI prints it on one line and exits 2."""

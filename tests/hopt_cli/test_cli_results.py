@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import re
+import shlex
+import shutil
 
 import pytest
 import yaml
@@ -155,3 +158,20 @@ def test_best_out_refuses_a_folder_inside_an_experiment_or_another_export_and_re
     run("best", "--dir", str(quadratic), "--out", str(tmp_path / "ours"))
     run("best", "--dir", str(quadratic), "--member", "2", "--out", str(tmp_path / "ours"))
     assert yaml.safe_load((tmp_path / "ours" / "schedule.yaml").read_text())["member"] == 2
+
+
+def test_suggested_commands_paste_whole_into_a_shell(quadratic, tmp_path):
+    """A directory with a space or a `ü` broke the commands hopt suggests once pasted into a shell."""
+    root = tmp_path / "my runs" / "exp ü"
+    shutil.copytree(quadratic, root)
+
+    ran = invoke("run", str(quadratic.with_suffix(".yaml")), "--dir", str(root), "--workers", "1")
+    board = invoke("tensorboard", "--dir", str(root), "--out", str(tmp_path / "my tb"))
+    never = invoke("log", "--dir", str(root), "--member", "0", "--interval", "99")
+
+    assert ran.exit_code == 0 and board.exit_code == 0, ran.output + board.output
+    suggested = [re.search("`(.+)`", ran.stdout)[1], board.stdout.split("view them: ")[1],
+                 re.search("`(.+)`", str(never.exception))[1]]
+    assert [shlex.split(line) for line in suggested] == [["hopt", "best", "--dir", str(root), "--out", "DIR"],
+                                                         ["tensorboard", "--logdir", str(tmp_path / "my tb")],
+                                                         ["hopt", "log", "--dir", str(root), "--member", "0"]]
