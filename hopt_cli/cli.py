@@ -24,8 +24,8 @@ from hopt_cli.launch import Interrupted, create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
-from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, requeue_if_preempted,
-                             submit, worker_command, write_sbatch)
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, node_local_warning, our_bin,
+                             requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
 
@@ -144,7 +144,11 @@ def slurm(root: Path, array: int, per_task: int, parallelism: int | None, partit
     store = Store.open(root)  # every task opens it: refuse a --dir that is not an experiment now, not in the queue
     project = Path(store.recipe.project) if store.recipe.project else None
     options = SbatchOptions(root, array, parallelism, partition, time_limit, gres, cpus_per_task, mem, grace,
-                            job_name, extra, setup, command or worker_command(), requeue_, project, per_task)
+                            job_name, extra, setup, command or worker_command(), requeue_, project, per_task,
+                            our_bin())
+    warning = None if command else node_local_warning()
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     script = write_sbatch(options)
     click.echo(f"wrote {script}; logs go to {options.paths.slurm_log_pattern}", err=True)
     if submit_:

@@ -22,6 +22,7 @@ from typing import Any
 from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.store.fsio import write_atomic
 from hopt_cli.store.paths import ExperimentPaths, safe_name
+from hopt_cli.trainable import THREAD_VARIABLES
 
 log = logging.getLogger("hopt")
 
@@ -95,6 +96,7 @@ class SbatchOptions:
     requeue: bool = False
     project: Path | None = None  # the tasks' working directory (--chdir): where the trainable is imported from
     workers_per_task: int = 1  # `hopt worker --workers K`: one per GPU of the task
+    python_bin: Path | None = None  # put first on PATH: the folder of hopt's interpreter (its environment's bin)
 
     def __post_init__(self) -> None:
         # Absolute and normalised: the script runs in whatever directory sbatch was called from.
@@ -135,6 +137,26 @@ def worker_command() -> str:
     return f"{shlex.quote(sys.executable)} -m hopt_cli worker"
 
 
+def our_bin() -> Path:
+    """The folder of this hopt's interpreter (a virtual environment's bin): first on the tasks' PATH."""
+    return Path(sys.executable).parent
+
+
+NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # folders each node has its own of
+
+
+def node_local_warning() -> str | None:
+    """What to say when this hopt's interpreter lives in a node-local folder, which the tasks' nodes lack."""
+    local = [*NODE_LOCAL, *([os.environ["TMPDIR"]] if os.environ.get("TMPDIR") else [])]
+    where = os.path.abspath(sys.executable)
+    folder = next((f for f in local if where.startswith(os.path.join(os.path.abspath(f), ""))), None)
+    if folder is None:
+        return None
+    return (f"this hopt runs from {where}, under {folder}, which is local to this node: tasks on other nodes "
+            "will not find it; install hopt where every node sees it (a shared home or project folder), or give "
+            "--command")
+
+
 def render_sbatch(options: SbatchOptions) -> str:
     """The sbatch script of a worker array; the same options always give the same text."""
     array = f"0-{options.array - 1}" + (f"%{options.parallelism}" if options.parallelism else "")
@@ -160,12 +182,32 @@ def render_sbatch(options: SbatchOptions) -> str:
         *(f"#SBATCH {directive}" for directive in directives),
         "",
         "set -euo pipefail",
+        *_environment(options),
         *options.setup,
         "# exec: the worker replaces this shell, so SIGUSR1 from --signal=B: reaches it directly"
         + (" (and it passes the signal on to its workers)." if options.workers_per_task > 1 else "."),
         worker + (" --requeue" if options.requeue else ""),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _environment(options: SbatchOptions) -> list[str]:
+    """The script's lines that set hopt's environment first on PATH and the threads from the task's cores."""
+    lines = []
+    if options.python_bin is not None:
+        lines += ["# this hopt's environment first on PATH: a command trainable's `python` is the one hopt runs in",
+                  f'export PATH={shlex.quote(str(options.python_bin))}:"$PATH"']
+    k = options.workers_per_task
+    share = "$SLURM_CPUS_PER_TASK" if k == 1 else \
+        f"$(( SLURM_CPUS_PER_TASK >= {k} ? SLURM_CPUS_PER_TASK / {k} : 1 ))"
+    shared = "" if k == 1 else f", shared by its {k} workers"
+    return lines + [
+        f"# torch and BLAS threads: the task's cores (--cpus-per-task){shared}, not one per core of the node",
+        'if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then',
+        f"  threads={share}",
+        f"  export {' '.join(f'{name}=$threads' for name in THREAD_VARIABLES)}",
+        "fi",
+    ]
 
 
 def write_sbatch(options: SbatchOptions) -> Path:

@@ -85,11 +85,21 @@ def environment_with(threads: Mapping[str, str] | None) -> dict[str, str] | None
     return {**{k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}, **threads}
 
 
+def with_our_python(env: Mapping[str, str] | None) -> dict[str, str]:
+    """`env` (ours where None) with the folder of hopt's interpreter first on PATH, so that a command's
+    `python` is the one hopt runs in: its virtual environment's, activated or not, under SLURM too."""
+    env = dict(os.environ if env is None else env)
+    ours = os.path.dirname(sys.executable)
+    rest = [folder for folder in env.get("PATH", os.defpath).split(os.pathsep) if folder != ours]
+    return {**env, "PATH": os.pathsep.join([ours, *rest])}
+
+
 @dataclass(frozen=True)
 class CommandTrainable:
     """Runs a shell command per interval; placeholders come from hparams and the context.
 
-    The command runs in its own process group, in `cwd` with `env` (ours where None). A stop request
+    The command runs in its own process group, in `cwd` with `env` (ours where None) and hopt's own
+    environment first on PATH (with_our_python). A stop request
     (should_stop) or `timeout` sends the group SIGTERM, then SIGKILL after TERM_GRACE seconds; a
     timed-out interval fails.
     """
@@ -106,8 +116,9 @@ class CommandTrainable:
         return self.template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
 
     def __call__(self, ctx: Context) -> dict[str, Any]:
-        process = subprocess.Popen(self.render(ctx), shell=True, start_new_session=True, cwd=self.cwd, env=self.env,
-                                   stdout=sys.stderr, stderr=subprocess.PIPE, text=True, errors="replace")
+        process = subprocess.Popen(self.render(ctx), shell=True, start_new_session=True, cwd=self.cwd,
+                                   env=with_our_python(self.env), stdout=sys.stderr, stderr=subprocess.PIPE, text=True,
+                                   errors="replace")
         tail: list[str] = []
         reader = threading.Thread(target=_tee, args=(process.stderr, tail), daemon=True)
         reader.start()

@@ -18,6 +18,9 @@ import pytest
 from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue,
                              requeue_if_preempted, submit, write_sbatch)
+from hopt_cli.events import Commit
+from hopt_cli.store import Store
+from tests import commands
 from tests.conftest import REPO, toy_recipe
 from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 
@@ -28,6 +31,7 @@ FULL = SbatchOptions(
     gres="gpu:1", cpus_per_task=8, mem="32G", grace=300, job_name="digits",
     extra=["--qos=high", "--account=ml"], setup=["module load cuda", "source .venv/bin/activate"],
     command="python -m hopt_cli worker", requeue=True, project=Path("/home/me/my project"),
+    python_bin=Path("/home/me/my project/.venv/bin"),
 )
 
 
@@ -291,6 +295,38 @@ def test_preemption_signal_reaches_python_which_requeues_itself(tmp_path: Path) 
         subprocess.run(["scancel", job_id], capture_output=True, timeout=15)
 
 
+REPORTS = ("python -c 'import json, os, sys; json.dump(dict(score=1, python=sys.executable, "
+           "threads=os.environ.get(\"OMP_NUM_THREADS\")), open(sys.argv[1] + \"/metrics.json\", \"w\"))' "
+           "{out} {parent} {h0}")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.usefixtures("cluster")
+def test_a_command_trainable_in_a_task_runs_hopts_python_with_the_tasks_cores(tmp_path: Path, write_recipe) -> None:
+    """sbatch hands the task the submitting shell's PATH, here one without any `python`; the task has 2 cores."""
+    root = tmp_path / "exp"
+    recipe = write_recipe(toy_recipe(population=2, intervals=2, worker=None, command=REPORTS,
+                                     space={"h0": {"type": "float", "low": 0.0, "high": 1.0}}))
+    no_python = {"PATH": "/usr/bin:/bin"}
+    assert commands.hopt("init", str(recipe), "--dir", str(root), env=no_python).returncode == 0
+
+    submitted = commands.hopt("slurm", "--dir", str(root), "--array", "1", "--cpus-per-task", "2", "--time",
+                              "00:05:00", "--submit", env=no_python)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    try:
+        wait_until_finished(job, timeout=120)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=15)
+
+    store = Store.open(root)
+    log = store.paths.log(f"slurm-{job}_0").read_text()
+    commits = [e for e in store.read_events()[0] if isinstance(e, Commit)]
+    assert len(commits) == 4, log
+    assert {(e.metrics["python"], e.metrics["threads"]) for e in commits} == {(sys.executable, "2")}
+
+
 # `hopt slurm`
 
 
@@ -315,7 +351,7 @@ def test_hopt_slurm_writes_the_script(experiment: Path) -> None:
     assert result.stdout == ""
     expected = SbatchOptions(experiment, 3, parallelism=2, time="1:00:00", extra=["--qos=low"],
                              setup=["module load cuda"], command="python -m hopt_cli worker", requeue=True,
-                             project=REPO)
+                             project=REPO, python_bin=Path(sys.executable).parent)
     assert (experiment / "slurm" / "worker.sbatch").read_text() == render_sbatch(expected)
     assert f"logs go to {experiment}/logs/slurm-%A_%a.log" in result.stderr
 
@@ -326,7 +362,22 @@ def test_the_script_runs_this_hopt_in_the_project_directory(experiment: Path) ->
 
     text = (experiment / "slurm" / "worker.sbatch").read_text()
     assert f"#SBATCH --chdir={REPO}\n" in text
+    assert f"\nexport PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"\n" in text
     assert f"\nexec {shlex.quote(sys.executable)} -m hopt_cli worker --dir {experiment} --requeue\n" in text
+
+
+def test_hopt_slurm_warns_of_a_hopt_in_a_folder_other_nodes_lack(experiment: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/tmp/venv/bin/python")
+
+    result = commands.invoke("slurm", "--dir", str(experiment), "--array", "1")
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: this hopt runs from /tmp/venv/bin/python, under /tmp, which is local "
+                                    "to this node: tasks on other nodes will not find it; install hopt where")
+    text = (experiment / "slurm" / "worker.sbatch").read_text()
+    assert '\nexport PATH=/tmp/venv/bin:"$PATH"\n' in text and "\nexec /tmp/venv/bin/python -m hopt_cli" in text
+    assert "warning" not in commands.invoke("slurm", "--dir", str(experiment), "--array", "1", "--command",
+                                            "/shared/venv/bin/hopt worker").stderr
 
 
 def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -> None:

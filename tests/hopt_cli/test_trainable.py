@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
-from hopt_cli.events import Fail
+from hopt_cli.events import Commit, Fail
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
+from tests.commands import hopt
 from tests.conftest import toy_recipe
 
 
@@ -70,3 +72,19 @@ def test_a_trainable_that_writes_its_checkpoint_gets_no_warning(tmp_path, caplog
         assert Worker(store, "w").run().complete
 
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+WHICH_PYTHON = ("python -c 'import json, sys; json.dump(dict(score=1, python=sys.executable), "
+                "open(sys.argv[1] + \"/metrics.json\", \"w\"))' {out} {parent} {h0}")
+
+
+def test_a_command_runs_the_python_of_hopts_own_environment_which_path_lacks(tmp_path, write_recipe):
+    """An unactivated venv: its hopt is started by path, and PATH has no `python` or another one."""
+    recipe = write_recipe(toy_recipe(population=2, intervals=2, worker=None, command=WHICH_PYTHON,
+                                     space={"h0": {"type": "float", "low": 0.0, "high": 1.0}}))
+
+    result = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--workers", "1", env={"PATH": "/usr/bin:/bin"})
+
+    assert result.returncode == 0, result.stderr
+    commits = [e for e in Store.open(tmp_path / "exp").read_events()[0] if isinstance(e, Commit)]
+    assert len(commits) == 4 and {e.metrics["python"] for e in commits} == {sys.executable}
