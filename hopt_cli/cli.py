@@ -203,14 +203,17 @@ def _status_table(s: Status, every_member: bool = False) -> str:
     if s.complete:
         head += ", complete"
     eta = "" if s.complete else f", ETA {_duration(s.eta)}"
-    timing = f"elapsed {_duration(s.elapsed)}{eta}, workers: {len(s.live_workers)} live, {len(s.stale_workers)} stale"
+    silent = f", {len(s.silent_workers)} silent" if s.silent_workers else ""
+    timing = (f"elapsed {_duration(s.elapsed)}{eta}, workers: {len(s.live_workers)} live{silent}, "
+              f"{len(s.stale_workers)} stale")
     lines = [head, timing] + ([f"FAILED: {s.failed}"] if s.failed else [])
     names = list(s.members[0].hparams) if s.members and s.members[0].hparams else []
     rows = [["member", "interval", s.metric, f"robust({s.robust_window})", *names, "sigma",
              "lease (worker host:pid heartbeat)"]]
     shown = s.members if every_member or len(s.members) <= SUMMARY_ROWS else _best_members(s)
     for m in shown:
-        state = "DEAD " if m.lease and m.lease.gone else "STALE " if m.lease and m.lease.stale else ""
+        state = "" if m.lease is None else "DEAD " if m.lease.gone else "STALE " if m.lease.stale else \
+            "SILENT " if m.lease.silent else ""
         gpu = f" gpu {m.lease.device}" if m.lease and m.lease.device is not None else ""
         lease = "free" if m.lease is None else (f"{state}{m.lease.worker} "
                                                 f"{m.lease.host}:{m.lease.pid}{gpu} {_duration(m.lease.age)} ago")

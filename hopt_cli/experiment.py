@@ -27,20 +27,27 @@ from hopt_cli.store.fsio import read_bytes, write_atomic, write_json_atomic
 from hopt_cli.store.journal import Cursor, line_hash
 from hopt_cli.store.paths import ExperimentPaths, checkpoint_name
 
-SCHEMA = 1  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
+SCHEMA = 2  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
 EXPORT_MARK = ".hopt-export.json"  # in a folder `hopt best --out` wrote: whose export it is
+
+
+SILENT_HEARTBEATS = 1.5  # heartbeat periods without a heartbeat after which a lease is silent, no longer live
+TAIL_BYTES = 1 << 16  # read from the journal's end to find when its last event was written
 
 
 @dataclass(frozen=True)
 class LeaseStatus:
-    """Who trains a member now; `age` is the seconds since its last heartbeat. `stale`: the next claim
-    reclaims it, because `age` is past the lease timeout or (`gone`) its process is seen dead here."""
+    """Who trains a member now; `age` is the seconds since its last heartbeat. `silent`: a heartbeat is
+    late (`age` past SILENT_HEARTBEATS periods), so its worker may be dead or stalled: not counted live.
+    `stale`: the next claim reclaims it, because `age` is past the lease timeout or (`gone`) its process
+    is seen dead here."""
 
     worker: str
     host: str
     pid: int
     interval: int
     age: float
+    silent: bool
     stale: bool
     gone: bool
     device: str | None  # the GPUs its worker sees (CUDA_VISIBLE_DEVICES); None: not set
@@ -86,6 +93,7 @@ class Status:
     elapsed: float | None
     eta: float | None
     live_workers: list[str]
+    silent_workers: list[str]
     stale_workers: list[str]
     robust_window: int
     members: list[MemberStatus]
@@ -146,22 +154,43 @@ class Experiment:
         members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
         started = population.started
-        now = population.progress[-1][0] if population.complete and population.progress else time.time()
-        live = sorted({s.worker for s in leases.values() if not s.stale})
+        live = sorted({s.worker for s in leases.values() if not s.silent and not s.stale})
+        silent = sorted({s.worker for s in leases.values() if s.silent and not s.stale} - set(live))
+        stale = sorted({s.worker for s in leases.values() if s.stale} - set(live) - set(silent))
         eta = 0.0 if population.complete else self._eta(population) if live else None
         r = self.recipe
         return Status(
             r.name, r.policy.name, r.objective.metric, r.objective.mode, population.size, population.intervals,
             population.intervals_done, population.budget, population.complete, population.failed,
             None if top is None else BestStatus(top.member, top.interval, top.score),
-            started, None if started is None else round(now - started, 3), eta, live,
-            sorted({s.worker for s in leases.values() if s.stale} - set(live)), window, members)
+            started, self._elapsed(started, working=bool(live or silent)), eta, live, silent, stale, window, members)
 
     def _lease_status(self, info: LeaseInfo, here: Holder) -> LeaseStatus:
         holder = info.lease.holder
         gone = holder.is_gone(here)
-        return LeaseStatus(holder.worker, holder.host, holder.pid, info.lease.interval, round(info.age, 1),
-                           gone or info.age > self.recipe.lease.timeout, gone, holder.device)
+        stale = gone or info.age > self.recipe.lease.timeout
+        silent = not stale and info.age > SILENT_HEARTBEATS * self.recipe.lease.heartbeat
+        return LeaseStatus(holder.worker, holder.host, holder.pid, info.lease.interval, round(info.age, 1), silent,
+                           stale, gone, holder.device)
+
+    def _elapsed(self, started: float | None, working: bool) -> float | None:
+        """Seconds from the journal's first event to now while a worker may be training (a lease that is
+        not stale), else to its last event: a run that ended, failed or was killed stops the clock."""
+        end = time.time() if working else self._last_event_time()
+        return None if started is None or end is None else round(max(end - started, 0.0), 3)
+
+    def _last_event_time(self) -> float | None:
+        """When the journal's last complete event was written, read from its end alone."""
+        with open(self.store.paths.journal, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            tail = handle.read()
+        for line in reversed(tail.split(b"\n")[:-1]):  # what follows the last newline is torn, or nothing
+            try:
+                return float(json.loads(line)["time"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return None
 
     @staticmethod
     def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:

@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import re
 import shlex
 import shutil
+import time
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from hopt_cli.cli import cli
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
-from tests.commands import invoke
+from tests.commands import hopt as hopt_process, invoke
 from tests.conftest import toy_recipe
 from tests.hopt_cli.conftest import hopt, hopt_onto_a_full_disk, mid_run
 
@@ -175,3 +178,34 @@ def test_suggested_commands_paste_whole_into_a_shell(quadratic, tmp_path):
     assert [shlex.split(line) for line in suggested] == [["hopt", "best", "--dir", str(root), "--out", "DIR"],
                                                          ["tensorboard", "--logdir", str(tmp_path / "my tb")],
                                                          ["hopt", "log", "--dir", str(root), "--member", "0"]]
+
+
+def test_a_lease_whose_heartbeat_is_late_is_silent_not_live(tmp_path):
+    """Right after a kill -9 of its worker (on another node, or a pid not yet reaped) a lease counted as
+    live until the lease timeout."""
+    store, claim = mid_run(tmp_path / "exp")
+    late = time.time() - 2 * store.recipe.lease.heartbeat
+    os.utime(store.paths.lease(claim.member), (late, late))
+
+    lines = run("status", "--dir", str(tmp_path / "exp")).splitlines()
+    status = Experiment(tmp_path / "exp").status()
+
+    assert lines[1].endswith(", ETA -, workers: 0 live, 1 silent, 0 stale")
+    row = next(line for line in lines[3:] if line.split()[0].rstrip("*") == str(claim.member))
+    assert " SILENT pytest-worker " in row
+    assert (status.live_workers, status.silent_workers, status.stale_workers) == ([], ["pytest-worker"], [])
+    assert status.members[claim.member].lease.silent and not status.members[claim.member].lease.stale
+
+
+def test_elapsed_of_a_failed_run_ends_at_its_last_event(tmp_path):
+    """A run that failed in a fraction of a second showed the time since it started, growing ever after."""
+    root = tmp_path / "exp"
+    store = Store.create(root, Recipe.from_dict(toy_recipe(population=2, intervals=4)))
+    with pytest.raises(ExperimentFailed):
+        Worker(store, "nan", trainable=lambda ctx: float("nan")).run()
+    times = [json.loads(line)["time"] for line in (root / "journal.jsonl").read_text().splitlines()]
+
+    later = json.loads(hopt_process("status", "--dir", str(root), "--json").stdout)
+
+    assert later["elapsed"] == pytest.approx(times[-1] - times[0], abs=1e-3)
+    assert later["failed"] and later["live_workers"] == later["silent_workers"] == []

@@ -54,7 +54,7 @@ def check(document: dict, root: str, absent: tuple[str, ...] = ()) -> None:
                 python = TYPES[kind.removesuffix(" or null")]
                 assert isinstance(value, python) and not (isinstance(value, bool) and python is int), \
                     f"{path}.{key} = {value!r} is not {kind}"
-    assert document["schema"] == 1
+    assert document["schema"] == 2
 
 
 def run(*args: str) -> dict:
