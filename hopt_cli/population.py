@@ -295,7 +295,7 @@ class Population:
         member.last_error = event.reason
         if member.failures >= self.max_failures and self.failed is None:
             self.failed = (f"member {member.member} failed {member.failures} times in a row; last error: "
-                           f"{event.reason}; fix the trainable, then run `hopt retry` on the experiment and start "
+                           f"{event.reason}; once that is fixed, run `hopt retry` on the experiment and start "
                            "the workers again")
 
     def _on_retry(self, event: Retry) -> None:

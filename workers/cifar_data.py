@@ -60,18 +60,20 @@ SPECS = {
 
 
 def data_dir(spec: Spec) -> Path:
-    """The folder holding all of `spec`'s files: $CIFAR_DIR or its standard subfolder."""
+    """The folder holding all of `spec`'s files: $CIFAR_DIR or its standard subfolder.
+
+    Where there is none, a FileNotFoundError that names its fix: the variable to set, not the code."""
     expected = ", ".join(spec.files)
+    fix = f"set {DATA_ENV} to the folder holding {expected} (or to its parent holding {spec.subfolder}/)"
     raw = os.environ.get(DATA_ENV)
     if not raw:
-        raise ValueError(f"{spec.name}: set {DATA_ENV} to the folder holding {expected} "
-                         f"(or to its parent holding {spec.subfolder}/)")
+        raise FileNotFoundError(f"{spec.name} data not found: {DATA_ENV} is not set; {fix}")
     root = Path(raw).expanduser()
     for folder in (root, root / spec.subfolder):
         if all((folder / name).is_file() for name in spec.files):
             return folder
-    raise FileNotFoundError(f"{spec.name}: {DATA_ENV}={root} holds neither the files {expected} "
-                            f"nor a {spec.subfolder}/ folder with them")
+    raise FileNotFoundError(f"{spec.name} data not found: {DATA_ENV}={root} holds neither the files nor a "
+                            f"{spec.subfolder}/ folder with them; {fix}")
 
 
 def unpickle(path: Path, keys: tuple[bytes, ...]) -> dict[bytes, Any]:

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from hopt_cli.errors import ExperimentFailed
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.worker import Worker
+from tests.conftest import REPO
 from tests.workers.conftest import assert_same_tensors, load_state
 from workers import cifar, cifar_data
 
@@ -181,13 +187,15 @@ def test_test_set_evaluation_of_a_checkpoint(tiny, make_ctx):
 
 def test_missing_setting_names_the_variable(make_ctx, monkeypatch):
     monkeypatch.delenv("CIFAR_DIR", raising=False)
-    with pytest.raises(ValueError, match="CIFAR_DIR.*data_batch_1"):
+    fix = "CIFAR_DIR is not set; set CIFAR_DIR to the folder holding data_batch_1"
+    with pytest.raises(FileNotFoundError, match=fix):
         cifar.cifar10(make_ctx())
 
 
 def test_wrong_folder_names_the_path_and_the_files(tmp_path, make_ctx, monkeypatch):
     monkeypatch.setenv("CIFAR_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError, match=r"CIFAR_DIR=.*nowhere.*train, test, meta"):
+    fix = "set CIFAR_DIR to the folder holding train, test, meta"
+    with pytest.raises(FileNotFoundError, match=rf"CIFAR_DIR=.*nowhere holds neither the files .*; {fix}"):
         cifar.cifar100(make_ctx())
 
 
@@ -210,3 +218,19 @@ def test_cutout_zeroes_one_square_and_jitter_zero_is_identity():
     holes = (cifar_data.cutout(x, 6) == 0).sum(dim=(1, 2, 3))
     assert holes.max() == 3 * 36 and holes.min() > 0
     assert torch.allclose(cifar_data.jitter(x * 0.5, 0.0), x * 0.5)
+
+
+def test_an_experiment_stopped_by_missing_data_says_to_set_the_variable_then_retry(tmp_path, monkeypatch):
+    monkeypatch.delenv("CIFAR_DIR", raising=False)
+    recipe = yaml.safe_load((REPO / "recipes" / "cifar10.yaml").read_text())
+    recipe = {k: v for k, v in recipe.items() if k != "interval_timeout"}
+    store = Store.create(tmp_path / "exp", Recipe.from_dict({**recipe, "population": 2, "max_failures": 1}))
+
+    with pytest.raises(ExperimentFailed) as caught:
+        Worker(store, "w").run()
+
+    message = str(caught.value)
+    assert message.startswith("member 0 failed 1 times in a row; last error: FileNotFoundError: CIFAR-10 data not "
+                              "found: CIFAR_DIR is not set; set CIFAR_DIR to the folder holding data_batch_1")
+    assert "fix the trainable" not in message
+    assert message.endswith("; once that is fixed, run `hopt retry` on the experiment and start the workers again")
