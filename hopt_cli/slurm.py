@@ -74,6 +74,10 @@ class SlurmEnvironment:
 
 
 SBATCH_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE")  # sbatch(1), --time
+SBATCH_MEM = re.compile(r"\d+([KMGT]B?)?", re.IGNORECASE)  # megabytes, or with a unit: what sbatch --mem reads
+_GRES = r"[A-Za-z_][\w.-]*(:\w[\w.-]*)?(:\d+[KMGT]?)?"  # name[:type][:count]
+SBATCH_GRES = re.compile(rf"{_GRES}(,{_GRES})*")
+SBATCH_PARTITION = re.compile(r"[^\s,]+(,[^\s,]+)*")  # one or more names, comma-separated
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,19 @@ class SbatchOptions:
         if self.time is not None and not SBATCH_TIME.fullmatch(self.time):
             raise HoptError(f"--time {self.time!r} is not a time sbatch reads; write minutes, HH:MM:SS or "
                             "D-HH:MM:SS (e.g. --time 04:00:00 for 4 hours)")
+        if self.mem is not None and not SBATCH_MEM.fullmatch(self.mem):
+            raise HoptError(f"--mem {self.mem!r} is not a size sbatch reads; write megabytes, or a whole number with "
+                            "the unit K, M, G or T (e.g. --mem 32G)")
+        if self.gres is not None and not SBATCH_GRES.fullmatch(self.gres):
+            raise HoptError(f"--gres {self.gres!r} is not a resource sbatch reads; write name[:type][:count], "
+                            "comma-separated (e.g. --gres gpu:1 or --gres gpu:a100:2)")
+        if self.partition is not None and not SBATCH_PARTITION.fullmatch(self.partition):
+            raise HoptError(f"--partition {self.partition!r} is not a partition name; give one, or several "
+                            "separated by commas without spaces (sinfo lists them)")
+        for option in self.extra:
+            if not option.startswith("-"):
+                raise HoptError(f"--sbatch {option!r} is no sbatch option, which sbatch refuses in its script; "
+                                "write it as on sbatch's command line, e.g. --sbatch=--qos=high")
         if not 0 <= self.grace <= 65535:
             raise HoptError(f"the grace time must be 0..65535 seconds (sbatch's limit), got {self.grace}")
         for line in (*self.extra, *self.setup, self.command):

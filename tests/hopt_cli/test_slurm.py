@@ -46,6 +46,30 @@ def test_a_time_sbatch_would_reject_is_refused_before_the_queue(limit):
         SbatchOptions(Path("/runs/x"), array=2, time=limit)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"mem": "32G"}, {"mem": "32gb"}, {"mem": "1024"}, {"mem": "0"}, {"mem": "500M"}, {"mem": "2T"},
+    {"gres": "gpu:1"}, {"gres": "gpu"}, {"gres": "gpu:a100:2"}, {"gres": "gpu:1g.10gb:1,tmpdisk:10G"},
+    {"partition": "gpu"}, {"partition": "gpu,cpu"}, {"extra": ["--qos=high", "-A ml"]},
+])
+def test_every_value_sbatch_reads_is_accepted(kwargs):
+    SbatchOptions(Path("/runs/x"), array=2, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mem": "lots"}, "--mem 'lots' is not a size sbatch reads; write megabytes, or a whole number with the unit"),
+    ({"mem": "1.5G"}, "--mem '1.5G' is not a size sbatch reads"),
+    ({"mem": "32GiB"}, "--mem '32GiB' is not a size sbatch reads"),
+    ({"gres": "gpu 1"}, "--gres 'gpu 1' is not a resource sbatch reads; write name[:type][:count]"),
+    ({"gres": "gpu:-1"}, "--gres 'gpu:-1' is not a resource sbatch reads"),
+    ({"partition": "gpu cpu"}, "--partition 'gpu cpu' is not a partition name"),
+    ({"extra": ["qos=high"]}, "--sbatch 'qos=high' is no sbatch option"),
+])
+def test_a_value_sbatch_would_reject_is_refused_before_the_queue(kwargs, message):
+    with pytest.raises(HoptError) as caught:
+        SbatchOptions(Path("/runs/x"), array=2, **kwargs)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
 def check_golden(name: str, text: str) -> None:
     """Compare with tests/hopt_cli/golden/NAME; HOPT_UPDATE_GOLDEN=1 rewrites the file instead."""
     path = GOLDEN / name
@@ -378,6 +402,14 @@ def test_hopt_slurm_warns_of_a_hopt_in_a_folder_other_nodes_lack(experiment: Pat
     assert '\nexport PATH=/tmp/venv/bin:"$PATH"\n' in text and "\nexec /tmp/venv/bin/python -m hopt_cli" in text
     assert "warning" not in commands.invoke("slurm", "--dir", str(experiment), "--array", "1", "--command",
                                             "/shared/venv/bin/hopt worker").stderr
+
+
+def test_hopt_slurm_refuses_a_memory_size_sbatch_would_reject(experiment: Path) -> None:
+    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--mem", "lots")
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("hopt: error: --mem 'lots' is not a size sbatch reads")
+    assert not (experiment / "slurm").exists()
 
 
 def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -> None:
