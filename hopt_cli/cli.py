@@ -217,7 +217,7 @@ def _status_table(s: Status, every_member: bool = False) -> str:
         gpu = f" gpu {m.lease.device}" if m.lease and m.lease.device is not None else ""
         lease = "free" if m.lease is None else (f"{state}{m.lease.worker} "
                                                 f"{m.lease.host}:{m.lease.pid}{gpu} {_duration(m.lease.age)} ago")
-        rows.append([f"{m.member}{'*' if m.explorer else ''}", str(m.interval), _fmt(m.score), _fmt(m.robust),
+        rows.append([f"{m.member}{'*' if m.explorer else ''}", _fmt(m.interval), _fmt(m.score), _fmt(m.robust),
                      *(_fmt(m.hparams.get(n)) for n in names), f"{m.sigma:.3g}", lease])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -237,11 +237,12 @@ def _best_members(s: Status) -> list[MemberStatus]:
 
 def _rest_summary(s: Status, shown: set[int]) -> str:
     rest = [m for m in s.members if m.member not in shown]
-    intervals = sorted(m.interval for m in rest)
+    intervals = sorted(m.interval for m in rest if m.interval is not None)
+    at = f"at intervals {intervals[0]}-{intervals[-1]}" if intervals else "none committed yet"
     training = sum(m.lease is not None for m in rest)
     failing = sum(m.failures > 0 for m in rest)
-    return (f"... and {len(rest)} more members (intervals {intervals[0]}-{intervals[-1]}, {training} training, "
-            f"{failing} with failures): `hopt status --all` lists every one")
+    return (f"... and {len(rest)} more members ({at}, {training} training, {failing} with failures): "
+            "`hopt status --all` lists every one")
 
 
 def _fmt(value: Any) -> str:

@@ -55,8 +55,11 @@ class LeaseStatus:
 
 @dataclass(frozen=True)
 class MemberStatus:
+    """One member now: `interval` is the index of the interval its latest checkpoint (and `score`) comes
+    from, as `hopt best` numbers intervals; None before its first commit."""
+
     member: int
-    interval: int
+    interval: int | None
     score: float | None
     robust: float | None
     hparams: dict[str, Any]
@@ -196,8 +199,8 @@ class Experiment:
     def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:
         scores = state.lineage.scores
         robust = robust_score(scores, window) if scores else None
-        return MemberStatus(state.member, state.interval, scores[-1] if scores else None, robust, state.hparams,
-                            state.sigma, state.explorer, state.failures, state.last_error, lease)
+        return MemberStatus(state.member, state.interval - 1 if scores else None, scores[-1] if scores else None,
+                            robust, state.hparams, state.sigma, state.explorer, state.failures, state.last_error, lease)
 
     def _eta(self, population: Population) -> float | None:
         """Seconds left at the rate of the population's recent commits, measured up to the last one (so

@@ -120,7 +120,7 @@ def test_a_large_population_is_summarised_and_all_lists_every_member(tmp_path):
 
     rows = [line for line in lines[3:] if line.split()[0].rstrip("*").isdigit()]
     assert len(rows) == 20 and sorted(float(r.split()[2]) for r in rows)[0] == pytest.approx(scores[19], rel=1e-3)
-    assert lines[3 + 20] == ("... and 10 more members (intervals 1-1, 0 training, 0 with failures): "
+    assert lines[3 + 20] == ("... and 10 more members (at intervals 0-0, 0 training, 0 with failures): "
                              "`hopt status --all` lists every one")
     assert len([line for line in every[3:] if line.split()[0].rstrip("*").isdigit()]) == 30
 
@@ -209,3 +209,15 @@ def test_elapsed_of_a_failed_run_ends_at_its_last_event(tmp_path):
 
     assert later["elapsed"] == pytest.approx(times[-1] - times[0], abs=1e-3)
     assert later["failed"] and later["live_workers"] == later["silent_workers"] == []
+
+
+def test_status_numbers_each_members_interval_as_best_does(quadratic):
+    """`hopt status` gave a member's intervals counted (8) where `hopt best` gives the interval's index (7)."""
+    rows = run("status", "--dir", str(quadratic)).splitlines()[3:8]
+    document = json.loads(run("status", "--dir", str(quadratic), "--json"))
+
+    for member, (row, entry) in enumerate(zip(rows, document["members"])):
+        latest = run("best", "--dir", str(quadratic), "--member", str(member)).splitlines()[0]
+        interval = int(latest.split(", interval ")[1].split(",")[0])
+        assert row.split()[:2] == [f"{member}{'*' if entry['explorer'] else ''}", str(interval)]
+        assert entry["interval"] == interval == 7
