@@ -59,7 +59,8 @@ def choose_gpus(spec: str, visible: str | None, count: Callable[[], int]) -> lis
     """The devices of `--gpus`: `all`, or a comma list of indices among the visible ones (or, when
     CUDA_VISIBLE_DEVICES is not set, device ids as `nvidia-smi` numbers them, or UUIDs).
 
-    `visible` is our CUDA_VISIBLE_DEVICES (None: not set); `count` how many devices torch sees."""
+    `visible` is our CUDA_VISIBLE_DEVICES (None: not set); `count` how many devices torch sees, asked
+    only where CUDA_VISIBLE_DEVICES does not say (a SLURM task's allocation does)."""
     shown = [d.strip() for d in visible.split(",") if d.strip()] if visible is not None else None
     if spec.strip() == "all":
         devices = shown if shown is not None else [str(i) for i in range(count())]
@@ -71,11 +72,26 @@ def choose_gpus(spec: str, visible: str | None, count: Callable[[], int]) -> lis
     if not all(asked) or len(set(asked)) != len(asked):
         raise HoptError(f"--gpus {spec}: give distinct device numbers separated by commas (e.g. 0,1,2,3), or all")
     if shown is None:
+        devices = count()
+        if not devices:
+            raise HoptError(f"--gpus {spec}: no GPU is visible here (torch sees none); leave out --gpus to train on "
+                            "the CPU")
+        if not all(int(d) < devices for d in asked if d.isdigit()):
+            raise HoptError(f"--gpus {spec}: torch sees {counted(devices, 'GPU')} here, numbered 0 to {devices - 1}; "
+                            "give those numbers, or all")
         return asked
+    if not shown:
+        raise HoptError(f"--gpus {spec}: CUDA_VISIBLE_DEVICES={visible!r} hides every GPU; leave out --gpus to train "
+                        "on the CPU")
     if not all(d.isdigit() and int(d) < len(shown) for d in asked):
-        raise HoptError(f"--gpus {spec}: CUDA_VISIBLE_DEVICES={visible} makes {len(shown)} GPU(s) visible, "
+        raise HoptError(f"--gpus {spec}: CUDA_VISIBLE_DEVICES={visible} makes {counted(len(shown), 'GPU')} visible, "
                         f"numbered 0 to {len(shown) - 1} here; give those numbers, or all")
     return [shown[int(d)] for d in asked]
+
+
+def counted(number: int, noun: str) -> str:
+    """`1 worker`, `2 workers`: a count with its noun, plural where it must be."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _cores() -> int:
