@@ -286,6 +286,7 @@ def best(root: Path, out: Path | None, as_json: bool, member: int | None, top: i
     what = f"member {member}'s latest" if member is not None else "best"
     click.echo(f"{what} {experiment.recipe.objective.metric} {result.score:.6g}: member {result.member}, "
                f"interval {result.interval}, checkpoint {result.checkpoint}")
+    click.echo("  metrics: " + " ".join(f"{k}={_fmt(v)}" for k, v in result.metrics.items()))
     for step in result.schedule:
         copied = f"  <- copied member {step.copied_from}" if step.copied_from is not None else ""
         params = " ".join(f"{k}={_fmt(v)}" for k, v in step.hparams.items())

@@ -221,3 +221,17 @@ def test_status_numbers_each_members_interval_as_best_does(quadratic):
         interval = int(latest.split(", interval ")[1].split(",")[0])
         assert row.split()[:2] == [f"{member}{'*' if entry['explorer'] else ''}", str(interval)]
         assert entry["interval"] == interval == 7
+
+
+def test_best_shows_every_metric_of_the_best_interval(tmp_path):
+    """Test accuracy, which the quickstart promises, was only in `hopt best --json`."""
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=2)))
+    worker = Worker(store, "pytest-worker",
+                    trainable=lambda ctx: {"score": ctx.hparams["h0"], "test_acc": 0.875, "note": "ok"})
+    for _ in range(4):
+        worker.train_and_commit(worker.claim())
+    best = Experiment(tmp_path / "exp").best()
+
+    lines = run("best", "--dir", str(tmp_path / "exp")).splitlines()
+
+    assert lines[1] == f"  metrics: score={best.score:.4g} test_acc=0.875 note=ok"
