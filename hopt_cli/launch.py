@@ -21,7 +21,7 @@ from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, run_local
+from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, counted, run_local
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import Context, load_trainable
@@ -81,7 +81,7 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
     if warning:
         line.say(f"warning: {warning}")
     on = f", GPUs {','.join(devices)}" if devices else ""
-    line.say(f"{store.recipe.name}: {workers} workers on {dir}{on} (logs in {store.paths.logs})")
+    line.say(f"{store.recipe.name}: {counted(workers, 'worker')} on {dir}{on} (logs in {store.paths.logs})")
     result = run_local(store, workers, line.show, line.say, trainable, devices)
     if result.interrupted:
         stopped = Interrupted(result.interrupted)

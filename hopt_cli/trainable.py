@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,12 +212,16 @@ def run_interval(trainable: Callable[[Context], Any], ctx: Context, metric: str)
     if result is None:
         return Outcome(None, {}, f"the trainable returned None; return the score ({metric}) or a dict of metrics "
                                  f"holding {metric!r}")
-    metrics, dropped = scalar_metrics(dict(result) if isinstance(result, Mapping) else {metric: result})
+    pairs = result.items() if isinstance(result, Mapping) else [(metric, result)]
+    returned = {str(key): value for key, value in pairs}
+    metrics, dropped = scalar_metrics(returned)
     score = metrics.get(metric)
+    if metric in dropped:
+        return Outcome(None, metrics, f"metric {metric!r} is not a scalar: {_kind(returned[metric])}; return a number "
+                                      "(a tensor or array of one element is one)", dropped)
     if score is None:
-        missing = f"metric {metric!r} " + ("is not a scalar" if metric in dropped else "missing from the result")
         got = ", ".join(map(str, [*metrics, *dropped])) or "none"
-        return Outcome(None, metrics, f"{missing} (got {got})", dropped)
+        return Outcome(None, metrics, f"metric {metric!r} missing from the result (got {got})", dropped)
     if not isinstance(score, (int, float)) or isinstance(score, bool):
         return Outcome(None, metrics, f"metric {metric!r} is not a number (got {score!r})", dropped)
     if not math.isfinite(score):
@@ -247,6 +251,19 @@ def scalar_metrics(metrics: Mapping[Any, Any]) -> tuple[dict[str, Any], tuple[st
         else:
             dropped.append(str(key))
     return clean, tuple(dropped)
+
+
+def _kind(value: Any) -> str:
+    """What a value is, for a message: `a torch.Tensor of shape (3,)`, `a list of 2 values`, `None`."""
+    if value is None:
+        return "None"
+    kind = type(value).__qualname__ if type(value).__module__ == "builtins" else \
+        f"{type(value).__module__}.{type(value).__qualname__}"
+    if hasattr(value, "shape"):
+        return f"a {kind} of shape {tuple(value.shape)}"
+    if isinstance(value, Sized):
+        return f"a {kind} of {len(value)} values"
+    return f"a {kind}"
 
 
 def _one(value: Any) -> bool:

@@ -103,3 +103,11 @@ def test_a_command_that_never_gets_a_searched_hyperparameter_is_warned_about_onc
     assert init.exit_code == 0 and init.stderr == warning
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("warning:") == 1 and warning in run.stderr
+
+
+def test_a_run_of_one_worker_says_one_worker(tmp_path, write_recipe):
+    result = hopt("run", str(write_recipe(toy_recipe(population=2, intervals=1))), "--dir", str(tmp_path / "exp"),
+                  "--workers", "1")
+
+    assert result.returncode == 0, result.stderr
+    assert f"toy: 1 worker on {tmp_path / 'exp'} (logs in" in result.stderr

@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.events import Commit, Fail
@@ -88,3 +90,17 @@ def test_a_command_runs_the_python_of_hopts_own_environment_which_path_lacks(tmp
     assert result.returncode == 0, result.stderr
     commits = [e for e in Store.open(tmp_path / "exp").read_events()[0] if isinstance(e, Commit)]
     assert len(commits) == 4 and {e.metrics["python"] for e in commits} == {sys.executable}
+
+
+@pytest.mark.parametrize("score, kind", [(torch.tensor([1.0, 2.0, 3.0]), "a torch.Tensor of shape (3,)"),
+                                         (np.zeros((2, 2)), "a numpy.ndarray of shape (2, 2)"),
+                                         ([1.0, 2.0], "a list of 2 values"), (None, "None")])
+def test_a_score_that_is_no_scalar_fails_the_interval_naming_its_type_and_shape(tmp_path, score, kind):
+    store = _store(tmp_path, max_failures=1)
+
+    with pytest.raises(ExperimentFailed):
+        Worker(store, "w", trainable=lambda ctx: {"score": score, "loss": 0.5}).run()
+
+    fail = next(e for e in store.read_events()[0] if isinstance(e, Fail))
+    assert fail.reason == f"metric 'score' is not a scalar: {kind}; return a number (a tensor or array of one " \
+                          "element is one)"
