@@ -12,6 +12,17 @@ from tests.slurm_cluster import cluster  # noqa: F401 - the fixture of every tes
 
 REPO = Path(__file__).resolve().parent.parent
 
+NEEDS_SERVICES = ("slurm", "netfs")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the SLURM cluster or the network filesystem mounts is slow by definition: the fast
+    suite (`python -m pytest`) runs on a machine where neither was started."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in NEEDS_SERVICES):
+            item.add_marker(pytest.mark.slow)
+
 
 def toy_recipe(**overrides: Any) -> dict[str, Any]:
     """T1 (the PBT quadratic) at a size that runs in well under a second."""
