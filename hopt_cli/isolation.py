@@ -100,7 +100,7 @@ class IsolatedTrainable:
     def _died(self) -> NoReturn:
         status = self._process.wait() if self._process else None
         self.close()
-        raise IntervalError(f"the trainable's process died ({_describe(status)})")
+        raise IntervalError(f"the trainable's process died ({describe_exit(status)})")
 
     def close(self) -> None:
         """Kill the child (if any); the next interval starts a new one."""
@@ -114,7 +114,8 @@ class IsolatedTrainable:
             self._process = None
 
 
-def _describe(status: int | None) -> str:
+def describe_exit(status: int | None) -> str:
+    """How a process ended, from its Popen.returncode: `killed by SIGKILL`, `exit status 3`."""
     if status is None:
         return "no status"
     if status < 0:

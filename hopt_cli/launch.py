@@ -103,9 +103,12 @@ def command_warning(recipe: Recipe) -> str | None:
 
 
 def check_ended(store: Store, result: RunResult) -> None:
-    """Raise ExperimentFailed if the experiment failed, or its workers ended unasked before it was complete."""
+    """Raise ExperimentFailed if the experiment failed, a worker died once too often, or the workers ended
+    unasked before it was complete."""
     if result.failed:
         raise ExperimentFailed(result.failed)
+    if result.died:
+        raise ExperimentFailed(result.died)
     if not result.complete and not result.interrupted:
         bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
         raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")

@@ -3,6 +3,8 @@
 The runner owns its workers: SIGINT, SIGTERM and SIGHUP are forwarded to them as SIGTERM (each
 releases its member at once); a second signal kills them. Should the runner itself be killed, the
 kernel sends every worker SIGTERM (PR_SET_PDEATHSIG), so no worker outlives the run that started it.
+A worker that dies (killed, or exiting non-zero while the experiment has not failed) is said and
+replaced by one of a new name, at most as many times in a run as it has workers; then the run stops.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 import cloudpickle
 
 from hopt_cli.errors import HoptError
-from hopt_cli.isolation import die_with_parent
+from hopt_cli.isolation import describe_exit, die_with_parent
 from hopt_cli.store import Store
 from hopt_cli.trainable import THREAD_VARIABLES
 
@@ -33,7 +35,22 @@ class RunResult:
     complete: bool
     interrupted: signal.Signals | None
     failed: str | None
-    exit_codes: dict[str, int]
+    exit_codes: dict[str, int]  # of every worker the run started, replacements included
+    died: str | None = None  # why the run stopped early: a worker died with no restart left
+
+
+@dataclass
+class _Slot:
+    """One of the run's workers: its process now, its first name, and how often it was replaced."""
+
+    name: str
+    index: int
+    process: subprocess.Popen
+    restarts: int = 0
+
+    @property
+    def current(self) -> str:
+        return self.name if not self.restarts else f"{self.name}-r{self.restarts}"
 
 
 def worker_command(root: os.PathLike, name: str, piped: bool = False) -> list[str]:
@@ -134,43 +151,46 @@ def run_local(store: Store, workers: int, progress: Callable[[int, int, str], No
               stops: Sequence[signal.Signals] = FORWARDED) -> RunResult:
     """Start `workers` worker processes (running `trainable` instead of the recipe's, if given; worker i
     on GPU gpus[i % len(gpus)], if given; named `names`, by default unique to this run) and wait for
-    them; a stop signal (one of `stops`) is passed on to them."""
+    them, replacing one that dies; a stop signal (one of `stops`) is passed on to them."""
     payload = cloudpickle.dumps(trainable) if trainable is not None else None
+    names = names or worker_names(workers)
+    started: dict[str, subprocess.Popen] = {}
+
+    def start(name: str, index: int) -> subprocess.Popen:
+        gpu = gpus[index % len(gpus)] if gpus else None
+        started[name] = _start(store, name, payload, worker_environment(len(names), gpu))
+        return started[name]
+
     signals = RunnerSignals(stops)
     with signals.installed():
-        processes = _start(store, names or worker_names(workers), payload, gpus or [])
         try:
-            _wait(store, processes, progress, signals)
+            slots = [_Slot(name, index, start(name, index)) for index, name in enumerate(names)]
+            died = _wait(store, slots, start, progress, say, signals)
             if signals.count:
                 say(f"{signals.first.name}: stopping the workers (their members are released); "
                     "a second signal kills them")
-                _stop(processes, signals)
+            if signals.count or died:
+                _stop(started, signals)
         finally:
-            _kill(processes)
+            _kill(started)
     population = store.sync()
     _report(store, population.intervals_done, progress)
     return RunResult(population.complete, signals.first, population.failed,
-                     {name: p.returncode for name, p in processes.items()})
+                     {name: p.returncode for name, p in started.items()}, died)
 
 
-def _start(store: Store, names: list[str], payload: bytes | None, gpus: list[str]) -> dict[str, subprocess.Popen]:
-    processes: dict[str, subprocess.Popen] = {}
+def _start(store: Store, name: str, payload: bytes | None, environment: dict[str, str]) -> subprocess.Popen:
+    """One worker process, its output appended to its own log."""
     runner = os.getpid()
-    try:
-        for index, name in enumerate(names):
-            environment = worker_environment(len(names), gpus[index % len(gpus)] if gpus else None)
-            with open(store.paths.log(name), "ab") as log:
-                process = processes[name] = subprocess.Popen(
-                    worker_command(store.paths.root, name, payload is not None),
-                    stdin=subprocess.DEVNULL if payload is None else subprocess.PIPE, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, env=environment,
-                    preexec_fn=lambda: die_with_parent(runner, signal.SIGTERM))  # before exec
-            if payload is not None:
-                _send(process, payload)
-    except BaseException:
-        _kill(processes)
-        raise
-    return processes
+    with open(store.paths.log(name), "ab") as log:
+        process = subprocess.Popen(
+            worker_command(store.paths.root, name, payload is not None),
+            stdin=subprocess.DEVNULL if payload is None else subprocess.PIPE, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, env=environment,
+            preexec_fn=lambda: die_with_parent(runner, signal.SIGTERM))  # before exec
+    if payload is not None:
+        _send(process, payload)
+    return process
 
 
 def _send(process: subprocess.Popen, payload: bytes) -> None:
@@ -185,16 +205,32 @@ def _running(processes: dict[str, subprocess.Popen]) -> list[subprocess.Popen]:
     return [p for p in processes.values() if p.poll() is None]
 
 
-def _wait(store: Store, processes: dict[str, subprocess.Popen], progress: Callable[[int, int, str], None],
-          signals: RunnerSignals) -> None:
-    """Show progress until every worker has exited or a stop signal arrived."""
+def _wait(store: Store, slots: list[_Slot], start: Callable[[str, int], subprocess.Popen],
+          progress: Callable[[int, int, str], None], say: Callable[[str], None], signals: RunnerSignals) -> str | None:
+    """Show progress until every worker has exited or a stop signal arrived, replacing a worker that died
+    (at most len(slots) times in all); return why the run must stop when one died with none left."""
     last = -1
-    while _running(processes) and not signals.count:
+    restarts = 0
+    while not signals.count:
+        for slot in slots:
+            status = slot.process.poll()
+            if status in (None, 0) or store.sync().failed:  # a failed experiment stops every worker: no death
+                continue
+            dead = f"worker {slot.current} died ({describe_exit(status)}); its log: {store.paths.log(slot.current)}"
+            if restarts == len(slots):
+                return f"{dead}; {counted(restarts, 'dead worker')} replaced already, so the run stops"
+            restarts += 1
+            slot.restarts += 1
+            slot.process = start(slot.current, slot.index)
+            say(f"{dead}; starting {slot.current} in its place (replacement {restarts} of at most {len(slots)})")
+        if not any(slot.process.poll() is None for slot in slots):
+            return None
         done = store.sync().intervals_done
         if done != last:
             _report(store, done, progress)
             last = done
         time.sleep(POLL_SECONDS)  # a progress display, not synchronisation: workers run on their own
+    return None
 
 
 def _stop(processes: dict[str, subprocess.Popen], signals: RunnerSignals) -> None:

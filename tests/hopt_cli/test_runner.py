@@ -1,13 +1,24 @@
-"""hopt_cli.runner: which device each local worker gets from `--gpus`."""
+"""hopt_cli.runner: which device each local worker gets from `--gpus`, and what becomes of a worker that dies."""
 from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from hopt_cli.errors import HoptError
+from hopt_cli.events import Commit
 from hopt_cli.runner import choose_gpus
+from hopt_cli.store import Store
 from tests.commands import hopt
-from tests.conftest import toy_recipe
+from tests.conftest import REPO, toy_recipe
+from tests.invariants import check_finished_experiment
+from tests.slurm_cluster import wait_for
 
 
 def no_count() -> int:
@@ -53,3 +64,57 @@ def test_hopt_run_on_gpus_of_a_machine_without_any_stops_before_training(tmp_pat
     assert result.stderr == ("hopt: error: --gpus 7: no GPU is visible here (torch sees none); leave out --gpus to "
                              "train on the CPU\n")
     assert not (tmp_path / "exp").exists()
+
+
+def start_run(recipe: Path, root: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hopt_cli", "run", str(recipe), "--dir", str(root), "--workers", "2"],
+                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def holder_of(root: Path, pid: int) -> str:
+    """The name of the worker whose process `pid` holds a lease."""
+    return next(i.lease.holder.worker for i in Store.open(root).lease_infos() if i.lease and i.lease.holder.pid == pid)
+
+
+@pytest.mark.slow  # three worker processes, each importing torch: half a minute on two busy cores
+def test_a_worker_killed_by_sigkill_is_named_and_replaced_and_the_run_completes(tmp_path, write_recipe):
+    root, markers, go = tmp_path / "exp", tmp_path / "markers", tmp_path / "go"
+    markers.mkdir()
+    recipe = write_recipe(toy_recipe(population=4, intervals=2, worker="tests.hopt_cli.trainables:waits_for_go"))
+    run = start_run(recipe, root, HOPT_TEST_MARKER=str(markers), HOPT_TEST_GO=str(go))
+    try:
+        inside = lambda: [int(p.name) for p in markers.iterdir() if not p.name.startswith(".")]  # noqa: E731
+        wait_for(lambda: len(inside()) == 2, 60, "both workers inside an interval", poll=0.05)
+        victim = inside()[0]
+        name = holder_of(root, victim)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(inside()) == 3, 60, "a replacement inside an interval", poll=0.05)
+        go.touch()
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+
+    assert run.returncode == 0, stderr
+    assert (f"worker {name} died (killed by SIGKILL); its log: {root / 'logs' / name}.log; starting {name}-r1 in its "
+            "place (replacement 1 of at most 2)") in stderr
+    store = Store.open(root)
+    assert {e.worker for e in store.read_events()[0] if isinstance(e, Commit)} >= {f"{name}-r1"}
+    assert "experiment complete" in store.paths.log(f"{name}-r1").read_text()
+    check_finished_experiment(root)
+
+
+@pytest.mark.slow  # five worker processes, each importing torch: half a minute on two busy cores
+def test_deaths_past_one_replacement_per_worker_stop_the_run_with_the_last_one(tmp_path, write_recipe):
+    """Member 0 kills whichever worker trains it, as an out-of-memory kill would, every time."""
+    recipe = write_recipe(toy_recipe(population=4, intervals=2, worker="tests.hopt_cli.trainables:dies"))
+
+    result = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--workers", "2")
+
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    replaced = [line for line in lines if " in its place (replacement " in line]
+    assert len(replaced) == 2 and replaced[1].endswith("(replacement 2 of at most 2)")
+    assert all(" died (killed by SIGKILL); its log: " in line for line in replaced)
+    assert re.fullmatch(r"hopt: error: worker local-\d+-\d(-r1)? died \(killed by SIGKILL\); its log: \S+\.log; "
+                        r"2 dead workers replaced already, so the run stops", lines[-1]), lines[-1]
