@@ -28,6 +28,9 @@ BEST = "black"
 EXPLOIT = "#d62728"  # tab10's red, which no member line uses (see _colors)
 MEMBER_LINE = {"lw": 1.2, "alpha": 0.85}  # how member lines are drawn, and so how the legend shows them
 _RED = {"tab10": {3}, "tab20": {6, 7}}  # the palettes' reds, kept for exploits
+OFF_SCALE = 3.0  # scores.png leaves off scores this many population ranges beyond it (see _score_limits)
+LEVEL_GAP = 1.2  # step sizes closer than this factor share one labelled tick on sigma.png
+MAX_LEVELS = 12  # labelled step sizes at most on sigma.png
 
 
 def plot(experiment: Experiment, out: str | Path) -> list[Path]:
@@ -53,8 +56,10 @@ def figures(experiment: Experiment) -> dict[str, Figure]:
     if not commits:
         raise HoptError(f"{experiment.store.paths.root}: nothing to plot yet, no interval has been committed")
     best = experiment.best()
-    return {"scores.png": _scores(experiment, commits, best), "schedule.png": _schedule(experiment, commits, best),
-            "lineage.png": _lineage(experiment, commits, best), "sigma.png": _sigma(experiment, commits, best)}
+    failed = [(e.member, e.interval) for e in experiment.events() if e.kind == "fail"]
+    return {"scores.png": _scores(experiment, commits, best, failed),
+            "schedule.png": _schedule(experiment, commits, best),
+            "lineage.png": _lineage(experiment, commits, best, failed), "sigma.png": _sigma(experiment, commits, best)}
 
 
 def _matplotlib() -> None:
@@ -117,8 +122,10 @@ def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> Non
     ax.legend(handles=extra + handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
-def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
-    """Score against interval for every member; an exploit is a dashed jump from the copied checkpoint."""
+def _scores(experiment: Experiment, commits: list[Commit], best: Best, failed: list[tuple[int, int]]) -> Figure:
+    """Score against interval for every member; an exploit is a dashed jump from the copied checkpoint, a
+    failed interval a cross along the bottom, and a score far off the population's range (a diverged
+    member) a triangle on the edge it lies beyond."""
     from matplotlib.lines import Line2D
 
     n = experiment.population().size
@@ -141,12 +148,66 @@ def _scores(experiment: Experiment, commits: list[Commit], best: Best) -> Figure
     extra = [Line2D([], [], color=BEST, lw=2.5, label=f"best lineage (member {best.member})"),
              Line2D([], [], color="gray", ls="--", marker="o", mfc="white", mec=EXPLOIT,
                     label="exploit: jump from the copied checkpoint")]
+    limits = _score_limits([c.score for c in commits], [c.interval for c in commits])
+    if limits is not None:
+        ax.set_ylim(*limits)
+        extra.append(_off_scale(ax, commits, limits, colors))
+    if failed:
+        extra.append(_failures(ax, failed, colors))
     _member_legend(ax, n, colors, extra)
     ax.set(xlabel="interval", ylabel=experiment.recipe.objective.metric,
            title=_title(experiment, f"{experiment.recipe.objective.metric} per interval"))
     _integer_intervals(ax)
     ax.grid(alpha=0.3)
     return figure
+
+
+def _score_limits(scores: list[float], intervals: list[int]) -> tuple[float, float] | None:
+    """The y range that shows the population, or None when every score fits it.
+
+    A score is left off when it lies farther from the range of the intervals' median scores than
+    OFF_SCALE times that range's width (plus a typical interval's interquartile spread): one diverged
+    member then cannot squash every other curve, while the population's own progress, however large,
+    and a member merely lagging behind stay in view."""
+    import numpy as np
+
+    by_interval: dict[int, list[float]] = defaultdict(list)
+    for interval, score in zip(intervals, scores):
+        by_interval[interval].append(score)
+    medians = [float(np.median(v)) for v in by_interval.values()]
+    spread = float(np.median([np.subtract(*np.percentile(v, [75, 25])) for v in by_interval.values()]))
+    margin = OFF_SCALE * (max(medians) - min(medians) + spread)
+    kept = [s for s in scores if min(medians) - margin <= s <= max(medians) + margin]
+    if margin <= 0 or len(kept) == len(scores):
+        return None
+    pad = 0.05 * (max(kept) - min(kept)) or 0.05 * abs(max(kept)) or 1.0
+    return min(kept) - pad, max(kept) + pad
+
+
+def _off_scale(ax: Axes, commits: list[Commit], limits: tuple[float, float], colors: list[Any]) -> Any:
+    """A triangle on the bottom or top edge at each interval whose score lies beyond `limits`; its legend handle."""
+    from matplotlib.lines import Line2D
+
+    low, high = limits
+    for c in commits:
+        if not low <= c.score <= high:
+            below = c.score < low
+            ax.plot(c.interval, 0.0 if below else 1.0, marker="v" if below else "^", ms=7, color=colors[c.member],
+                    ls="none", transform=ax.get_xaxis_transform(), clip_on=False, zorder=4, gid="off-scale")
+    return Line2D([], [], color="gray", marker="v", ls="none", label="score off the scale (diverged)")
+
+
+def _failures(ax: Axes, failed: list[tuple[int, int]], colors: list[Any]) -> Any:
+    """A cross along the bottom of the axes at each failed interval, in its member's colour (several failures
+    at one interval stack up); its legend handle."""
+    from matplotlib.lines import Line2D
+
+    seen: dict[int, int] = defaultdict(int)
+    for member, interval in failed:
+        ax.plot(interval, 0.04 + 0.04 * seen[interval], marker="x", ms=7, mew=2, color=colors[member], ls="none",
+                transform=ax.get_xaxis_transform(), zorder=4, gid="failed")
+        seen[interval] += 1
+    return Line2D([], [], color="gray", marker="x", mew=2, ls="none", label="failed interval (no score)")
 
 
 def _log_y(ax: Axes) -> None:
@@ -228,8 +289,9 @@ def _schedule_panel(ax: Axes, param: Param, commits: list[Commit], best: Best) -
     ax.grid(alpha=0.3)
 
 
-def _lineage(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
-    """Members against intervals: a dot per committed interval coloured by score, an arrow per copy."""
+def _lineage(experiment: Experiment, commits: list[Commit], best: Best, failed: list[tuple[int, int]]) -> Figure:
+    """Members against intervals: a dot per committed interval coloured by score (over the population's
+    range: a diverged member takes the end colour), an arrow per copy, a cross per failed interval."""
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
 
@@ -251,17 +313,22 @@ def _lineage(experiment: Experiment, commits: list[Commit], best: Best) -> Figur
     ax.plot([s.interval for s in best.schedule], [s.member for s in best.schedule], color=BEST, lw=2.5, alpha=0.6,
             zorder=2)
     scores = [c.score for c in commits]
+    low, high = _score_limits(scores, [c.interval for c in commits]) or (min(scores), max(scores))
     dots = ax.scatter([c.interval for c in commits], [c.member for c in commits], c=scores, s=14, zorder=3,
-                      cmap="viridis" if maximize else "viridis_r", norm=Normalize(min(scores), max(scores)))
+                      cmap="viridis" if maximize else "viridis_r", norm=Normalize(low, high, clip=True))
+    if failed:
+        ax.plot([i for _, i in failed], [m for m, _ in failed], "x", ms=7, mew=2, color=BEST, zorder=4, gid="failed")
     figure.colorbar(dots, ax=ax, label=f"{experiment.recipe.objective.metric} ({'higher' if maximize else 'lower'} is better)",
                     pad=0.01)
     explorers = {c.member for c in commits if c.explorer}
     ax.set_yticks(range(n), [f"{m} explorer" if m in explorers else str(m) for m in range(n)],
                   fontsize=8 if n > 16 else 9)
     ax.set_ylim(n - 0.5, -0.5)
-    figure.legend(handles=[Line2D([], [], color=EXPLOIT, marker=">", label="copied a better member's checkpoint"),
-                       Line2D([], [], color=BEST, lw=2.5, alpha=0.6, label=f"best lineage (member {best.member})")],
-              loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    handles = [Line2D([], [], color=EXPLOIT, marker=">", label="copied a better member's checkpoint"),
+               Line2D([], [], color=BEST, lw=2.5, alpha=0.6, label=f"best lineage (member {best.member})")]
+    if failed:
+        handles.append(Line2D([], [], color=BEST, marker="x", mew=2, ls="none", label="failed interval"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=9)
     ax.set(xlabel="interval", ylabel="member", title=_title(experiment, "who copied whom, and when"))
     _integer_intervals(ax)
     ax.grid(axis="x", alpha=0.3)
@@ -292,12 +359,36 @@ def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
     ax.step(xs, [s[len(s) // 2] for s in spread], where="post", color="gray", lw=2.5, ls="--")
     ax.step([s.interval for s in best.schedule], [sigma[s.member, s.interval] for s in best.schedule], where="post",
             color=BEST, lw=2.5)
-    _log_y(ax)
+    _level_ticks(ax, [value for value in sigma.values() if value > 0])
     _integer_intervals(ax)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     extra = [Line2D([], [], color=BEST, lw=2.5, label=f"best lineage (member {best.member})"),
              Line2D([], [], color="gray", lw=2.5, ls="--", label="population median")]
     if explorers:
         extra.append(Line2D([], [], color="gray", ls=":", label="explorer (keeps its step size)"))
     _member_legend(ax, n, colors, extra)
     return figure
+
+
+def _level_ticks(ax: Axes, levels: list[float]) -> None:
+    """A log y axis with a labelled tick at each step size that occurs, and no other.
+
+    ROMUL halves or doubles the step size, so its levels are evenly spaced on a log axis; a level within
+    LEVEL_GAP of a lower labelled one goes unlabelled (the lowest and the highest are labelled), and
+    more than MAX_LEVELS are thinned out evenly."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    shown: list[float] = []
+    for level in sorted(set(levels)):
+        if not shown or level >= shown[-1] * LEVEL_GAP:
+            shown.append(level)
+        elif level == max(levels) and len(shown) > 1:
+            shown[-1] = level
+    if len(shown) > MAX_LEVELS:  # evenly spread, the lowest and the highest among them
+        shown = [shown[round(i * (len(shown) - 1) / (MAX_LEVELS - 1))] for i in range(MAX_LEVELS)]
+    ax.set_yscale("log")
+    ax.set_ylim(min(levels) / 1.3, max(levels) * 1.3)
+    ax.yaxis.set_major_locator(FixedLocator(shown))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="y", labelsize=8)

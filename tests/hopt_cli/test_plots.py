@@ -1,6 +1,8 @@
-"""`hopt plot`: four valid PNG figures of the expected size, and one clear line when matplotlib is missing."""
+"""`hopt plot`: four valid PNG figures of the expected size, and one clear line when matplotlib is missing;
+a diverged member, a failed interval and many step sizes drawn so that they can be read."""
 from __future__ import annotations
 
+import json
 import struct
 import sys
 
@@ -12,7 +14,42 @@ from hopt_cli import cli as cli_module
 from hopt_cli.cli import cli
 from hopt_cli.experiment import Experiment
 from hopt_cli.plots import EXPLOIT, figures
+from hopt_cli.recipe import Recipe
+from hopt_cli.store import Store
+from hopt_cli.worker import Worker
+from tests.conftest import toy_recipe
 from tests.hopt_cli.conftest import hopt_onto_a_full_disk
+from workers.toys import pbt_quadratic
+
+DIVERGES = (2, 2)  # (member, interval) where the toy blows up its checkpoint: the score drops to about -1e6
+FAILS = (1, 3)  # and where its first attempt returns NaN
+FAILED: set[tuple[int, int]] = set()  # the in-process worker's attempts that failed so far
+
+
+def troubled(ctx):
+    """T1, except that member 2 diverges at interval 2 (so does whoever copies it) and member 1's interval 3
+    fails once."""
+    if (ctx.member, ctx.interval) == FAILS and FAILS not in FAILED:
+        FAILED.add(FAILS)
+        return float("nan")
+    result = pbt_quadratic(ctx)
+    if (ctx.member, ctx.interval) != DIVERGES:
+        return result
+    state = ctx.out / "state.json"
+    theta = [1000 * t for t in json.loads(state.read_text())["theta"]]
+    state.write_text(json.dumps({"theta": theta}))
+    return 1.2 - sum(t * t for t in theta)
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """A real experiment, 5 members x 8 intervals, with a diverged member and a failed interval."""
+    store = Store.create(tmp_path_factory.mktemp("diverged") / "exp", Recipe.from_dict(toy_recipe(population=5,
+                                                                                                  intervals=8)))
+    worker = Worker(store, "pytest-worker", trainable=troubled)
+    while (claim := worker.claim()) is not None:
+        worker.train_and_commit(claim)
+    return Experiment(store.paths.root)
 
 
 def png_size(path) -> tuple[int, int]:
@@ -78,3 +115,42 @@ def test_plot_on_a_full_disk_is_one_line_and_leaves_no_partial_png(quadratic, tm
     assert result.stderr == (f"hopt: error: cannot write figures to {disk}/plots: No space left on device; choose "
                              "an --out you can write to, with room for them\n")
     assert result.stdout == "status=2\n"  # and `ls -A` printed nothing: no PNG, whole or partial, no temp file
+
+
+def test_failed_intervals_are_marked_and_a_diverged_member_leaves_the_others_readable(diverged):
+    """A failed interval was not drawn at all, and one diverged member squashed every other curve into a line."""
+    commits = diverged.history()
+    far = [c for c in commits if c.score < -1000]
+    assert far and (DIVERGES[1], DIVERGES[0]) in {(c.interval, c.member) for c in far}
+    drawn = figures(diverged)
+    scores, lineage = drawn["scores.png"].axes[0], drawn["lineage.png"].axes[0]
+
+    failed = [line for line in scores.lines if line.get_gid() == "failed"]
+    assert [(line.get_xdata()[0], to_hex(line.get_color())) for line in failed] == \
+        [(FAILS[1], to_hex(next(h.get_color() for h in scores.get_legend().legend_handles
+                                if h.get_label() == f"member {FAILS[0]}")))]
+    assert [(x, y) for line in lineage.lines if line.get_gid() == "failed" for x, y in line.get_xydata()] == \
+        [(FAILS[1], FAILS[0])]
+
+    low, high = scores.get_ylim()
+    assert -2 < low and high < 2, "the y axis spans the diverged scores"
+    assert all(low <= c.score <= high for c in commits if c.score >= -1000)
+    off = sorted(line.get_xdata()[0] for line in scores.lines if line.get_gid() == "off-scale")
+    assert off == sorted(c.interval for c in far)
+    norm = lineage.collections[0].norm
+    assert (norm.vmin, norm.vmax) == (low, high)
+
+
+def test_every_step_size_level_is_labelled_and_no_other(diverged, ellipsoid):
+    """sigma.png labelled minor ticks between levels (bunched up) and left the lowest level unlabelled."""
+    for experiment in (diverged, Experiment(ellipsoid)):
+        figure = figures(experiment)["sigma.png"]
+        figure.draw_without_rendering()
+        ax = figure.axes[0]
+        low, high = ax.get_ylim()
+        labels = [t for t in ax.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+        levels = {f"{c.sigma:g}" for c in experiment.history()}
+
+        assert {t.get_text() for t in labels} == levels and len(levels) >= 3
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.y0)
+        assert all(below.y1 <= above.y0 for below, above in zip(boxes, boxes[1:])), "labels overlap"
