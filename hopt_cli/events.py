@@ -58,14 +58,16 @@ class Claim(Decided):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Commit(Decided):
-    """A trained interval: its checkpoint and score, everything needed to replay its decision, and the
-    thread settings it was trained with (None: not recorded), which a replay needs for the same floats."""
+    """A trained interval: its checkpoint and score, everything needed to replay its decision, the
+    thread settings it was trained with (None: not recorded), which a replay needs for the same floats,
+    and the checkpoint's content digest (store/digest.py; None: written before hopt recorded it)."""
 
     kind: ClassVar[str] = "commit"
     checkpoint: str
     score: float
     metrics: dict[str, Any] = field(default_factory=dict)
     threads: dict[str, str] | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from hopt_cli import events, history, schedule
-from hopt_cli.errors import HoptError
+from hopt_cli.errors import CorruptFile, HoptError
 from hopt_cli.events import JournalEvent
 from hopt_cli.history import Commit, Event
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
+from hopt_cli.store.digest import checkpoint_digest
 from hopt_cli.store.leases import Holder
-from hopt_cli.store.fsio import read_bytes, write_atomic, write_json_atomic
+from hopt_cli.store.fsio import read_bytes, retrying, write_atomic, write_json_atomic
 from hopt_cli.store.journal import Cursor, line_hash
 from hopt_cli.store.paths import ExperimentPaths, checkpoint_name
 
@@ -253,14 +254,41 @@ class Experiment:
         return Best(member, interval, score, metrics, self.store.paths.checkpoint(checkpoint),
                     schedule.steps(lineage))
 
+    def check_unchanged(self, result: Best) -> None:
+        """Refuse a checkpoint that is missing, or whose files changed after its commit (its content digest
+        differs from the one the commit recorded); one committed before hopt recorded digests is not compared."""
+        checkpoint = result.checkpoint
+        other = "export another interval (`hopt best --top K` or `--member M`)"
+        if not retrying(checkpoint.is_dir, checkpoint):
+            raise CorruptFile(checkpoint, "is missing (deleted outside hopt?)", f"restore it from a backup, or {other}")
+        recorded = self._recorded_digests().get(checkpoint.name)
+        if recorded is None or retrying(lambda: checkpoint_digest(checkpoint), checkpoint) == recorded:
+            return
+        r = self.recipe
+        trainable = f"the trainable {r.trainable}" if r.trainable else f"the command `{r.command}`"
+        raise CorruptFile(checkpoint, f"changed after member {result.member} interval {result.interval} committed it "
+                          f"(its content no longer matches the digest recorded then): {trainable} wrote into it while "
+                          "resuming from it as ctx.parent (the workers' logs name the interval), or something "
+                          f"outside hopt did", f"{other}, and make the trainable write only into ctx.out")
+
+    def _recorded_digests(self) -> dict[str, str | None]:
+        """The digest each kept checkpoint's commit recorded, by checkpoint name."""
+        population = self.store.sync()
+        kept = [*population.members, *population.best]
+        return {entry.checkpoint: entry.digest for entry in kept if entry.checkpoint is not None}
+
     def export(self, result: Best, out: str | Path) -> Best:
         """Copy `result`'s checkpoint and write its schedule.yaml and scores.csv into `out`.
 
         The copy is made under a temporary name and renamed into place once whole, so a failure (a
         full disk) leaves `out` as it was, with no half-written checkpoint. `out` must be new, empty, or an
-        earlier export of this experiment, and outside every experiment directory.
+        earlier export of this experiment, and outside every experiment directory. A checkpoint whose
+        files changed after its commit is refused (`check_unchanged`).
         """
-        out = Path(out)
+        self.check_unchanged(result)
+        return self._export(result, Path(out))
+
+    def _export(self, result: Best, out: Path) -> Best:
         self._check_export_folder(out)
         document = schedule.document(self.recipe, result.member, result.score, result.schedule)
         staged: Path | None = None
@@ -291,7 +319,9 @@ class Experiment:
         out = Path(out)
         entries = self.top(k)
         self._check_export_folder(out)
-        exported = [self.export(entry, out / f"rank-{rank}") for rank, entry in enumerate(entries, 1)]
+        for entry in entries:  # all of them before any is written: a refusal leaves `out` as it was
+            self.check_unchanged(entry)
+        exported = [self._export(entry, out / f"rank-{rank}") for rank, entry in enumerate(entries, 1)]
         try:
             self._mark_export_folder(out)
         except OSError as err:

@@ -87,6 +87,7 @@ class MemberState:
     member: int
     interval: int = 0
     checkpoint: str | None = None
+    digest: str | None = None  # the checkpoint's content digest its commit recorded (None: not recorded)
     coords: list[float] = field(default_factory=list)
     hparams: dict[str, Any] = field(default_factory=dict)
     sigma: float = 0.0
@@ -115,6 +116,7 @@ class BestEntry:
     hparams: dict[str, Any]
     metrics: dict[str, Any]
     lineage: Lineage
+    digest: str | None = None  # the checkpoint's content digest its commit recorded (None: not recorded)
 
 
 @dataclass
@@ -253,7 +255,7 @@ class Population:
         member.lineage.scores.append(event.score)
         self.intervals_done += min(decision.interval + 1, self.intervals) - min(member.interval, self.intervals)
         member.interval = decision.interval + 1
-        member.checkpoint = event.checkpoint
+        member.checkpoint, member.digest = event.checkpoint, event.digest
         member.coords = list(decision.coords)
         member.hparams = hparams
         member.sigma = decision.sigma
@@ -273,7 +275,7 @@ class Population:
         member = self.members[event.member]
         parent = self.members[int(event.decision.parent)]
         self.intervals_done += min(parent.interval, self.intervals) - min(member.interval, self.intervals)
-        for name in ("interval", "checkpoint", "coords", "hparams", "sigma", "last_change", "metrics"):
+        for name in ("interval", "checkpoint", "digest", "coords", "hparams", "sigma", "last_change", "metrics"):
             setattr(member, name, getattr(parent, name))
         member.lineage = parent.lineage.copy()
         member.token = event.token
@@ -324,7 +326,7 @@ class Population:
         if len(self.best) >= self.keep_best and self.normalized(score) <= self.normalized(self.best[-1].score):
             return
         self.best.append(BestEntry(score, member.checkpoint, member.member, member.interval - 1,
-                                   dict(member.hparams), dict(member.metrics), member.lineage.copy()))
+                                   dict(member.hparams), dict(member.metrics), member.lineage.copy(), member.digest))
         self.best.sort(key=lambda b: -self.normalized(b.score))
         del self.best[self.keep_best:]
 

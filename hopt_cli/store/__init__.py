@@ -494,9 +494,10 @@ class Store:
         return current is not None and current.token == lease.token
 
     def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
-               metrics: dict[str, Any], staging: Path, threads: dict[str, str] | None = None) -> str | None:
-        """Publish the checkpoint and record the interval (trained with these thread settings); None if
-        our token was fenced off.
+               metrics: dict[str, Any], staging: Path, threads: dict[str, str] | None = None,
+               digest: str | None = None) -> str | None:
+        """Publish the checkpoint and record the interval (trained with these thread settings, its
+        checkpoint's content `digest` taken before the lock); None if our token was fenced off.
 
         Call inside `transaction()`. The rename is made durable before the event that names it. Whether
         the lease is still ours is the journal's to say (a lease file read back may be a cached copy).
@@ -513,7 +514,7 @@ class Store:
             return None
         fsync_dir(self.paths.checkpoints)
         event = Commit(member=lease.member, token=lease.token, decision=decision, hparams=hparams, checkpoint=name,
-                       score=score, metrics=metrics, threads=threads, worker=lease.holder.worker)
+                       score=score, metrics=metrics, threads=threads, digest=digest, worker=lease.holder.worker)
         before = self.population.referenced_checkpoints()
         if not self._append_while(event, self._holding(lease)):
             return None  # another claim of the member came first: our checkpoint is unreferenced garbage

@@ -1,10 +1,12 @@
 """Training failures of every kind: a journaled failed interval with the error, bounded retries, one final message."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from hopt_cli.errors import ExperimentFailed
-from hopt_cli.events import Fail
+from hopt_cli.events import Claim, Fail
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
@@ -103,3 +105,28 @@ def test_a_child_that_died_between_intervals_is_replaced(tmp_path):
     report = worker.run()
 
     assert report.complete and report.failures == 0
+
+
+def saves_into_its_parent_too(ctx):
+    """A trainable with a bug: it also saves its new state into the checkpoint it resumed from."""
+    result = pbt_quadratic(ctx)
+    if ctx.parent is not None:
+        shutil.copy(ctx.out / "state.json", ctx.parent / "state.json")
+    return result
+
+
+def test_a_trainable_that_writes_into_its_parent_fails_its_interval_naming_itself_and_the_folder(tmp_path):
+    trainable = "tests.hopt_cli.test_failures:saves_into_its_parent_too"
+    recipe = Recipe.from_dict(toy_recipe(population=2, intervals=3, max_failures=1, worker=trainable))
+    store = Store.create(tmp_path / "exp", recipe)
+
+    with pytest.raises(ExperimentFailed) as caught:
+        Worker(store, "w").run()
+
+    journal = store.read_events()[0]
+    fail = next(e for e in journal if isinstance(e, Fail))
+    claim = next(e for e in journal if isinstance(e, Claim) and e.token == fail.token)
+    parent = store.paths.checkpoint(claim.decision.checkpoint)
+    assert fail.reason == (f"the trainable {trainable} wrote into its parent checkpoint {parent} (ctx.parent), which "
+                           "must stay as it was committed: write only into ctx.out")
+    assert str(caught.value).startswith(f"member {fail.member} failed 1 times in a row; last error: {fail.reason}; ")
