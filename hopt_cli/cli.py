@@ -15,7 +15,7 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import launch, schedule, tensorboard
+from hopt_cli import intervallog, launch, schedule, tensorboard
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
@@ -80,6 +80,7 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     trainable = cloudpickle.loads(sys.stdin.buffer.read()) if piped else None
     name = name or env.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     _log_to_stderr(name, logging.DEBUG if verbose else logging.INFO)
+    intervallog.bound()
     log = logging.getLogger("hopt")
     preemption = signal.Signals[f"SIG{preempt_signal.upper()}"]
     if count > 1:

@@ -147,3 +147,47 @@ def test_asking_for_an_interval_never_trained_or_still_training_says_which(tmp_p
                                        "now: its output is in the log of worker pytest-worker until it ends")
     assert never.stderr.strip().startswith("hopt: error: member 0 interval 5 was never trained")
     assert "give --member too" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
+
+
+FLOODS = ("yes '{member} {interval} 0123456789abcdef0123456789abcdef' | head -c 30000000; echo; "
+          "echo END {member} {interval}; printf '{{\"score\": 1}}' > {out}/metrics.json # {parent} {h0} {h1}")
+
+
+def test_a_worker_log_flooded_past_its_cap_is_cut_and_says_where(tmp_path: Path):
+    """Four intervals of 30 MB each into one worker's log: it stays below CAP, keeping its start and end."""
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text(yaml.safe_dump(toy_recipe(population=2, intervals=2, worker=None, command=FLOODS)))
+
+    result = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--workers", "1")
+
+    assert result.returncode == 0, result.stderr
+    store = Store.open(tmp_path / "exp")
+    [log] = [path for path in store.paths.logs.iterdir() if path.is_file()]
+    assert log.stat().st_size <= intervallog.CAP
+    text = log.read_text()
+    assert "claim member 0 interval 0" in text.splitlines()[0]  # its start
+    assert re.search(r"^\[hopt: \d+ bytes of this log are cut here at .*: it passed 64 MiB", text, re.MULTILINE)
+    assert "experiment complete: 4 intervals committed" in text.splitlines()[-1]  # its end
+    for path in store.paths.interval_logs.iterdir():  # each kept interval's log still ends as it ended
+        member, interval = (int(part[1:]) for part in path.name.split("-")[:2])
+        assert path.read_text().endswith(f"END {member} {interval}\n")
+    check_finished_experiment(store.paths.root)
+
+
+def test_an_interval_s_output_cut_from_the_worker_log_is_read_where_it_moved(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(intervallog, "CAP", 300)
+    monkeypatch.setattr(intervallog, "HEAD", 50)
+    monkeypatch.setattr(intervallog, "LIMIT", 100)
+    with stderr_into(tmp_path / "worker.log"):
+        os.write(2, b"h" * 60 + b"\n")
+        mark = intervallog.mark()
+        os.write(2, b"x" * 400 + b"\nthe end\n")
+        intervallog.cut_if_large()
+        os.write(2, b"after the cut\n")
+        output = mark.output()
+
+    log = (tmp_path / "worker.log").read_bytes()
+    assert log.startswith(b"h" * 50 + b"\n[hopt: 320 bytes of this log are cut here at ")
+    assert log.endswith(b"]\n" + b"x" * 91 + b"\nthe end\nafter the cut\n")
+    assert output == (b"[hopt: the first 323 bytes of this interval's output are cut here; the worker's log was cut "
+                      b"there too]\n" + b"x" * 77 + b"\nthe end\nafter the cut\n")
