@@ -26,7 +26,7 @@ from typing import BinaryIO
 LIMIT = 4 << 20  # bytes of one interval's output kept: its end, which says how it ended
 CAP = 64 << 20  # bytes a worker's log may reach before it is cut
 HEAD = 1 << 20  # bytes of its start a cut log keeps: the worker's first lines
-WATCH_SECONDS = 0.2  # how often a worker looks at its log's size; a trainable's output may pass CAP meanwhile
+WATCH_SECONDS = 0.1  # how often a worker looks at its log's size; a trainable's output may pass CAP meanwhile
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,9 @@ def cut_if_large(fd: int = 2) -> None:
                 reader.seek(kept)
                 tail = reader.read(LIMIT)
             os.ftruncate(fd, HEAD)
-            note = (f"\n[hopt: {kept - HEAD} bytes of this log are cut here at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                    f"it passed {CAP >> 20} MiB: a worker's log keeps its first {HEAD >> 20} MiB and, at each cut, "
+            cut = sum(c.kept - c.head for c in _cuts) + kept - HEAD
+            note = (f"\n[hopt: {cut} bytes of this log are cut here (cuts: {len(_cuts) + 1}, the last at "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}): it passed {CAP >> 20} MiB: a worker's log keeps its first {HEAD >> 20} MiB and, at each cut, "
                     f"its last {LIMIT >> 20} MiB; `hopt log --member M --interval I` shows each interval's own "
                     "output]\n").encode()
             os.lseek(fd, 0, os.SEEK_END)  # where a writer that does not append goes on, too

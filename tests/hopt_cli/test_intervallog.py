@@ -166,7 +166,8 @@ def test_a_worker_log_flooded_past_its_cap_is_cut_and_says_where(tmp_path: Path)
     assert log.stat().st_size <= intervallog.CAP
     text = log.read_text()
     assert "claim member 0 interval 0" in text.splitlines()[0]  # its start
-    assert re.search(r"^\[hopt: \d+ bytes of this log are cut here at .*: it passed 64 MiB", text, re.MULTILINE)
+    assert re.search(r"^\[hopt: \d+ bytes of this log are cut here \(cuts: \d+, the last at .*\): it passed 64 MiB",
+                     text, re.MULTILINE)
     assert "experiment complete: 4 intervals committed" in text.splitlines()[-1]  # its end
     for path in store.paths.interval_logs.iterdir():  # each kept interval's log still ends as it ended
         member, interval = (int(part[1:]) for part in path.name.split("-")[:2])
@@ -178,6 +179,7 @@ def test_an_interval_s_output_cut_from_the_worker_log_is_read_where_it_moved(tmp
     monkeypatch.setattr(intervallog, "CAP", 300)
     monkeypatch.setattr(intervallog, "HEAD", 50)
     monkeypatch.setattr(intervallog, "LIMIT", 100)
+    monkeypatch.setattr(intervallog, "_cuts", [])
     with stderr_into(tmp_path / "worker.log"):
         os.write(2, b"h" * 60 + b"\n")
         mark = intervallog.mark()
@@ -187,7 +189,7 @@ def test_an_interval_s_output_cut_from_the_worker_log_is_read_where_it_moved(tmp
         output = mark.output()
 
     log = (tmp_path / "worker.log").read_bytes()
-    assert log.startswith(b"h" * 50 + b"\n[hopt: 320 bytes of this log are cut here at ")
+    assert log.startswith(b"h" * 50 + b"\n[hopt: 320 bytes of this log are cut here (cuts: 1, the last at ")
     assert log.endswith(b"]\n" + b"x" * 91 + b"\nthe end\nafter the cut\n")
     assert output == (b"[hopt: the first 323 bytes of this interval's output are cut here; the worker's log was cut "
                       b"there too]\n" + b"x" * 77 + b"\nthe end\nafter the cut\n")
