@@ -39,6 +39,15 @@ class RecipeLoader(yaml.SafeLoader):
     yaml_implicit_resolvers = {first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
                                for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
+    @classmethod
+    def read(cls, text: str) -> Any:
+        """The one document of `text`, as yaml.safe_load reads it but for the booleans."""
+        loader = cls(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+
 
 RecipeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
@@ -179,7 +188,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError:
         raise HoptError(f"cannot read recipe {path}: not a UTF-8 text file; give the path of a recipe YAML file") from None
     try:
-        data = yaml.load(text, Loader=RecipeLoader)
+        data = RecipeLoader.read(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
