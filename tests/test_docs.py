@@ -21,13 +21,12 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-import yaml
 
 import hopt_cli
 from hopt_cli.cli import cli
 from hopt_cli.errors import RecipeError
 from hopt_cli.policies import NAMES, resolve
-from hopt_cli.recipe import Recipe
+from hopt_cli.recipe import Recipe, RecipeLoader
 from hopt_cli.space import KINDS
 from hopt_cli.trainable import Context, load_trainable, run_interval
 from tests.conftest import REPO, toy_recipe
@@ -87,7 +86,7 @@ def test_the_docs_show_recipes_examples_and_commands():
 @pytest.mark.parametrize("block", RECIPES, ids=ids(RECIPES))
 def test_a_recipe_in_the_docs_validates_and_trains_an_interval(block, tmp_path, monkeypatch):
     monkeypatch.setenv("HOPT_DEVICE", "cpu")
-    recipe = Recipe.from_dict(yaml.safe_load(block.text))
+    recipe = Recipe.from_dict(RecipeLoader.read(block.text))
     trainable = load_trainable(recipe.trainable, recipe.command)
     hparams = recipe.space.decode(recipe.space.sample_init(np.random.default_rng(0)))
     (tmp_path / "out").mkdir()
