@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -490,11 +491,12 @@ def _log_to_stderr(name: str, level: int) -> None:
     logger.setLevel(level)
 
 
-def main() -> None:
-    """Entry point: every error is one line on stderr, never a traceback; the exit status says its kind
-    (2: the user's input or usage, 1: a runtime failure, 130: stopped by a signal)."""
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point (`args`: the command line after `hopt`, sys.argv's where None): every error is one line
+    on stderr, never a traceback; the exit status says its kind (2: the user's input or usage, 1: a
+    runtime failure, 130: stopped by a signal)."""
     try:
-        cli.main(prog_name="hopt", standalone_mode=False)
+        cli.main(args=args, prog_name="hopt", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
