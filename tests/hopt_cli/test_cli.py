@@ -1,21 +1,17 @@
-"""The command line as a user meets it: real `hopt` processes, real files."""
+"""The command line as a user meets it: what it parses and prints (in process), runs of real worker
+processes, real files."""
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
 import yaml
 
 from hopt_cli.progress import ProgressLine, progress_text
-from tests.conftest import REPO, toy_recipe
-
-
-def hopt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+from tests.commands import hopt, invoke
+from tests.conftest import toy_recipe
 
 
 def finished(tmp_path, write_recipe, **overrides):
@@ -27,10 +23,10 @@ def finished(tmp_path, write_recipe, **overrides):
 
 def test_init_creates_the_experiment_and_is_idempotent(tmp_path, write_recipe):
     recipe = write_recipe(toy_recipe())
-    first = hopt("init", str(recipe), "--dir", str(tmp_path / "exp"))
-    second = hopt("init", str(recipe), "--dir", str(tmp_path / "exp"))
+    first = invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
+    second = invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
 
-    assert first.returncode == second.returncode == 0
+    assert first.exit_code == second.exit_code == 0
     assert "8 members x 10 intervals, policy romul" in first.stdout
     stored = yaml.safe_load((tmp_path / "exp" / "experiment.yaml").read_text())
     assert stored["format"] == 2 and stored["policy"]["sigma0"] == 0.1
@@ -38,9 +34,9 @@ def test_init_creates_the_experiment_and_is_idempotent(tmp_path, write_recipe):
 
 def test_a_bad_recipe_is_one_line_exit_2_and_nothing_written(tmp_path, write_recipe):
     recipe = write_recipe(toy_recipe(space={"lr": {"type": "log", "low": 0, "high": 1}}))
-    result = hopt("init", str(recipe), "--dir", str(tmp_path / "exp"))
+    result = invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
 
-    assert result.returncode == 2
+    assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0
     assert "space.lr.low: must be > 0 on a log scale" in result.stderr
     assert not (tmp_path / "exp").exists()
@@ -48,29 +44,29 @@ def test_a_bad_recipe_is_one_line_exit_2_and_nothing_written(tmp_path, write_rec
 
 def test_a_missing_worker_module_is_caught_at_init(tmp_path, write_recipe):
     recipe = write_recipe(toy_recipe(worker="workers.nonexistent:train"))
-    result = hopt("init", str(recipe), "--dir", str(tmp_path / "exp"))
+    result = invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
 
-    assert result.returncode == 2 and "cannot import workers.nonexistent" in result.stderr
+    assert result.exit_code == 2 and "cannot import workers.nonexistent" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "exp").exists()
 
 
 def test_status_of_a_directory_that_is_no_experiment(tmp_path):
-    result = hopt("status", "--dir", str(tmp_path))
+    result = invoke("status", "--dir", str(tmp_path))
 
-    assert result.returncode == 2 and "is not a hopt experiment" in result.stderr
+    assert result.exit_code == 2 and "is not a hopt experiment" in result.stderr
 
 
 def test_status_table_and_json(tmp_path, write_recipe):
     root = finished(tmp_path, write_recipe)
 
-    table = hopt("status", "--dir", str(root))
-    document = json.loads(hopt("status", "--dir", str(root), "--json").stdout)
+    table = invoke("status", "--dir", str(root))
+    document = json.loads(invoke("status", "--dir", str(root), "--json").stdout)
 
-    assert table.returncode == 0
+    assert table.exit_code == 0
     assert table.stdout.splitlines()[0].startswith("toy: 24/24 intervals (100%), policy romul, best score")
     assert "member  interval  score" in table.stdout and table.stdout.count("free") == 4
     assert document["complete"] and document["done"] == document["total"] == 24
-    assert [m["interval"] for m in document["members"]] == [6] * 4
+    assert [m["interval"] for m in document["members"]] == [5] * 4  # the 0-based index of each member's last interval
     assert set(document["members"][0]["hparams"]) == {"h0", "h1"}
 
 
@@ -78,9 +74,9 @@ def test_best_exports_checkpoint_schedule_and_scores(tmp_path, write_recipe):
     root = finished(tmp_path, write_recipe)
     out = tmp_path / "best"
 
-    result = hopt("best", "--dir", str(root), "--out", str(out), "--json")
+    result = invoke("best", "--dir", str(root), "--out", str(out), "--json")
 
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     best = json.loads(result.stdout)
     assert json.loads((out / "checkpoint" / "state.json").read_text())["theta"]
     schedule = yaml.safe_load((out / "schedule.yaml").read_text())
@@ -89,17 +85,17 @@ def test_best_exports_checkpoint_schedule_and_scores(tmp_path, write_recipe):
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert [int(r["interval"]) for r in rows] == covered
     assert float(rows[-1]["score"]) == best["score"] == schedule["score"]
-    status = json.loads(hopt("status", "--dir", str(root), "--json").stdout)
+    status = json.loads(invoke("status", "--dir", str(root), "--json").stdout)
     assert best["score"] == status["best"]["score"]
 
 
 def test_best_before_any_commit_says_what_to_do(tmp_path, write_recipe):
     recipe = write_recipe(toy_recipe())
-    hopt("init", str(recipe), "--dir", str(tmp_path / "exp"))
+    invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
 
-    result = hopt("best", "--dir", str(tmp_path / "exp"))
+    result = invoke("best", "--dir", str(tmp_path / "exp"))
 
-    assert result.returncode == 2 and "no interval has been committed yet" in result.stderr
+    assert result.exit_code == 2 and "no interval has been committed yet" in result.stderr
 
 
 def test_a_member_that_keeps_failing_stops_the_run_with_a_clear_message(tmp_path, write_recipe):
@@ -131,7 +127,7 @@ def test_a_command_trainable_runs_through_the_shell(tmp_path, write_recipe):
     result = hopt("run", str(recipe), "--dir", str(root), "--workers", "1")
 
     assert result.returncode == 0, result.stderr
-    status = json.loads(hopt("status", "--dir", str(root), "--json").stdout)
+    status = json.loads(invoke("status", "--dir", str(root), "--json").stdout)
     for member in status["members"]:
         assert member["score"] == pytest.approx(-(3 * member["hparams"]["h"] - 3) ** 2)
 

@@ -42,7 +42,7 @@ def test_a_finished_experiment_grows_and_runs_to_the_new_budget(finished: Path):
     status = json.loads(hopt("status", "--dir", str(finished), "--json").stdout)
     assert (status["population"], status["intervals"]) == (6, 9)
     assert (status["done"], status["total"]) == (54, 54)
-    assert [m["interval"] for m in status["members"]] == [9] * 6
+    assert [m["interval"] for m in status["members"]] == [8] * 6  # 0-based: the ninth interval
     assert yaml.safe_load((finished / "experiment.yaml").read_text())["intervals"] == 5  # written once, never changed
 
 
