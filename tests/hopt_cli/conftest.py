@@ -15,13 +15,8 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder
 from hopt_cli.worker import Claim, Worker
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
-
-
-def hopt(*args: str) -> subprocess.CompletedProcess:
-    """`hopt ARGS` as a real process in the repository root."""
-    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
 
 
 def run_to_completion(root: Path, recipe: dict[str, Any]) -> Path:

@@ -13,17 +13,13 @@ import pytest
 
 from hopt_cli.experiment import Experiment
 from hopt_cli.store import Store
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 from tests.integration.test_signals import alive
 from tests.invariants import check_finished_experiment
 from tests.slurm_cluster import wait_for
 
 DEADLINE = 120.0
-
-
-def hopt(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=DEADLINE, **kwargs)
 
 
 def test_run_with_four_workers_completes_with_every_invariant(tmp_path, write_recipe):

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from hopt_cli.store import Store
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 from tests.invariants import check_finished_experiment
 from tests.slurm_cluster import job_states, wait_for, wait_until_finished
@@ -19,11 +20,6 @@ from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("cluster")]
 
 TIMEOUT = 300.0  # a hang guard for the whole array (a requeued task waits ~15 s on the suite's cluster)
-
-
-def hopt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
 
 
 def training(store: Store, worker: str) -> bool:
