@@ -23,7 +23,7 @@ import yaml
 
 from hopt_cli import events
 from hopt_cli.decision import Decision
-from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError
+from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError, command
 from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Reclaim, Release, Retry
 from hopt_cli.population import MemberState, Population
 from hopt_cli.recipe import FORMAT, Recipe
@@ -103,7 +103,7 @@ class Store:
         if key == "project":
             raise HoptError(f"{root} was created to run its trainable in {self.recipe.project}, not the "
                             f"recipe's project {recipe.project}; drop project from the recipe, or use another --dir")
-        grow = (f"; to grow it, run `hopt extend --dir {root} --{key} N`"
+        grow = (f"; to grow it, run `{command('hopt', 'extend', '--dir', root, f'--{key}', 'N')}`"
                 if key in ("population", "intervals") else "")
         raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}){grow}; "
                         "use another --dir, or the recipe it was created with")
@@ -115,7 +115,7 @@ class Store:
         paths = ExperimentPaths(root)
         if not paths.experiment.is_file():
             raise HoptError(f"{root} is not a hopt experiment (no experiment.yaml); "
-                            f"create one with `hopt init RECIPE --dir {root}`")
+                            f"create one with `{command('hopt', 'init', 'RECIPE', '--dir', root)}`")
         try:
             data = yaml.safe_load(paths.experiment.read_text())
             recipe = Recipe.from_dict(data, stored=True)

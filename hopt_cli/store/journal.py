@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hopt_cli.errors import CorruptFile
+from hopt_cli.errors import CorruptFile, command
 from hopt_cli.store.fsio import append_line, retrying
 
 CHUNK = 1 << 22  # bytes read at a time: replaying a journal of any length needs only this much at once
@@ -107,7 +107,7 @@ class Journal:
             raise CorruptFile(self.path, f"line {cursor.lines + 1} (at byte {cursor.offset}) is not a journal event "
                                          f"(garbage: {garbage!r})",
                               "restore the file from a backup, or cut the journal before that line "
-                              f"(`truncate -s {cursor.offset} {self.path}`) and delete state.json")
+                              f"(`{command('truncate', '-s', cursor.offset, self.path)}`) and delete state.json")
         return event
 
     def repair_tail(self) -> int:
