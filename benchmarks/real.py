@@ -88,7 +88,7 @@ def run_job(job: Job, sizes: dict[str, int], scratch: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     if trained.returncode != 0:
         raise SystemExit(f"{recipe['name']}: hopt run failed (status {trained.returncode}):\n{trained.stderr[-2000:]}")
-    exported = hopt("best", "--dir", str(folder), "--out", str(folder / "best"), "--json")
+    exported = hopt("best", "--dir", str(folder), "--out", str(scratch / f"{recipe['name']}-best"), "--json")
     if exported.returncode != 0:
         raise SystemExit(f"{recipe['name']}: hopt best failed:\n{exported.stderr[-2000:]}")
     best = json.loads(exported.stdout)
