@@ -16,6 +16,8 @@ from hopt_cli.store import Store
 from tests.conftest import REPO, toy_recipe
 from tests.slurm_cluster import wait_for
 
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: the second step of CI
+
 DEADLINE = 60.0
 STOP_WITHIN = 10.0  # seconds from the signal to the worker's exit; the trainables here would run forever
 
@@ -89,7 +91,7 @@ def test_sigterm_abandons_an_isolated_interval_that_ignores_should_stop(tmp_path
 def test_a_command_trainable_gets_the_stop_forwarded(tmp_path, write_recipe):
     recipe = toy_recipe(population=2, intervals=2, worker=None,
                         command='echo $$ > "$HOPT_TEST_MARKER.tmp" && mv "$HOPT_TEST_MARKER.tmp" "$HOPT_TEST_MARKER"'
-                                "; sleep 600; echo unreachable {out}")
+                                "; sleep 600; echo unreachable {parent} {out}")
     del recipe["worker"]
     worker, root, shell = start_worker(tmp_path, write_recipe, recipe)
 
