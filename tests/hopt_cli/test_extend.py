@@ -46,6 +46,7 @@ def test_a_finished_experiment_grows_and_runs_to_the_new_budget(finished: Path):
     assert yaml.safe_load((finished / "experiment.yaml").read_text())["intervals"] == 5  # written once, never changed
 
 
+@pytest.mark.slow
 def test_the_best_of_a_grown_experiment_exports_and_replays_its_whole_schedule(finished: Path, tmp_path: Path):
     assert hopt("extend", "--dir", str(finished), "--intervals", "8").returncode == 0
     assert hopt("run", str(finished.with_suffix(".yaml")), "--dir", str(finished), "--workers", "2").returncode == 0
@@ -71,6 +72,7 @@ def test_new_members_start_as_members_of_a_population_that_size_would(finished: 
         assert grown[member] == simulated[member]
 
 
+@pytest.mark.slow
 def test_a_running_worker_takes_up_the_new_budget_at_its_next_claim(tmp_path: Path):
     recipe = tmp_path / "exp.yaml"
     recipe.write_text(yaml.safe_dump(toy_recipe(population=2, intervals=2, worker="tests.hopt_cli.trainables:waits_for_go")))

@@ -146,6 +146,7 @@ def test_a_replay_whose_project_is_not_here_runs_in_the_current_directory(projec
         in result.stderr
 
 
+@pytest.mark.slow
 def test_a_replay_trains_with_the_threads_hopt_run_gave_the_workers(tmp_path):
     """The issue's case: `hopt run` shares the cores out between workers, the replaying shell has others."""
     recipe_path = tmp_path / "recipe.yaml"

@@ -28,6 +28,8 @@ from tests.conftest import REPO, toy_recipe
 from tests.guards import Stall
 from tests.invariants import check_finished_experiment
 
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: the second step of CI
+
 WORKERS = 8
 SEED = 4
 # a hang guard: seconds without a committed interval (a dead worker's lease is reclaimed at once: same host)

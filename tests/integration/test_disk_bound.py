@@ -12,10 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmarks.disk import SLACK, DiskWatch
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
-from tests.integration.test_local_run import hopt
 from tests.invariants import check_finished_experiment
+
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: the second step of CI
 
 NOOP = {"worker": "workers.noop:noop", "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
         "keep_best": 2}

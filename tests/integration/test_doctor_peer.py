@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO
 from tests.netfs_cluster import MOUNTS, SharedDir, node_kill, node_popen
 
-pytestmark = [pytest.mark.netfs, pytest.mark.usefixtures("netfs")]
+pytestmark = [pytest.mark.slow, pytest.mark.netfs, pytest.mark.usefixtures("netfs")]
 
 NODES = ("node-a", "node-b")
 TOGETHER = ("lock exclusion across nodes", "append seen after", "readdir freshness", "freshness after a replace",

@@ -26,7 +26,7 @@ from tests.guards import Stall
 from tests.invariants import check_finished_experiment
 from tests.netfs_cluster import MOUNTS, SharedDir, node_kill, node_popen, wait_until
 
-pytestmark = [pytest.mark.netfs, pytest.mark.usefixtures("netfs")]
+pytestmark = [pytest.mark.slow, pytest.mark.netfs, pytest.mark.usefixtures("netfs")]
 
 NODES = ("node-a", "node-b")
 PER_NODE = 2

@@ -17,7 +17,7 @@ from tests.conftest import REPO, toy_recipe
 from tests.invariants import check_finished_experiment
 from tests.slurm_cluster import job_states, wait_for, wait_until_finished
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.usefixtures("cluster")]
 
 TIMEOUT = 300.0  # a hang guard for the whole array (a requeued task waits ~15 s on the suite's cluster)
 

@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hopt_cli.experiment import Experiment
 from hopt_cli.store import Store
 from tests.conftest import REPO, toy_recipe
 from tests.invariants import check_finished_experiment
 from tests.slurm_cluster import wait_for
+
+pytestmark = pytest.mark.slow  # real processes for tens of seconds: the second step of CI
 
 DEADLINE = 120.0
 

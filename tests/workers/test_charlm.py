@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from hopt_cli.experiment import Experiment
@@ -35,6 +36,7 @@ def test_characters_outside_the_alphabet_share_one_symbol():
 # native ATEN_CPU_CAPABILITY and one thread, 80 steps reached val_bpc 2.86-2.90 with lr 1e-2 (bound
 # 3.6, below what predicting characters by their frequency alone gives on English, about 4.1) and
 # stayed at 6.56-6.61 with lr 1e-5 (bound 6.0): margins far wider than kernel differences move them.
+@pytest.mark.slow
 def test_a_good_learning_rate_learns_the_text(make_ctx):
     metrics, _ = _train(make_ctx, {"lr": 1e-2, "dropout": 0.0}, intervals=2)
     assert metrics["val_bpc"] < 3.6 and metrics["test_bpc"] < 3.6
@@ -42,11 +44,13 @@ def test_a_good_learning_rate_learns_the_text(make_ctx):
     assert math.isfinite(metrics["train_bpc"])
 
 
+@pytest.mark.slow
 def test_a_tiny_learning_rate_stays_near_uniform(make_ctx):
     metrics, _ = _train(make_ctx, {"lr": 1e-5, "dropout": 0.0}, intervals=2)
     assert metrics["val_bpc"] > 6.0
 
 
+@pytest.mark.slow
 def test_resume_is_exact(make_ctx):
     hp = {"lr": 5e-3, "dropout": 0.3, "weight_decay": 1e-3}
     whole, whole_dir = _train(make_ctx, hp, intervals=1, steps=12)
@@ -56,6 +60,7 @@ def test_resume_is_exact(make_ctx):
     assert_same_tensors(load_state(whole_dir)["model"], load_state(split_dir)["model"])
 
 
+@pytest.mark.slow
 def test_an_exploit_by_another_member_draws_fresh_dropout_noise(make_ctx):
     hp = {"dropout": 0.5}
     _, parent = _train(make_ctx, hp, intervals=1, steps=4)
@@ -72,6 +77,7 @@ def test_the_shipped_recipe_validates():
     assert set(recipe.space.names) == set(charlm.DEFAULTS)
 
 
+@pytest.mark.slow
 def test_a_short_pbt_experiment_runs_through_hopt_run(tmp_path):
     root = short_pbt(tmp_path, "charlm.yaml", population=3, intervals=2, steps=3)
 

@@ -81,6 +81,7 @@ def tiny(tmp_path, monkeypatch):
     return tmp_path / "data"
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss(tmp_path, make_ctx, monkeypatch):
     """A learning signal that any correct trainer shows on any CPU kernel and thread count.
 
@@ -131,6 +132,7 @@ def test_evaluation_uses_the_statistics_of_the_final_weights(tiny):
     assert tracked == [t for n, t in model.named_buffers() if "tracked" in n]
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_every_augmentation(tiny, make_ctx):
     whole = make_ctx(AUGMENTED, steps=6)
     first = make_ctx(AUGMENTED, steps=3)

@@ -5,6 +5,7 @@ import math
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from tests.workers.conftest import assert_same_tensors, chain, load_state
@@ -22,6 +23,7 @@ def _train(make_ctx, hparams, intervals, steps=100, parent=None, member=0):
 # split carved out of the training images (1,077 left), over seeds 0-2 under default and avx2, with 1
 # and 2 threads: val_acc 0.978-0.986 and test_acc 0.958-0.986 with good hparams, val_acc 0.061-0.139
 # with lr 1e-4.
+@pytest.mark.slow
 def test_good_hparams_learn_the_digits(make_ctx):
     metrics, _ = _train(make_ctx, {"lr": 0.05, "dropout": 0.1, "augment": 0.1}, intervals=3)
     assert metrics["val_acc"] > 0.9 and metrics["test_acc"] > 0.9
@@ -37,11 +39,13 @@ def test_the_test_images_are_held_out_from_training_and_validation():
     assert not any(torch.equal(x_test[0], image) for image in x_val)
 
 
+@pytest.mark.slow
 def test_tiny_learning_rate_stays_near_chance(make_ctx):
     metrics, _ = _train(make_ctx, {"lr": 1e-4}, intervals=3)
     assert metrics["val_acc"] < 0.3
 
 
+@pytest.mark.slow
 def test_resume_is_exact(make_ctx):
     hp = {"lr": 0.03, "dropout": 0.3, "augment": 0.5}
     whole, whole_dir = _train(make_ctx, hp, intervals=1, steps=60)
@@ -51,6 +55,7 @@ def test_resume_is_exact(make_ctx):
     assert_same_tensors(load_state(whole_dir)["model"], load_state(split_dir)["model"])
 
 
+@pytest.mark.slow
 def test_an_exploit_by_another_member_draws_fresh_noise(make_ctx):
     hp = {"dropout": 0.5, "augment": 0.5}
     _, parent = _train(make_ctx, hp, intervals=1, steps=20)

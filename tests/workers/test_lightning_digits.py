@@ -1,21 +1,33 @@
-"""The Lightning example trainable: a real Trainer resumes, applies PBT's mutations and counts steps."""
+"""The Lightning example trainable: a real Trainer resumes, applies PBT's mutations and counts steps.
+
+Slow as a whole: every test starts real Lightning Trainers, and importing Lightning alone takes seconds,
+which collecting the fast suite must not pay (the module is imported only when a test runs).
+"""
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
+import pytest
 import torch
 
 from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import load_recipe
 from tests.conftest import REPO
 from tests.workers.conftest import assert_same_tensors, chain, short_pbt
-from workers import lightning_digits
+
+pytestmark = pytest.mark.slow
 
 GOOD = {"lr": 0.05, "momentum": 0.9, "dropout": 0.1}
 
 
+def _lightning() -> ModuleType:
+    from workers import lightning_digits
+    return lightning_digits
+
+
 def _checkpoint(folder):
-    return torch.load(folder / lightning_digits.CHECKPOINT, map_location="cpu", weights_only=True)
+    return torch.load(folder / _lightning().CHECKPOINT, map_location="cpu", weights_only=True)
 
 
 def _momentum(checkpoint):
@@ -24,7 +36,7 @@ def _momentum(checkpoint):
 
 
 def _train(make_ctx, hparams, intervals, steps, parent=None, member=0):
-    return chain(lightning_digits.train_interval, make_ctx, hparams, intervals, steps, parent, member)
+    return chain(_lightning().train_interval, make_ctx, hparams, intervals, steps, parent, member)
 
 
 def test_mutated_hparams_win_over_the_restored_checkpoint(make_ctx):
@@ -83,29 +95,29 @@ def test_good_hparams_learn_the_digits(make_ctx):
 
 def test_should_stop_ends_the_interval_after_the_current_step(make_ctx):
     ctx = make_ctx(steps=100, should_stop=lambda: True)
-    metrics = lightning_digits.train_interval(ctx)
+    metrics = _lightning().train_interval(ctx)
     assert metrics["step"] == 1 and _checkpoint(ctx.out)["global_step"] == 1
 
 
 def test_lightning_writes_only_the_checkpoint(make_ctx, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ctx = make_ctx(steps=3)
-    lightning_digits.train_interval(ctx)
-    assert [p.name for p in ctx.out.iterdir()] == [lightning_digits.CHECKPOINT]
+    _lightning().train_interval(ctx)
+    assert [p.name for p in ctx.out.iterdir()] == [_lightning().CHECKPOINT]
     assert [p.name for p in tmp_path.iterdir()] == [ctx.out.name]  # no lightning_logs/, no checkpoints/
 
 
 def test_the_shipped_recipe_validates():
     recipe = load_recipe(REPO / "recipes" / "lightning-digits.yaml")
     assert recipe.trainable == "workers.lightning_digits:train_interval"
-    assert set(recipe.space.names) == set(lightning_digits.DEFAULTS)
+    assert set(recipe.space.names) == set(_lightning().DEFAULTS)
 
 
 def test_a_short_pbt_experiment_runs_through_hopt_run(tmp_path):
     root = short_pbt(tmp_path, "lightning-digits.yaml", population=4, intervals=3, steps=40)
 
     best = Experiment(root).best()
-    assert (best.checkpoint / lightning_digits.CHECKPOINT).is_file()
+    assert (best.checkpoint / _lightning().CHECKPOINT).is_file()
     # The best score is at least the best first interval's, which scheduling cannot change (each
     # member's hparams and seed come from the recipe's seed): 0.642 under ATEN_CPU_CAPABILITY default,
     # avx2 and avx512 with 1 or 2 threads (chance is 0.1; the final best was 0.961-0.969).

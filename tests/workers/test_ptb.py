@@ -38,6 +38,7 @@ def tiny(tmp_path, monkeypatch):
     return tmp_path / "ptb"
 
 
+@pytest.mark.slow
 def test_training_lowers_the_validation_perplexity(tiny, make_ctx):
     """The ratio is 0.128-0.186 over seeds 0-2 under ATEN_CPU_CAPABILITY default, avx2 and avx512 and
     with OMP_NUM_THREADS=1: the bound 0.5 is far from what kernels and thread counts change."""

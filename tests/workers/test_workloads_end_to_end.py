@@ -24,6 +24,7 @@ def test_the_shipped_recipe_validates(name):
     assert recipe.population >= 16 and recipe.intervals >= 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, write, env", [
     ("cifar10", write_cifar10, {"CIFAR_DIR": "data", "HOPT_CIFAR_WIDTH": "4", "HOPT_CIFAR_BATCH": "16"}),
     ("cifar100", write_cifar100, {"CIFAR_DIR": "data", "HOPT_CIFAR_WIDTH": "4", "HOPT_CIFAR_BATCH": "16"}),
