@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,19 @@ from tests.slurm_cluster import wait_for
 DEADLINE = 120.0
 
 
+@pytest.fixture(scope="module")
+def finished_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """T1, 4 members x 5 intervals, run to completion by `hopt run` (once for the module)."""
+    return run_to_completion(tmp_path_factory.mktemp("t1") / "exp", toy_recipe(population=4, intervals=5))
+
+
 @pytest.fixture
-def finished(tmp_path: Path) -> Path:
-    """T1, 4 members x 5 intervals, run to completion by `hopt run`."""
-    return run_to_completion(tmp_path / "exp", toy_recipe(population=4, intervals=5))
+def finished(finished_once: Path, tmp_path: Path) -> Path:
+    """A copy of `finished_once` and its recipe (an experiment directory moves whole), for one test to extend."""
+    root = tmp_path / "exp"
+    shutil.copytree(finished_once, root)
+    shutil.copy(finished_once.with_suffix(".yaml"), root.with_suffix(".yaml"))
+    return root
 
 
 def test_a_finished_experiment_grows_and_runs_to_the_new_budget(finished: Path):
