@@ -28,6 +28,7 @@ from hopt_cli.retrain import check_trainable, replay
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, node_local_warning, our_bin,
                              requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
+from hopt_cli.text import counted
 from hopt_cli.worker import Worker
 
 SUMMARY_ROWS = 20  # members `hopt status` lists before it summarises the rest (--all lists them all)
@@ -52,7 +53,7 @@ def init(recipe: Path, root: Path) -> None:
         click.echo(f"warning: {warning}", err=True)
     population = store.sync()
     click.echo(f"experiment {store.recipe.name} ready in {root}: {population.size} members x "
-               f"{population.intervals} intervals, policy {store.recipe.policy.name}")
+               f"{counted(population.intervals, 'interval')}, policy {store.recipe.policy.name}")
 
 
 @cli.command()
@@ -94,7 +95,7 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     finally:
         signals.restore()
     how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"
-    log.info("%s: %d intervals committed, %d failed, %d discarded", how, report.commits, report.failures,
+    log.info("%s: %s committed, %d failed, %d discarded", how, counted(report.commits, "interval"), report.failures,
              report.fenced)
     if requeue_:
         requeue_if_preempted(env, signals.preempted, report.complete)

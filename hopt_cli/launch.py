@@ -21,7 +21,8 @@ from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, counted, run_local
+from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, run_local
+from hopt_cli.text import counted
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
 from hopt_cli.trainable import Context, load_trainable

@@ -25,6 +25,7 @@ from hopt_cli.errors import HoptError
 from hopt_cli.isolation import describe_exit, die_with_parent
 from hopt_cli.store import Store
 from hopt_cli.trainable import THREAD_VARIABLES
+from hopt_cli.text import counted
 
 POLL_SECONDS = 0.5
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -104,11 +105,6 @@ def choose_gpus(spec: str, visible: str | None, count: Callable[[], int]) -> lis
         raise HoptError(f"--gpus {spec}: CUDA_VISIBLE_DEVICES={visible} makes {counted(len(shown), 'GPU')} visible, "
                         f"numbered 0 to {len(shown) - 1} here; give those numbers, or all")
     return [shown[int(d)] for d in asked]
-
-
-def counted(number: int, noun: str) -> str:
-    """`1 worker`, `2 workers`: a count with its noun, plural where it must be."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _cores() -> int:

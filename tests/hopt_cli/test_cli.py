@@ -32,6 +32,12 @@ def test_init_creates_the_experiment_and_is_idempotent(tmp_path, write_recipe):
     assert stored["format"] == 2 and stored["policy"]["sigma0"] == 0.1
 
 
+def test_counts_of_one_are_singular(tmp_path, write_recipe):
+    result = invoke("init", str(write_recipe(toy_recipe(intervals=1))), "--dir", str(tmp_path / "exp"))
+
+    assert "8 members x 1 interval, policy romul" in result.stdout
+
+
 def test_a_bad_recipe_is_one_line_exit_2_and_nothing_written(tmp_path, write_recipe):
     recipe = write_recipe(toy_recipe(space={"lr": {"type": "log", "low": 0, "high": 1}}))
     result = invoke("init", str(recipe), "--dir", str(tmp_path / "exp"))
