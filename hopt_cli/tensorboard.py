@@ -88,7 +88,8 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
 
 def _check_tensorboard() -> None:
     if importlib.util.find_spec("tensorboard") is None:
-        raise HoptError("hopt tensorboard needs tensorboard: pip install 'hopt[tensorboard]'")
+        raise HoptError("hopt tensorboard needs tensorboard: pip install 'tensorboard>=2.14' (or, in hopt's folder, "
+                        "pip install -e '.[tensorboard]')")
 
 
 def _run(member: int) -> str:

@@ -11,7 +11,7 @@ after it (see there). Hyperparameters (all optional, defaults below):
 - `batch_size` (int, about 16 to 256): the next interval continues the same data order at any size.
 
 Data and split are workers/digits.py's. Objective: `val_acc` (max); also `val_loss` and `step` (the
-global step). Install with `pip install -e .[lightning]`; importing this module imports Lightning
+global step). Install with `pip install -e '.[lightning]'`; importing this module imports Lightning
 (a few seconds, once per worker process).
 """
 from __future__ import annotations

@@ -81,7 +81,9 @@ def test_plot_without_matplotlib_says_how_to_install_it(quadratic, tmp_path, mon
         cli_module.main()
 
     assert exit.value.code == 2
-    assert capsys.readouterr().err == "hopt: error: hopt plot needs matplotlib: pip install 'hopt[plot]'\n"
+    assert capsys.readouterr().err == (
+        "hopt: error: hopt plot needs matplotlib: pip install 'matplotlib>=3.6' (or, in hopt's folder, "
+        "pip install -e '.[plot]')\n")
     assert not (tmp_path / "plots").exists()
 
 

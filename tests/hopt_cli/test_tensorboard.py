@@ -250,7 +250,9 @@ def test_without_tensorboard_it_says_how_to_install_it(quadratic, tmp_path, monk
     with pytest.raises(HoptError) as error:
         export(quadratic, tmp_path / "tb")
 
-    assert str(error.value) == "hopt tensorboard needs tensorboard: pip install 'hopt[tensorboard]'"
+    assert str(error.value) == (
+        "hopt tensorboard needs tensorboard: pip install 'tensorboard>=2.14' (or, in hopt's folder, "
+        "pip install -e '.[tensorboard]')")
     assert not (tmp_path / "tb").exists()
 
 
