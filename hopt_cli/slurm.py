@@ -118,18 +118,17 @@ class SbatchOptions:
             raise HoptError(f"--workers-per-task must be at least 1 (got {self.workers_per_task})")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise HoptError(f"--cpus-per-task must be at least 1 (got {self.cpus_per_task})")
-        if self.time is not None and not SBATCH_TIME.fullmatch(self.time):
-            raise HoptError(f"--time {self.time!r} is not a time sbatch reads; write minutes, HH:MM:SS or "
-                            "D-HH:MM:SS (e.g. --time 04:00:00 for 4 hours)")
-        if self.mem is not None and not SBATCH_MEM.fullmatch(self.mem):
-            raise HoptError(f"--mem {self.mem!r} is not a size sbatch reads; write megabytes, or a whole number with "
-                            "the unit K, M, G or T (e.g. --mem 32G)")
-        if self.gres is not None and not SBATCH_GRES.fullmatch(self.gres):
-            raise HoptError(f"--gres {self.gres!r} is not a resource sbatch reads; write name[:type][:count], "
-                            "comma-separated (e.g. --gres gpu:1 or --gres gpu:a100:2)")
-        if self.partition is not None and not SBATCH_PARTITION.fullmatch(self.partition):
-            raise HoptError(f"--partition {self.partition!r} is not a partition name; give one, or several "
-                            "separated by commas without spaces (sinfo lists them)")
+        for option, value, pattern, what in (
+                ("--time", self.time, SBATCH_TIME, "a time sbatch reads; write minutes, HH:MM:SS or D-HH:MM:SS "
+                 "(e.g. --time 04:00:00 for 4 hours)"),
+                ("--mem", self.mem, SBATCH_MEM, "a size sbatch reads; write megabytes, or a whole number with the "
+                 "unit K, M, G or T (e.g. --mem 32G)"),
+                ("--gres", self.gres, SBATCH_GRES, "a resource sbatch reads; write name[:type][:count], "
+                 "comma-separated (e.g. --gres gpu:1 or --gres gpu:a100:2)"),
+                ("--partition", self.partition, SBATCH_PARTITION, "a partition name; give one, or several "
+                 "separated by commas without spaces (sinfo lists them)")):
+            if value is not None and not pattern.fullmatch(value):
+                raise HoptError(f"{option} {value!r} is not {what}")
         for option in self.extra:
             if not option.startswith("-"):
                 raise HoptError(f"--sbatch {option!r} is no sbatch option, which sbatch refuses in its script; "
