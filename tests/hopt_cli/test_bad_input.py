@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 
 
@@ -110,8 +111,7 @@ def experiment(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shared") / "exp"
     recipe = root.parent / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(toy_recipe()))
-    done = subprocess.run([sys.executable, "-m", "hopt_cli", "init", str(recipe), "--dir", str(root)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = hopt("init", str(recipe), "--dir", str(root))
     assert done.returncode == 0, done.stderr
     return root
 

@@ -2,7 +2,6 @@
 with the thread settings the schedule recorded, wherever they are started from."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from hopt_cli.experiment import Experiment
+from tests import commands
 from tests.conftest import REPO, toy_recipe
 
 TRAINABLE = '''\
@@ -29,10 +29,9 @@ if __name__ == "__main__":
 
 
 def hopt(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """`hopt ARGS` run from `cwd`, where `mytrain` cannot be imported unless hopt enters the project."""
-    environment = {**os.environ, "PYTHONPATH": "", **env}
-    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=cwd, env=environment, capture_output=True,
-                          text=True, timeout=120)
+    """`hopt ARGS` run from `cwd` with no PYTHONPATH, where `mytrain` cannot be imported unless hopt enters the
+    project."""
+    return commands.hopt(*args, cwd=cwd, env={"PYTHONPATH": "", **env})
 
 
 @pytest.fixture

@@ -354,24 +354,19 @@ def test_a_command_trainable_in_a_task_runs_hopts_python_with_the_tasks_cores(tm
 # `hopt slurm`
 
 
-def hopt(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **({"PATH": path} if path else {})}
-    return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env=env)
-
-
 @pytest.fixture
 def experiment(tmp_path: Path, write_recipe) -> Path:
     root = tmp_path / "exp"
-    assert hopt("init", str(write_recipe(toy_recipe())), "--dir", str(root)).returncode == 0
+    assert commands.invoke("init", str(write_recipe(toy_recipe())), "--dir", str(root)).exit_code == 0
     return root
 
 
 def test_hopt_slurm_writes_the_script(experiment: Path) -> None:
-    result = hopt("slurm", "--dir", str(experiment), "--array", "3", "--parallel", "2", "--time", "1:00:00",
-                  "--sbatch=--qos=low", "--setup", "module load cuda", "--command", "python -m hopt_cli worker")
+    result = commands.invoke("slurm", "--dir", str(experiment), "--array", "3", "--parallel", "2", "--time",
+                             "1:00:00", "--sbatch=--qos=low", "--setup", "module load cuda", "--command",
+                             "python -m hopt_cli worker")
 
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     assert result.stdout == ""
     expected = SbatchOptions(experiment, 3, parallelism=2, time="1:00:00", extra=["--qos=low"],
                              setup=["module load cuda"], command="python -m hopt_cli worker", requeue=True,
@@ -382,7 +377,7 @@ def test_hopt_slurm_writes_the_script(experiment: Path) -> None:
 
 def test_the_script_runs_this_hopt_in_the_project_directory(experiment: Path) -> None:
     """A task's PATH and working directory are not the submitting shell's: the script names both."""
-    assert hopt("slurm", "--dir", str(experiment), "--array", "1").returncode == 0
+    assert commands.invoke("slurm", "--dir", str(experiment), "--array", "1").exit_code == 0
 
     text = (experiment / "slurm" / "worker.sbatch").read_text()
     assert f"#SBATCH --chdir={REPO}\n" in text
@@ -405,9 +400,9 @@ def test_hopt_slurm_warns_of_a_hopt_in_a_folder_other_nodes_lack(experiment: Pat
 
 
 def test_hopt_slurm_refuses_a_memory_size_sbatch_would_reject(experiment: Path) -> None:
-    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--mem", "lots")
+    result = commands.invoke("slurm", "--dir", str(experiment), "--array", "2", "--mem", "lots")
 
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("hopt: error: --mem 'lots' is not a size sbatch reads")
     assert not (experiment / "slurm").exists()
 
@@ -418,7 +413,8 @@ def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -
     fake.write_text("#!/bin/sh\necho '4242;hopt'\n")
     fake.chmod(0o755)
 
-    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--submit", path=f"{fake.parent}:/usr/bin:/bin")
+    result = commands.hopt("slurm", "--dir", str(experiment), "--array", "2", "--submit",
+                           env={"PATH": f"{fake.parent}:/usr/bin:/bin"})
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "4242\n"
@@ -427,8 +423,8 @@ def test_hopt_slurm_submit_prints_the_job_id(experiment: Path, tmp_path: Path) -
 def test_hopt_slurm_shows_what_sbatch_said_and_exits_1(experiment: Path, tmp_path: Path) -> None:
     fake_command(tmp_path, "sbatch")
 
-    result = hopt("slurm", "--dir", str(experiment), "--array", "2", "--partition", "nope", "--submit",
-                  path=f"{tmp_path}:/usr/bin:/bin")
+    result = commands.hopt("slurm", "--dir", str(experiment), "--array", "2", "--partition", "nope", "--submit",
+                           env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
 
     assert result.returncode == 1
     error = result.stderr.splitlines()[-1]

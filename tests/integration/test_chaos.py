@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from hopt_cli.store import Store
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 from tests.guards import Stall
 from tests.invariants import check_finished_experiment
@@ -129,8 +130,7 @@ def test_sigkilled_workers_lose_nothing(tmp_path, write_recipe, lock, planned, i
     root, logs = tmp_path / "exp", tmp_path / "logs"
     logs.mkdir()
     recipe = write_recipe({**RECIPE, "lock": lock, "intervals": intervals})
-    init = subprocess.run([sys.executable, "-m", "hopt_cli", "init", str(recipe), "--dir", str(root)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    init = hopt("init", str(recipe), "--dir", str(root))
     assert init.returncode == 0, init.stderr
     store = Store.open(root)
     rng = random.Random(SEED)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import hopt
 from tests.conftest import REPO
 from tests.netfs_cluster import MOUNTS, SharedDir, node_kill, node_popen
 
@@ -53,8 +54,7 @@ def together(lines: list[str]) -> list[str]:
 
 
 def hopt_doctor(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hopt_cli", "doctor", "--dir", str(root), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return hopt("doctor", "--dir", str(root), *args)
 
 
 @pytest.mark.parametrize("shared_dir", ["sshfs"], indirect=True)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from hopt_cli.store import Store
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 from tests.guards import Stall
 from tests.invariants import check_finished_experiment
@@ -70,8 +71,7 @@ class Cluster:
 def _init(root: Path, lock: str) -> subprocess.CompletedProcess:
     recipe = root.parent / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "lock": lock}))
-    return subprocess.run([sys.executable, "-m", "hopt_cli", "init", str(recipe), "--dir", str(root)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return hopt("init", str(recipe), "--dir", str(root))
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -122,8 +122,7 @@ def test_flock_on_sshfs_is_refused_with_one_line(shared_dir):
     init = _init(shared_dir.a / "exp", "flock")
     assert init.returncode == 0, init.stderr
 
-    worker = subprocess.run([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(shared_dir.a / "exp")],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    worker = hopt("worker", "--dir", str(shared_dir.a / "exp"))
 
     assert worker.returncode == 2 and worker.stderr.count("\n") == 1, worker.stderr
     assert ("flock does not exclude across sshfs mounts (each mount locks only itself), so workers on two nodes "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hopt_cli.store import Store
+from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 from tests.slurm_cluster import wait_for
 
@@ -34,8 +35,7 @@ def start_worker(tmp_path: Path, write_recipe, recipe: dict, *options: str,
                  env: dict | None = None) -> tuple[subprocess.Popen, Path, int]:
     """Init the experiment, start `hopt worker`, and wait until its trainable announces the interval."""
     root, marker = tmp_path / "exp", tmp_path / "marker"
-    init = subprocess.run([sys.executable, "-m", "hopt_cli", "init", str(write_recipe(recipe)), "--dir", str(root)],
-                          cwd=REPO, capture_output=True, text=True, timeout=DEADLINE)
+    init = hopt("init", str(write_recipe(recipe)), "--dir", str(root))
     assert init.returncode == 0, init.stderr
     worker = subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), *options], cwd=REPO,
                               env={**os.environ, **(env or {}), "HOPT_TEST_MARKER": str(marker)},

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import torch
 import yaml
 
 from hopt_cli.trainable import Context
+from tests.commands import hopt
 from tests.conftest import REPO
 from tests.invariants import check_finished_experiment
 
@@ -62,8 +61,7 @@ def short_pbt(tmp_path: Path, recipe: str, **sizes: int) -> Path:
     data.update(sizes)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
     root = tmp_path / "exp"
-    result = subprocess.run([sys.executable, "-m", "hopt_cli", "run", str(tmp_path / "recipe.yaml"), "--dir", str(root),
-                             "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = hopt("run", str(tmp_path / "recipe.yaml"), "--dir", str(root), "--workers", "2")
     assert result.returncode == 0, result.stderr + "".join(p.read_text() for p in (root / "logs").glob("*.log"))
     assert check_finished_experiment(root).failures == 0
     return root
