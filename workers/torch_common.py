@@ -44,7 +44,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """All global RNG states as tensors and plain values, so a weights-only load restores them."""
+    """All global RNG states as tensors and plain values, so a weights-only load restores them.
+
+    On CUDA only the state of the device in use is kept: the worker that continues the member may see
+    fewer GPUs, and the other GPUs' states play no part in this one's training.
+    """
     version, internal, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -53,21 +57,33 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    dev = device()
+    if dev.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev)
     return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what rng_state() captured (CUDA states only when CUDA is present now)."""
+    """Restore what rng_state() captured; a CUDA state only when the device in use now is CUDA.
+
+    A checkpoint without one (written on the CPU) leaves the CUDA generator as it is. Older
+    checkpoints hold a list, one state per GPU their worker saw: the entry of the device in use by its
+    index, else the first (a worker trains on its cuda:0 unless HOPT_DEVICE names another).
+    """
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
     keys = npy["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached"]))
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    dev = device()
+    if "cuda" not in state or dev.type != "cuda":
+        return
+    cuda = state["cuda"]
+    if isinstance(cuda, (list, tuple)):
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda.cpu(), dev)
 
 
 def save_checkpoint(out: Path, **state: Any) -> Path:

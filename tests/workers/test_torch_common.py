@@ -1,10 +1,14 @@
-"""workers/torch_common.set_optimizer_hparams: the interval's values win over a restored optimizer's."""
+"""workers/torch_common: the interval's hparams win over a restored optimizer's; CUDA RNG states follow the
+GPU in use (faked here: the tests run on the CPU)."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from workers.torch_common import set_optimizer_hparams
+from workers.torch_common import rng_state, save_checkpoint, set_optimizer_hparams, set_rng_state
 
 
 def _restored_sgd(lr: float) -> tuple[torch.nn.Parameter, torch.optim.SGD]:
@@ -35,3 +39,91 @@ def test_a_setting_the_optimizer_does_not_have_is_named():
     with pytest.raises(ValueError, match=r"Adam has no \['momentum'\] to set; its settings are \[.*'betas'"):
         set_optimizer_hparams(adam, lr=0.1, momentum=0.9)
     assert adam.param_groups[0]["lr"] == 0.001, "nothing is set when one name is wrong"
+
+
+class FakeGpus:
+    """torch.cuda's RNG functions over `count` fake GPUs with distinct states, indexed as torch does."""
+
+    def __init__(self, count: int, fill: int = 0) -> None:
+        self.states = [torch.full((8,), fill + i, dtype=torch.uint8) for i in range(count)]
+
+    def _index(self, device: int | str | torch.device) -> int:
+        index = device if isinstance(device, int) else torch.device(device).index
+        return 0 if index is None else index
+
+    def get_rng_state(self, device: int | str | torch.device = "cuda") -> torch.Tensor:
+        return self.states[self._index(device)].clone()  # IndexError past the last GPU, as torch's
+
+    def set_rng_state(self, new_state: torch.Tensor, device: int | str | torch.device = "cuda") -> None:
+        self.states[self._index(device)] = new_state.clone()
+
+    def get_rng_state_all(self) -> list[torch.Tensor]:
+        return [self.get_rng_state(i) for i in range(len(self.states))]
+
+    def set_rng_state_all(self, new_states: list[torch.Tensor]) -> None:
+        for i, state in enumerate(new_states):
+            self.set_rng_state(state, i)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeGpus:
+        for name in ("get_rng_state", "set_rng_state", "get_rng_state_all", "set_rng_state_all"):
+            monkeypatch.setattr(torch.cuda, name, getattr(self, name))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.states))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        return self
+
+
+def _fills(gpus: FakeGpus) -> list[int]:
+    """Each fake GPU's state as the one number it is filled with."""
+    return [int(s[0]) for s in gpus.states]
+
+
+def _saved_rng(folder: Path) -> dict[str, Any]:
+    """rng_state() through a weights-only checkpoint, loaded on the CPU (load_checkpoint would map to cuda)."""
+    folder.mkdir(exist_ok=True)
+    save_checkpoint(folder, rng=rng_state())
+    return torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)["rng"]
+
+
+def test_a_checkpoint_from_a_worker_with_four_gpus_restores_on_a_worker_with_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOPT_DEVICE", "cuda")
+    four = FakeGpus(4, fill=10).install(monkeypatch)
+    saved = _saved_rng(tmp_path)
+
+    one = FakeGpus(1, fill=0).install(monkeypatch)
+    set_rng_state(saved)
+    set_rng_state(saved)  # every interval resumes: none may fail
+
+    assert _fills(one) == [10] and _fills(four) == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize("hopt_device, gpus, entry", [("cuda", 1, 0), ("cuda:2", 4, 2), ("cuda:5", 6, 0)])
+def test_an_old_checkpoint_with_a_state_per_gpu_restores_the_entry_of_the_device_in_use(
+        tmp_path, monkeypatch, hopt_device, gpus, entry):
+    saved = _saved_rng(tmp_path)  # on the CPU: no CUDA state yet
+    old = [torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(4)]
+    monkeypatch.setenv("HOPT_DEVICE", hopt_device)
+    now = FakeGpus(gpus, fill=100).install(monkeypatch)
+
+    set_rng_state({**saved, "cuda": old})
+
+    index = torch.device(hopt_device).index or 0
+    expected = [10 + entry if i == index else 100 + i for i in range(gpus)]  # other GPUs are left alone
+    assert _fills(now) == expected
+
+
+def test_no_cuda_state_crosses_between_cpu_and_gpu_workers(tmp_path, monkeypatch):
+    FakeGpus(2, fill=10).install(monkeypatch)
+    monkeypatch.setenv("HOPT_DEVICE", "cpu")  # a GPU node told to train on the CPU
+    from_cpu = _saved_rng(tmp_path / "cpu")
+    monkeypatch.setenv("HOPT_DEVICE", "cuda")
+    from_gpu = _saved_rng(tmp_path / "gpu")
+    assert "cuda" not in from_cpu
+
+    on_gpu = FakeGpus(2, fill=50).install(monkeypatch)
+    set_rng_state(from_cpu)
+    assert _fills(on_gpu) == [50, 51], "the CUDA generators keep their state"
+
+    monkeypatch.setenv("HOPT_DEVICE", "cpu")
+    set_rng_state(from_gpu)
+    assert _fills(on_gpu) == [50, 51], "a CPU worker does not use the saved CUDA state"
