@@ -4,7 +4,9 @@
 or, when the recipe sets `interval_timeout`, the function in such a child. Then an interval that runs
 longer is killed and fails, and a stop request (a stop signal, or our lease taken away) abandons the
 interval at once instead of waiting for the trainable to look at `should_stop()`. A crash of the
-trainable (segfault, out of memory) becomes a failed interval too.
+trainable (segfault, out of memory) becomes a failed interval too. So does a CUDA error that leaves the
+process's GPU context unusable (an illegal memory access, a device-side assert): then the child is
+replaced, since every later CUDA call in it would fail as well.
 
 One child per worker, started at the first interval and reused, so an interval costs one round trip
 over a socket (well under a millisecond); a killed child is replaced at the next interval. The child
@@ -41,6 +43,15 @@ POLL_SECONDS = 0.05
 PICKLED = "-"  # the child's trainable argument when the function itself comes pickled over the socket
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1
+POISONED_EXIT = 3  # the exit status of a worker that stopped after such a CUDA error in its own process
+_STICKY = ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "CUDNN_STATUS", "device-side assert")
+
+
+def poisons_process(error: str) -> bool:
+    """Whether an interval's error is a CUDA error after which every CUDA call of its process fails.
+
+    Running out of GPU memory is no such error: the memory is freed and the process can go on."""
+    return any(marker in error for marker in _STICKY) and "out of memory" not in error
 
 
 class IsolatedTrainable:
@@ -79,6 +90,8 @@ class IsolatedTrainable:
         except (EOFError, OSError):
             self._died()
         if kind == "error":
+            if poisons_process(value):  # its CUDA context is unusable: the next interval gets a fresh child
+                self.close()
             raise IntervalError(value)
         return value
 

@@ -5,6 +5,7 @@ releases its member at once); a second signal kills them. Should the runner itse
 kernel sends every worker SIGTERM (PR_SET_PDEATHSIG), so no worker outlives the run that started it.
 A worker that dies (killed, or exiting non-zero while the experiment has not failed) is said and
 replaced by one of a new name, at most as many times in a run as it has workers; then the run stops.
+So is one that stopped after a CUDA error broke its process (exit status POISONED_EXIT).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 import cloudpickle
 
 from hopt_cli.errors import HoptError
-from hopt_cli.isolation import describe_exit, die_with_parent
+from hopt_cli.isolation import POISONED_EXIT, describe_exit, die_with_parent
 from hopt_cli.store import Store
 from hopt_cli.trainable import THREAD_VARIABLES
 from hopt_cli.text import counted
@@ -212,7 +213,9 @@ def _wait(store: Store, slots: list[_Slot], start: Callable[[str, int], subproce
             status = slot.process.poll()
             if status in (None, 0) or store.sync().failed:  # a failed experiment stops every worker: no death
                 continue
-            dead = f"worker {slot.current} died ({describe_exit(status)}); its log: {store.paths.log(slot.current)}"
+            how = "stopped after a CUDA error broke its process" if status == POISONED_EXIT else \
+                f"died ({describe_exit(status)})"
+            dead = f"worker {slot.current} {how}; its log: {store.paths.log(slot.current)}"
             if restarts == len(slots):
                 return f"{dead}; {counted(restarts, 'dead worker')} replaced already, so the run stops"
             restarts += 1

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hopt_cli import intervallog
-from hopt_cli.errors import ExperimentFailed
-from hopt_cli.isolation import IsolatedTrainable, make_trainable
+from hopt_cli.errors import ExperimentFailed, RuntimeFailure
+from hopt_cli.isolation import POISONED_EXIT, IsolatedTrainable, make_trainable, poisons_process
 from hopt_cli.planning import plan_next
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
@@ -25,7 +25,7 @@ from hopt_cli.store.digest import checkpoint_digest, folder_state
 from hopt_cli.store.fsio import retrying
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.timing import StepTiming
-from hopt_cli.trainable import Context, Outcome, run_interval, thread_settings
+from hopt_cli.trainable import CommandTrainable, Context, Outcome, run_interval, thread_settings
 
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
@@ -36,6 +36,12 @@ class NoClaim(enum.Enum):
     COMPLETE = "done"  # nothing is left to train: stop
     BUSY = "busy"  # every unfinished member is being trained: wait, then try again
     AGAIN = "again"  # an adoption, or a claim made on a stale view: try again at once
+
+
+class ProcessPoisoned(RuntimeFailure):
+    """A CUDA error in this process left its GPU context unusable: it trains no more, a fresh process must."""
+
+    exit_code = POISONED_EXIT
 
 
 class StopRequest(Protocol):
@@ -83,17 +89,24 @@ class Worker:
         self.report = WorkerReport()
         self._dropped: set[str] = set()
         self._warned_empty = False
+        self._poisoned: str | None = None  # why this process must not train again
 
     def run(self) -> WorkerReport:
-        """Train intervals until the experiment is complete or a stop is requested."""
+        """Train intervals until the experiment is complete or a stop is requested.
+
+        Raises ProcessPoisoned after an interval of ours failed with a CUDA error that breaks every later
+        CUDA call of this process: its member is failed once (journaled), and a fresh process takes over."""
         try:
-            while not self.stop.requested:
+            while not self.stop.requested and self._poisoned is None:
                 claim = self.claim()
                 if claim is None:
                     break
                 self.train_and_commit(claim)
         finally:
             self.close()
+        if self._poisoned is not None:
+            failed = self.store.sync().failed
+            raise ExperimentFailed(failed) if failed else ProcessPoisoned(self._poisoned)
         self.report.stopped = self.stop.requested
         self.report.complete = self.store.population.complete
         return self.report
@@ -187,6 +200,13 @@ class Worker:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
             done, budget = population.intervals_done, population.budget
+        in_process = not isinstance(self.trainable, (IsolatedTrainable, CommandTrainable))
+        if in_process and outcome.error is not None and poisons_process(outcome.error):
+            self._poisoned = (f"member {claim.member} interval {claim.decision.interval} failed with a CUDA error "
+                              f"({outcome.error.splitlines()[0]}), after which every CUDA call of this process "
+                              "fails: this worker stops so that a fresh process takes over (hopt run and hopt worker "
+                              "--workers start one; a lone worker's task must be started again: set interval_timeout "
+                              "to train in a child process that is replaced instead)")
         self._log_timing("commit", committing)
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
                  claim.decision.interval, result, time.monotonic() - started, done, budget,

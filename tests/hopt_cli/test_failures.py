@@ -9,7 +9,7 @@ from hopt_cli.errors import ExperimentFailed
 from hopt_cli.events import Claim, Fail
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.worker import Worker
+from hopt_cli.worker import ProcessPoisoned, Worker
 from tests.conftest import toy_recipe
 from workers.toys import pbt_quadratic
 
@@ -105,6 +105,38 @@ def test_a_child_that_died_between_intervals_is_replaced(tmp_path):
     report = worker.run()
 
     assert report.complete and report.failures == 0
+
+
+CUDA_ERROR = "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+def test_a_cuda_error_in_an_isolated_child_fails_the_interval_once_and_a_fresh_child_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOPT_TEST_MARKER", str(tmp_path / "marker"))
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(
+        population=2, intervals=3, max_failures=2, interval_timeout=60,
+        worker="tests.hopt_cli.trainables:cuda_error_once")))
+
+    report = Worker(store, "w").run()
+
+    assert report.complete and report.failures == 1
+    fails = [e for e in store.read_events()[0] if isinstance(e, Fail)]
+    assert len(fails) == 1 and fails[0].reason.startswith(CUDA_ERROR)
+
+
+def test_a_cuda_error_in_the_workers_own_process_fails_its_member_once_and_stops_the_worker(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOPT_TEST_MARKER", str(tmp_path / "marker"))
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(
+        population=2, intervals=3, max_failures=2, worker="tests.hopt_cli.trainables:cuda_error_once")))
+
+    with pytest.raises(ProcessPoisoned) as caught:
+        Worker(store, "w").run()
+
+    assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"member 0 interval 1 failed with a CUDA error ({CUDA_ERROR}")
+    assert "after which every CUDA call of this process fails: this worker stops" in str(caught.value)
+    fails = [e for e in store.read_events()[0] if isinstance(e, Fail)]
+    assert [e.member for e in fails] == [0] and fails[0].reason.startswith(CUDA_ERROR)
+    assert not list(store.paths.leases.iterdir()) and store.sync().failed is None
 
 
 def saves_into_its_parent_too(ctx):

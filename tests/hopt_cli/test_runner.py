@@ -118,3 +118,17 @@ def test_deaths_past_one_replacement_per_worker_stop_the_run_with_the_last_one(t
     assert all(" died (killed by SIGKILL); its log: " in line for line in replaced)
     assert re.fullmatch(r"hopt: error: worker local-\d+-\d(-r1)? died \(killed by SIGKILL\); its log: \S+\.log; "
                         r"2 dead workers replaced already, so the run stops", lines[-1]), lines[-1]
+
+
+@pytest.mark.slow  # two worker processes, each importing torch
+def test_a_worker_whose_process_a_cuda_error_broke_is_replaced_and_the_run_completes(tmp_path, write_recipe):
+    recipe = write_recipe(toy_recipe(population=2, intervals=3, max_failures=2,
+                                     worker="tests.hopt_cli.trainables:cuda_error_once"))
+
+    result = hopt("run", str(recipe), "--dir", str(tmp_path / "exp"), "--workers", "1",
+                  env={"HOPT_TEST_MARKER": str(tmp_path / "marker")})
+
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"worker (local-\d+-0) stopped after a CUDA error broke its process; its log: \S+\.log; "
+                     r"starting \1-r1 in its place \(replacement 1 of at most 1\)", result.stderr), result.stderr
+    check_finished_experiment(tmp_path / "exp")

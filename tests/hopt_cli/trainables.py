@@ -183,3 +183,14 @@ def talks(ctx: Any) -> dict[str, float]:
         marker.touch()
         raise RuntimeError(f"boom in {tag}")
     return pbt_quadratic(ctx)
+
+
+def cuda_error_once(ctx: Any) -> dict[str, float]:
+    """T1, except member 0's interval 1 hits a sticky CUDA error the first time (HOPT_TEST_MARKER keeps the
+    pid): like CUDA's, every later interval in that process fails too, until a fresh process takes over."""
+    marker = Path(os.environ["HOPT_TEST_MARKER"])
+    first = ctx.member == 0 and ctx.interval == 1 and not marker.exists()
+    if first or marker.exists() and marker.read_text() == str(os.getpid()):
+        marker.write_text(str(os.getpid()))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    return pbt_quadratic(ctx)
