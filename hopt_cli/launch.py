@@ -122,11 +122,27 @@ def run_task(store: Store, name: str, workers: int, preemption: signal.Signals,
     its share of the task's cores; a stop or the preemption signal is passed on to all of them."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     devices = choose_gpus("all", visible, _cuda_devices) if visible else None
+    warning = check_task_gpus(workers, devices)
+    if warning:
+        log.warning("%s", warning)
     names = [f"{name}-{index}" for index in range(workers)]
     on = f" on GPUs {','.join(devices)}" if devices else ""
     log.info("starting %d workers%s: %s (logs in %s)", workers, on, ", ".join(names), store.paths.logs)
     stops = tuple(dict.fromkeys((*FORWARDED, preemption)))
     return run_local(store, workers, lambda done, total, note: None, log.info, trainable, devices, names, stops)
+
+
+def check_task_gpus(workers: int, devices: list[str] | None) -> str | None:
+    """Refuse more workers than the task has GPUs (they would share one: on an exclusive-process GPU every
+    interval of all but one fails); what to say of fewer (the rest stay idle, but nothing fails)."""
+    if not devices or workers == len(devices):
+        return None
+    fix = (f"start it with --workers {len(devices)} (hopt slurm --workers-per-task {len(devices)}), or give the task "
+           f"{counted(workers, 'GPU')} (--gres gpu:{workers})")
+    seen = f"this task sees {counted(len(devices), 'GPU')} (CUDA_VISIBLE_DEVICES={','.join(devices)})"
+    if workers > len(devices):
+        raise HoptError(f"hopt worker --workers {workers}: {seen}, so workers would share a GPU; {fix}")
+    return f"hopt worker --workers {workers}: {seen}, so {len(devices) - workers} of them stay idle; {fix}"
 
 
 def _cuda_devices() -> int:

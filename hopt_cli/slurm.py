@@ -22,6 +22,7 @@ from typing import Any
 from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.store.fsio import write_atomic
 from hopt_cli.store.paths import ExperimentPaths, safe_name
+from hopt_cli.text import counted
 from hopt_cli.trainable import THREAD_VARIABLES
 
 log = logging.getLogger("hopt")
@@ -129,6 +130,13 @@ class SbatchOptions:
                  "separated by commas without spaces (sinfo lists them)")):
             if value is not None and not pattern.fullmatch(value):
                 raise HoptError(f"{option} {value!r} is not {what}")
+        gpus = gres_gpus(self.gres) if self.gres is not None else None
+        if self.workers_per_task > 1 and gpus is not None and gpus != self.workers_per_task:
+            how = "two or more share a GPU" if self.workers_per_task > gpus else \
+                f"{counted(gpus - self.workers_per_task, 'GPU')} of each task stay idle"
+            raise HoptError(f"--workers-per-task {self.workers_per_task} with --gres {self.gres}: each task gets "
+                            f"{counted(gpus, 'GPU')}, so {how}; give --workers-per-task {gpus} (one worker per GPU), "
+                            f"or ask for {self.workers_per_task} GPUs in --gres")
         for option in self.extra:
             if not option.startswith("-"):
                 raise HoptError(f"--sbatch {option!r} is no sbatch option, which sbatch refuses in its script; "
@@ -146,6 +154,15 @@ class SbatchOptions:
     @property
     def name(self) -> str:
         return safe_name(self.job_name or f"hopt-{self.directory.name}")
+
+
+def gres_gpus(gres: str) -> int | None:
+    """How many GPUs a valid --gres asks for per task (`gpu`, `gpu:2`, `gpu:a100:2`); None: no GPUs."""
+    for resource in gres.split(","):
+        name, *rest = resource.split(":")
+        if name == "gpu":
+            return int(rest[-1]) if rest and rest[-1].isdigit() else 1
+    return None
 
 
 def worker_command() -> str:

@@ -1,6 +1,7 @@
 """hopt_cli.run(): an experiment launched from Python, with a trainable defined where the user wrote it."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 import hopt_cli
+from hopt_cli import launch
 from hopt_cli.errors import HoptError, RecipeError
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
@@ -111,3 +113,23 @@ def test_a_run_of_one_worker_says_one_worker(tmp_path, write_recipe):
 
     assert result.returncode == 0, result.stderr
     assert f"toy: 1 worker on {tmp_path / 'exp'} (logs in" in result.stderr
+
+
+def test_a_task_with_more_workers_than_gpus_is_refused_before_any_worker_starts(tmp_path, monkeypatch):
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe()))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+
+    with pytest.raises(HoptError) as caught:
+        launch.run_task(store, "task", 3, signal.SIGUSR1)
+
+    assert str(caught.value) == (
+        "hopt worker --workers 3: this task sees 2 GPUs (CUDA_VISIBLE_DEVICES=4,6), so workers would share a GPU; "
+        "start it with --workers 2 (hopt slurm --workers-per-task 2), or give the task 3 GPUs (--gres gpu:3)")
+    assert not list(store.paths.logs.iterdir())
+
+
+def test_a_task_with_fewer_workers_than_gpus_is_warned_of_the_idle_ones():
+    assert launch.check_task_gpus(2, ["0", "1", "2", "3"]) == (
+        "hopt worker --workers 2: this task sees 4 GPUs (CUDA_VISIBLE_DEVICES=0,1,2,3), so 2 of them stay idle; "
+        "start it with --workers 4 (hopt slurm --workers-per-task 4), or give the task 2 GPUs (--gres gpu:2)")
+    assert launch.check_task_gpus(4, ["0", "1", "2", "3"]) is None and launch.check_task_gpus(4, None) is None

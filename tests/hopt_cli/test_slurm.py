@@ -63,6 +63,11 @@ def test_every_value_sbatch_reads_is_accepted(kwargs):
     ({"gres": "gpu:-1"}, "--gres 'gpu:-1' is not a resource sbatch reads"),
     ({"partition": "gpu cpu"}, "--partition 'gpu cpu' is not a partition name"),
     ({"extra": ["qos=high"]}, "--sbatch 'qos=high' is no sbatch option"),
+    ({"workers_per_task": 4, "gres": "gpu:2"}, "--workers-per-task 4 with --gres gpu:2: each task gets 2 GPUs, so "
+     "two or more share a GPU; give --workers-per-task 2 (one worker per GPU), or ask for 4 GPUs in --gres"),
+    ({"workers_per_task": 2, "gres": "gpu:a100:4,tmpdisk:10G"}, "--workers-per-task 2 with --gres "
+     "gpu:a100:4,tmpdisk:10G: each task gets 4 GPUs, so 2 GPUs of each task stay idle; give --workers-per-task 4"),
+    ({"workers_per_task": 2, "gres": "gpu:a100"}, "--workers-per-task 2 with --gres gpu:a100: each task gets 1 GPU"),
 ])
 def test_a_value_sbatch_would_reject_is_refused_before_the_queue(kwargs, message):
     with pytest.raises(HoptError) as caught:
@@ -404,6 +409,15 @@ def test_hopt_slurm_refuses_a_memory_size_sbatch_would_reject(experiment: Path) 
 
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("hopt: error: --mem 'lots' is not a size sbatch reads")
+    assert not (experiment / "slurm").exists()
+
+
+def test_hopt_slurm_refuses_more_or_fewer_workers_per_task_than_gpus(experiment: Path) -> None:
+    result = commands.invoke("slurm", "--dir", str(experiment), "--array", "2", "--workers-per-task", "4",
+                             "--gres", "gpu:2")
+
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("hopt: error: --workers-per-task 4 with --gres gpu:2: each task gets 2 GPUs")
     assert not (experiment / "slurm").exists()
 
 

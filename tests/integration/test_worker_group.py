@@ -32,16 +32,16 @@ def test_each_worker_of_a_task_gets_one_of_its_gpus_a_share_of_its_cores_and_a_l
     root = tmp_path / "exp"
     (tmp_path / "marker").mkdir()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env.update(CUDA_VISIBLE_DEVICES="4,6", HOPT_TEST_MARKER=str(tmp_path / "marker"), HOPT_TEST_WORKERS="3")
+    env.update(CUDA_VISIBLE_DEVICES="4,6,7", HOPT_TEST_MARKER=str(tmp_path / "marker"), HOPT_TEST_WORKERS="3")
 
     process = group(root, recipe, env, "--workers", "3")
     _, stderr = process.communicate(timeout=DEADLINE)
 
     assert process.returncode == 0, stderr
-    assert "starting 3 workers on GPUs 4,6: task-0, task-1, task-2" in stderr
+    assert "starting 3 workers on GPUs 4,6,7: task-0, task-1, task-2" in stderr
     assert "experiment complete: task-0 exit 0, task-1 exit 0, task-2 exit 0" in stderr
     seen = {c.worker: c.metrics["cuda_visible_devices"] for c in Experiment(root).history()}
-    assert seen == {"task-0": "4", "task-1": "6", "task-2": "4"}  # every worker committed: round-robin
+    assert seen == {"task-0": "4", "task-1": "6", "task-2": "7"}  # every worker committed, on its own GPU
     threads = {c.metrics["omp_num_threads"] for c in Experiment(root).history()}
     assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 3))}
     paths = Store.open(root).paths
