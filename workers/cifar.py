@@ -19,7 +19,8 @@ Env settings: HOPT_CIFAR_WIDTH (channels of the first stage, default 64 = ResNet
 HOPT_CIFAR_BATCH (default 128), HOPT_DATA_WORKERS (DataLoader workers; default min(4, CPUs) on
 CUDA and 0 on CPU, where workers would only take cores from the training step), HOPT_DEVICE;
 CIFAR_DIR (the data folder, see `workers.cifar_data`).
-On CUDA: channels_last and autocast (bfloat16, or float16 with a GradScaler); on CPU plain fp32.
+On CUDA: channels_last and autocast (bfloat16 from compute capability 8.0 on, float16 with a GradScaler on
+older GPUs); on CPU plain fp32.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workers.cifar_data import SPECS, Augment, Batches, Normalize, data_dir, load, read_images, unpickle
-from workers.torch_common import (ShuffledBatches, device, finish, load_checkpoint, merge_hparams, resume,
-                                  set_optimizer_hparams, train_steps)
+from workers.torch_common import (ShuffledBatches, amp_dtype, device, finish, load_checkpoint, merge_hparams,
+                                  resume, set_optimizer_hparams, train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
@@ -87,10 +88,11 @@ class ResNet18(nn.Module):
 
 
 def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 (or float16) autocast on CUDA; nothing on CPU."""
-    if dev.type != "cuda":
+    """bfloat16 (or float16) autocast on CUDA, as amp_dtype chooses; nothing on CPU."""
+    dtype = amp_dtype(dev)
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def _workers(dev: torch.device) -> int:
@@ -160,8 +162,7 @@ def _train(ctx: Context, key: str) -> dict[str, float]:
         torch.backends.cudnn.benchmark = True
     model, state = resume(ctx, lambda s: _build(s, data.classes, dev))
     optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9, nesterov=True)
-    fp16 = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(dev) == torch.float16)
     batch_size = int(os.environ.get(BATCH_ENV, 128))
     step, seen, order_seed = 0, 0, ctx.seed
     if state is not None:

@@ -31,6 +31,17 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def amp_dtype(dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype on `dev`: bfloat16 from compute capability 8.0 on, float16 (with a GradScaler)
+    on older GPUs, None (fp32) on the CPU.
+
+    Not torch.cuda.is_bf16_supported(): it counts bf16 emulated without tensor cores (V100, T4).
+    """
+    if dev.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(dev) >= (8, 0) else torch.float16
+
+
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed mixed from several integers (e.g. seed and epoch), well spread and stable."""
     return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])

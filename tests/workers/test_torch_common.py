@@ -1,5 +1,5 @@
-"""workers/torch_common: the interval's hparams win over a restored optimizer's; CUDA RNG states follow the
-GPU in use (faked here: the tests run on the CPU)."""
+"""workers/torch_common: the interval's hparams win over a restored optimizer's; CUDA RNG states and the
+autocast dtype follow the GPU in use (faked here: the tests run on the CPU)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from workers.torch_common import rng_state, save_checkpoint, set_optimizer_hparams, set_rng_state
+from workers.torch_common import amp_dtype, rng_state, save_checkpoint, set_optimizer_hparams, set_rng_state
 
 
 def _restored_sgd(lr: float) -> tuple[torch.nn.Parameter, torch.optim.SGD]:
@@ -127,3 +127,16 @@ def test_no_cuda_state_crosses_between_cpu_and_gpu_workers(tmp_path, monkeypatch
     monkeypatch.setenv("HOPT_DEVICE", "cpu")
     set_rng_state(from_gpu)
     assert _fills(on_gpu) == [50, 51], "a CPU worker does not use the saved CUDA state"
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_bf16_autocast_only_from_compute_capability_8(monkeypatch, capability, dtype):
+    # what torch answers on a V100 or T4 too: bf16 counts as supported there, emulated
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert amp_dtype(torch.device("cuda")) == dtype
+
+
+def test_the_cpu_trains_without_autocast():
+    assert amp_dtype(torch.device("cpu")) is None
