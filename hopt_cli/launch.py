@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from hopt_cli.errors import ExperimentFailed, HoptError
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, run_local
+from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, mig_devices, run_local
 from hopt_cli.text import counted
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
@@ -72,7 +73,7 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
     (a second one kills them), and raises Interrupted. A failed experiment raises ExperimentFailed."""
     if workers < 1:
         raise HoptError(f"workers must be at least 1 (got {workers})")
-    devices = choose_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), _cuda_devices) if gpus else None
+    devices = choose_devices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else None
     store = create(recipe, dir, trainable)
     if trainable is not None and store.recipe.interval_timeout is not None:
         raise HoptError("interval_timeout runs each interval in a child process that imports the trainable by "
@@ -143,6 +144,25 @@ def check_task_gpus(workers: int, devices: list[str] | None) -> str | None:
     if workers > len(devices):
         raise HoptError(f"hopt worker --workers {workers}: {seen}, so workers would share a GPU; {fix}")
     return f"hopt worker --workers {workers}: {seen}, so {len(devices) - workers} of them stay idle; {fix}"
+
+
+def choose_devices(spec: str, visible: str | None) -> list[str]:
+    """The devices of `--gpus` (see choose_gpus); `all` with no CUDA_VISIBLE_DEVICES on a machine whose GPUs are
+    split by MIG gives every MIG slice, of which CUDA alone would show one."""
+    if spec.strip() == "all" and visible is None:
+        slices = mig_devices(_nvidia_smi_list())
+        if slices:
+            return slices
+    return choose_gpus(spec, visible, _cuda_devices)
+
+
+def _nvidia_smi_list() -> str:
+    """What `nvidia-smi -L` prints; empty where there is no nvidia-smi or it fails (no driver)."""
+    try:
+        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
 
 
 def _cuda_devices() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,14 +64,15 @@ def worker_command(root: os.PathLike, name: str, piped: bool = False) -> list[st
 
 def worker_environment(workers: int, gpu: str | None = None) -> dict[str, str]:
     """Our environment, with the cores shared out between workers unless the user already chose, and
-    the worker's GPU (`gpu`) as the only one it sees.
+    the worker's GPU (`gpu`) as the only one it sees. GPUs are numbered as nvidia-smi numbers them
+    (CUDA_DEVICE_ORDER=PCI_BUS_ID, unless the user chose), not fastest first as CUDA does by default.
 
     Each worker gets cores / workers threads for OpenMP and BLAS (torch, numpy): N processes each
     spinning on every core are many times slower than N processes with their own share. The cores are
     those this process may run on (a SLURM task's allocation), not all of the machine's.
     """
     threads = str(max(1, _cores() // workers))
-    environment = {**{name: threads for name in THREAD_VARIABLES}, **os.environ}
+    environment = {**{name: threads for name in THREAD_VARIABLES}, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **os.environ}
     return environment if gpu is None else {**environment, "CUDA_VISIBLE_DEVICES": gpu}
 
 
@@ -106,6 +108,21 @@ def choose_gpus(spec: str, visible: str | None, count: Callable[[], int]) -> lis
         raise HoptError(f"--gpus {spec}: CUDA_VISIBLE_DEVICES={visible} makes {counted(len(shown), 'GPU')} visible, "
                         f"numbered 0 to {len(shown) - 1} here; give those numbers, or all")
     return [shown[int(d)] for d in asked]
+
+
+def mig_devices(listing: str) -> list[str]:
+    """The devices of `nvidia-smi -L` output when a GPU is split by MIG: each MIG slice (and each whole GPU
+    that is not split) by UUID, as CUDA_VISIBLE_DEVICES takes them; [] when no GPU is split."""
+    gpus: list[tuple[str, list[str]]] = []
+    for line in listing.splitlines():
+        uuid = re.search(r"\(UUID: ([^)\s]+)\)", line)
+        if uuid and line.startswith("GPU "):
+            gpus.append((uuid[1], []))
+        elif uuid and line.lstrip().startswith("MIG ") and gpus:
+            gpus[-1][1].append(uuid[1])
+    if not any(slices for _, slices in gpus):
+        return []
+    return [device for gpu, slices in gpus for device in slices or [gpu]]
 
 
 def _cores() -> int:

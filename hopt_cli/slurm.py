@@ -225,11 +225,14 @@ def render_sbatch(options: SbatchOptions) -> str:
 
 
 def _environment(options: SbatchOptions) -> list[str]:
-    """The script's lines that set hopt's environment first on PATH and the threads from the task's cores."""
+    """The script's lines that set hopt's environment first on PATH, the GPUs' order and the threads from the
+    task's cores."""
     lines = []
     if options.python_bin is not None:
         lines += ["# this hopt's environment first on PATH: a command trainable's `python` is the one hopt runs in",
                   f'export PATH={shlex.quote(str(options.python_bin))}:"$PATH"']
+    lines += ["# GPUs numbered as nvidia-smi numbers them, not fastest first",
+              'export CUDA_DEVICE_ORDER="${CUDA_DEVICE_ORDER:-PCI_BUS_ID}"']
     k = options.workers_per_task
     share = "$SLURM_CPUS_PER_TASK" if k == 1 else \
         f"$(( SLURM_CPUS_PER_TASK >= {k} ? SLURM_CPUS_PER_TASK / {k} : 1 ))"

@@ -1,6 +1,7 @@
 """hopt_cli.run(): an experiment launched from Python, with a trainable defined where the user wrote it."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -133,3 +134,19 @@ def test_a_task_with_fewer_workers_than_gpus_is_warned_of_the_idle_ones():
         "hopt worker --workers 2: this task sees 4 GPUs (CUDA_VISIBLE_DEVICES=0,1,2,3), so 2 of them stay idle; "
         "start it with --workers 4 (hopt slurm --workers-per-task 4), or give the task 2 GPUs (--gres gpu:2)")
     assert launch.check_task_gpus(4, ["0", "1", "2", "3"]) is None and launch.check_task_gpus(4, None) is None
+
+
+def test_gpus_all_on_a_machine_split_by_mig_gives_every_slice(tmp_path, monkeypatch):
+    """CUDA without CUDA_VISIBLE_DEVICES shows one MIG slice; nvidia-smi -L (a fake one here) lists them all."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\ncat <<'EOF'\n"
+                    "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5ba0d6)\n"
+                    "  MIG 3g.20gb     Device  0: (UUID: MIG-c6d4f1ef)\n"
+                    "  MIG 3g.20gb     Device  1: (UUID: MIG-cba663e8)\n"
+                    "EOF\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+
+    assert launch.choose_devices("all", None) == ["MIG-c6d4f1ef", "MIG-cba663e8"]
+    assert launch.choose_devices("all", "3") == ["3"]  # CUDA_VISIBLE_DEVICES says which: nvidia-smi is not asked

@@ -13,7 +13,7 @@ import torch
 
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Commit
-from hopt_cli.runner import choose_gpus
+from hopt_cli.runner import choose_gpus, mig_devices, worker_environment
 from hopt_cli.store import Store
 from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
@@ -51,6 +51,28 @@ def test_a_bad_spec_is_one_line_naming_the_fix(spec, visible, count, problem):
     with pytest.raises(HoptError, match=problem) as caught:
         choose_gpus(spec, visible, count)
     assert "\n" not in str(caught.value)
+
+
+def test_workers_number_gpus_as_nvidia_smi_does_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    assert worker_environment(2, "1")["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    assert worker_environment(2, "1")["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"
+
+
+MIG_LISTING = """\
+GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77)
+  MIG 3g.20gb     Device  0: (UUID: MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f)
+  MIG 3g.20gb     Device  1: (UUID: MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb)
+GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-0b7a6d1e-7b5f-4f0e-9d7c-2b2f6a3c1d11)
+"""
+
+
+def test_mig_slices_are_each_a_device_and_a_gpu_without_any_is_one():
+    assert mig_devices(MIG_LISTING) == ["MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f",
+                                        "MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb",
+                                        "GPU-0b7a6d1e-7b5f-4f0e-9d7c-2b2f6a3c1d11"]
+    assert mig_devices(MIG_LISTING.splitlines(keepends=True)[-1]) == [] and mig_devices("") == []
 
 
 def test_hopt_run_on_gpus_of_a_machine_without_any_stops_before_training(tmp_path, write_recipe, monkeypatch):
