@@ -149,7 +149,12 @@ def test_asking_for_an_interval_never_trained_or_still_training_says_which(tmp_p
     assert "give --member too" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
 
 
-FLOODS = ("yes '{member} {interval} 0123456789abcdef0123456789abcdef' | head -c 30000000; echo; "
+# 30 MB of output, then the line the test looks for. Bytes written while the worker cuts its log are lost
+# with the middle (intervallog.cut_if_large), so the flood waits (at most 30 s) until the log is back under
+# the cap, that is until any cut its bytes called for is done, before it writes that line.
+FLOODS = ("yes '{member} {interval} 0123456789abcdef0123456789abcdef' | head -c 30000000; echo; n=0; "
+          f"while [ $(stat -L -c %s /dev/stdout) -gt {intervallog.CAP} ] && [ $n -lt 3000 ]; "
+          "do sleep 0.01; n=$((n+1)); done; "
           "echo END {member} {interval}; printf '{{\"score\": 1}}' > {out}/metrics.json # {parent} {h0} {h1}")
 
 
