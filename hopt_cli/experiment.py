@@ -25,7 +25,7 @@ from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.digest import checkpoint_digest
 from hopt_cli.store.leases import Holder
 from hopt_cli.store.fsio import read_bytes, retrying, write_atomic, write_json_atomic
-from hopt_cli.store.journal import Cursor, line_hash
+from hopt_cli.store.journal import Cursor
 from hopt_cli.store.paths import ExperimentPaths, checkpoint_name
 
 SCHEMA = 2  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
@@ -33,7 +33,6 @@ EXPORT_MARK = ".hopt-export.json"  # in a folder `hopt best --out` wrote: whose 
 
 
 SILENT_HEARTBEATS = 1.5  # heartbeat periods without a heartbeat after which a lease is silent, no longer live
-TAIL_BYTES = 1 << 16  # read from the journal's end to find when its last event was written
 
 
 @dataclass(frozen=True)
@@ -180,21 +179,8 @@ class Experiment:
     def _elapsed(self, started: float | None, working: bool) -> float | None:
         """Seconds from the journal's first event to now while a worker may be training (a lease that is
         not stale), else to its last event: a run that ended, failed or was killed stops the clock."""
-        end = time.time() if working else self._last_event_time()
+        end = time.time() if working else self.store.journal.last_time()
         return None if started is None or end is None else round(max(end - started, 0.0), 3)
-
-    def _last_event_time(self) -> float | None:
-        """When the journal's last complete event was written, read from its end alone."""
-        with open(self.store.paths.journal, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_BYTES))
-            tail = handle.read()
-        for line in reversed(tail.split(b"\n")[:-1]):  # what follows the last newline is torn, or nothing
-            try:
-                return float(json.loads(line)["time"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return None
 
     @staticmethod
     def _member_status(state: MemberState, lease: LeaseStatus | None, window: int) -> MemberStatus:
@@ -348,14 +334,14 @@ class Experiment:
         if mark is None:
             raise HoptError(f"--out {out} is not empty and holds no export of `hopt best` ({EXPORT_MARK}); choose "
                             "a new or empty folder")
-        if mark.get("head") != journal_head(self.store):
+        if mark.get("head") != self.store.journal.head():
             raise HoptError(f"--out {out} holds the export of another experiment ({mark.get('experiment')}); "
                             f"choose another --out, or delete {out} first")
 
     def _mark_export_folder(self, out: Path) -> None:
         """Say in the whole export `out` whose export it is: exporting again there replaces it."""
         write_json_atomic(out / EXPORT_MARK, {"hopt_export": 1, "experiment": str(self.store.paths.root.resolve()),
-                                              "head": journal_head(self.store)})
+                                              "head": self.store.journal.head()})
 
     def history(self) -> list[Commit]:
         """Every committed interval, in journal order."""
@@ -398,13 +384,6 @@ def enclosing_experiment(path: Path) -> Path | None:
     """The experiment directory (a folder holding experiment.yaml) at or above `path`, if any."""
     path = path.resolve()
     return next((folder for folder in (path, *path.parents) if ExperimentPaths(folder).experiment.is_file()), None)
-
-
-def journal_head(store: Store) -> str | None:
-    """The hash of the journal's first line: it tells one experiment from another (None: no line yet)."""
-    with open(store.paths.journal, "rb") as handle:
-        first = handle.readline()
-    return line_hash(first) if first.endswith(b"\n") else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from hopt_cli.errors import CorruptFile, command
 from hopt_cli.store.fsio import append_line, retrying
 
 CHUNK = 1 << 22  # bytes read at a time: replaying a journal of any length needs only this much at once
+TAIL_BYTES = 1 << 16  # read from the journal's end to find when its last event was written
 GARBAGE_SHOWN = 40  # characters of a line that is no event an error quotes
 
 
@@ -92,6 +93,25 @@ class Journal:
         with open(self.path, "rb") as handle:
             handle.seek(offset)
             return handle.read(size)
+
+    def head(self) -> str | None:
+        """The hash of the first line: it tells one experiment from another (None: no line yet)."""
+        with open(self.path, "rb") as handle:
+            first = handle.readline()
+        return line_hash(first) if first.endswith(b"\n") else None
+
+    def last_time(self) -> float | None:
+        """When the last complete event was written, read from the file's end alone (None: no event)."""
+        with open(self.path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            tail = handle.read()
+        for line in reversed(tail.split(b"\n")[:-1]):  # what follows the last newline is torn, or nothing
+            try:
+                return float(json.loads(line)["time"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return None
 
     def check_lines(self) -> None:
         """Raise CorruptFile naming the first complete line that is no journal event, if there is one."""
