@@ -250,12 +250,10 @@ class Experiment:
         recorded = self._recorded_digests().get(checkpoint.name)
         if recorded is None or retrying(lambda: checkpoint_digest(checkpoint), checkpoint) == recorded:
             return
-        r = self.recipe
-        trainable = f"the trainable {r.trainable}" if r.trainable else f"the command `{r.command}`"
         raise CorruptFile(checkpoint, f"changed after member {result.member} interval {result.interval} committed it "
-                          f"(its content no longer matches the digest recorded then): {trainable} wrote into it while "
-                          "resuming from it as ctx.parent (the workers' logs name the interval), or something "
-                          f"outside hopt did", f"{other}, and make the trainable write only into ctx.out")
+                          f"(its content no longer matches the digest recorded then): {self.recipe.trainable_text} "
+                          "wrote into it while resuming from it as ctx.parent (the workers' logs name the "
+                          "interval), or something outside hopt did", f"{other}, and make the trainable write only into ctx.out")
 
     def _recorded_digests(self) -> dict[str, str | None]:
         """The digest each kept checkpoint's commit recorded, by checkpoint name."""
@@ -318,10 +316,7 @@ class Experiment:
     def _check_export_folder(self, out: Path) -> None:
         """Refuse an export folder inside an experiment directory (which hopt manages and cleans), one
         that holds an export of another experiment, and a non-empty one that holds no export at all."""
-        inside = enclosing_experiment(out)
-        if inside is not None:
-            raise HoptError(f"--out {out} is inside the experiment directory {inside}, which hopt manages "
-                            "and cleans; choose a folder outside it")
+        refuse_inside_experiment(out)
         try:
             entries = os.listdir(out)
         except FileNotFoundError:
@@ -380,10 +375,14 @@ class Experiment:
         return self._events
 
 
-def enclosing_experiment(path: Path) -> Path | None:
-    """The experiment directory (a folder holding experiment.yaml) at or above `path`, if any."""
-    path = path.resolve()
-    return next((folder for folder in (path, *path.parents) if ExperimentPaths(folder).experiment.is_file()), None)
+def refuse_inside_experiment(out: Path) -> None:
+    """Refuse an --out at or below an experiment directory (a folder holding experiment.yaml): hopt manages
+    and cleans that directory, and an export there would be collected or mixed with its files."""
+    path = out.resolve()
+    inside = next((folder for folder in (path, *path.parents) if ExperimentPaths(folder).experiment.is_file()), None)
+    if inside is not None:
+        raise HoptError(f"--out {out} is inside the experiment directory {inside}, which hopt manages "
+                        "and cleans; choose a folder outside it")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -131,6 +131,11 @@ class Recipe:
         return replace(self, project=os.path.normpath(os.path.join(cwd, self.project or ".")))
 
     @property
+    def trainable_text(self) -> str:
+        """The trainable as a message names it: `the trainable mod:fn` or `the command \`...\``."""
+        return f"the trainable {self.trainable}" if self.trainable else f"the command `{self.command}`"
+
+    @property
     def unpassed(self) -> tuple[str, ...]:
         """The searched hyperparameters a command never receives (no placeholder for them): every value
         hopt tries for them is lost. None for a Python trainable, which gets them all."""

@@ -42,7 +42,7 @@ from typing import Any
 
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
-from hopt_cli.experiment import enclosing_experiment
+from hopt_cli.experiment import refuse_inside_experiment
 from hopt_cli.space import SearchSpace
 from hopt_cli.store import Store
 from hopt_cli.store.fsio import fsync_dir, write_json_atomic
@@ -102,10 +102,7 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
     An `out` inside an experiment directory, or not empty without a state file, is refused: the export
     would write among files that are not its own."""
     root, head = store.paths.root, store.journal.head()
-    inside = enclosing_experiment(out)
-    if inside is not None:
-        raise HoptError(f"--out {out} is inside the experiment directory {inside}, which hopt manages "
-                        "and cleans; choose a folder outside it")
+    refuse_inside_experiment(out)
     fresh = {"format": FORMAT, "experiment": str(Path(root).resolve()), "head": head,
              "cursor": Cursor().to_dict(), "members": {}, "claimed": {}}
     path = out / STATE

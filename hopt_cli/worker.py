@@ -258,14 +258,10 @@ class Worker:
             finished.set()
             beat.join()
         if parent is not None and retrying(lambda: folder_state(parent), parent) != before:
-            outcome = Outcome(None, {}, f"{self._trainable_name()} wrote into its parent checkpoint {parent} "
+            outcome = Outcome(None, {}, f"{self.recipe.trainable_text} wrote into its parent checkpoint {parent} "
                                         "(ctx.parent), which must stay as it was committed: write only into ctx.out")
         self._warn_dropped(outcome.dropped)
         return outcome, lost.is_set()
-
-    def _trainable_name(self) -> str:
-        recipe = self.recipe
-        return f"the trainable {recipe.trainable}" if recipe.trainable else f"the command `{recipe.command}`"
 
     def _warn_dropped(self, names: tuple[str, ...]) -> None:
         """Say once per metric name that a value which is no scalar is not recorded."""
