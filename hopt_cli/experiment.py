@@ -253,7 +253,8 @@ class Experiment:
         raise CorruptFile(checkpoint, f"changed after member {result.member} interval {result.interval} committed it "
                           f"(its content no longer matches the digest recorded then): {self.recipe.trainable_text} "
                           "wrote into it while resuming from it as ctx.parent (the workers' logs name the "
-                          "interval), or something outside hopt did", f"{other}, and make the trainable write only into ctx.out")
+                          "interval), or something outside hopt did",
+                          f"{other}, and make the trainable write only into ctx.out")
 
     def _recorded_digests(self) -> dict[str, str | None]:
         """The digest each kept checkpoint's commit recorded, by checkpoint name."""

@@ -128,7 +128,8 @@ def cut_if_large(fd: int = 2) -> None:
             os.ftruncate(fd, HEAD)
             cut = sum(c.kept - c.head for c in _cuts) + kept - HEAD
             note = (f"\n[hopt: {cut} bytes of this log are cut here (cuts: {len(_cuts) + 1}, the last at "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}): it passed {CAP >> 20} MiB: a worker's log keeps its first {HEAD >> 20} MiB and, at each cut, "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}): it passed {CAP >> 20} MiB: a worker's log keeps its "
+                    f"first {HEAD >> 20} MiB and, at each cut, "
                     f"its last {LIMIT >> 20} MiB; `hopt log --member M --interval I` shows each interval's own "
                     "output]\n").encode()
             os.lseek(fd, 0, os.SEEK_END)  # where a writer that does not append goes on, too

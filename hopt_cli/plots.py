@@ -66,7 +66,8 @@ def _matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401  (only checks it is installed)
     except ImportError:
-        raise HoptError("hopt plot needs matplotlib: pip install 'matplotlib>=3.6' (or, in hopt's folder, pip install -e '.[plot]')") from None
+        raise HoptError("hopt plot needs matplotlib: pip install 'matplotlib>=3.6' (or, in hopt's folder, "
+                        "pip install -e '.[plot]')") from None
 
 
 def _png(figure: Figure) -> bytes:

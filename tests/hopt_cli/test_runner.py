@@ -89,8 +89,8 @@ def test_hopt_run_on_gpus_of_a_machine_without_any_stops_before_training(tmp_pat
 
 
 def start_run(recipe: Path, root: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hopt_cli", "run", str(recipe), "--dir", str(root), "--workers", "2"],
-                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "hopt_cli", "run", str(recipe), "--dir", str(root),
+                             "--workers", "2"], cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
