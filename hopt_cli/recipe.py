@@ -132,7 +132,8 @@ class Recipe:
 
     @property
     def trainable_text(self) -> str:
-        """The trainable as a message names it: `the trainable mod:fn` or `the command \`...\``."""
+        """The trainable as a message names it: "the trainable mod:fn", or "the command" and the command in
+        backquotes."""
         return f"the trainable {self.trainable}" if self.trainable else f"the command `{self.command}`"
 
     @property
