@@ -16,11 +16,10 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import intervallog, launch, schedule, tensorboard
+from hopt_cli import intervallog, launch, schedule, tensorboard, timeline
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
-from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
@@ -387,7 +386,7 @@ def log(root: Path, member: int | None, interval: int | None, as_json: bool) -> 
     width = max((len(e.worker or "-") for e in events), default=1)
     for e in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
-        click.echo(f"{stamp}  {e.worker or '-':<{width}}  {e.kind:<7}  {_event_text(e)}")
+        click.echo(f"{stamp}  {e.worker or '-':<{width}}  {e.kind:<7}  {timeline.describe(e)}")
 
 
 def _interval_output(experiment: Experiment, member: int, interval: int) -> None:
@@ -411,30 +410,6 @@ def _no_interval_log(root: Path, member: int, interval: int, attempts: list[Inte
         return f"{where} is training now: its output is in the log of worker {attempts[-1].worker} until it ends"
     return (f"no log is kept of {where}: a log goes with its checkpoint, and this one was collected (or the "
             "worker's stderr was no file); `hopt best --member` and the kept checkpoints' intervals have theirs")
-
-
-def _event_text(e: Event) -> str:
-    if e.kind == "retry":
-        return "failure counts cleared by `hopt retry`: every member may fail max_failures times again"
-    if e.kind == "extend":
-        return f"grown by `hopt extend` to {e.population} members x {e.intervals} intervals"
-    where = f"member {e.member} interval {e.interval}"
-    if e.kind == "claim" and e.action == "exploit":
-        changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in e.changes) or "no change"
-        return f"member {e.member} \u2190 member {e.parent} (interval {e.interval}): {changes}"
-    if e.kind == "claim":
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in e.hparams.items())
-        return f"{where}: {e.action}" + (f" {params}" if e.action == "start" else "")
-    if e.kind == "commit":
-        copied = f" (exploit of member {e.parent})" if e.action == "exploit" else ""
-        return f"{where}: score {_fmt(e.score)}{copied}"
-    if e.kind == "adopt":
-        return f"member {e.member} takes over member {e.parent}'s finished lineage (score {_fmt(e.score)})"
-    if e.kind == "fail":
-        return f"{where} FAILED: {e.reason}"
-    if e.kind == "reclaim":
-        return f"{where}: lease of {e.worker} dropped" + (f" by {e.by}" if e.by else "") + f": {e.reason}"
-    return f"{where}: {e.reason}"
 
 
 @cli.command()

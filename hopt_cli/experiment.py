@@ -15,10 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hopt_cli import events, history, schedule
+from hopt_cli import schedule
 from hopt_cli.errors import CorruptFile, HoptError
-from hopt_cli.events import JournalEvent
-from hopt_cli.history import Commit, Event
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
@@ -27,6 +25,7 @@ from hopt_cli.store.leases import Holder
 from hopt_cli.store.fsio import read_bytes, retrying, write_atomic, write_json_atomic
 from hopt_cli.store.journal import Cursor
 from hopt_cli.store.paths import ExperimentPaths, checkpoint_name
+from hopt_cli.timeline import Event, Timeline, TrainedInterval
 
 SCHEMA = 2  # version of the --json documents of `hopt status` and `hopt best` (docs/json-schemas.md)
 EXPORT_MARK = ".hopt-export.json"  # in a folder `hopt best --out` wrote: whose export it is
@@ -140,7 +139,7 @@ class Experiment:
     def __init__(self, path: str | Path) -> None:
         self.store = Store.open(path)
         self.recipe = self.store.recipe
-        self._events: list[JournalEvent] = []
+        self._timeline = Timeline()
         self._cursor = Cursor()
 
     def population(self) -> Population:
@@ -339,41 +338,33 @@ class Experiment:
         write_json_atomic(out / EXPORT_MARK, {"hopt_export": 1, "experiment": str(self.store.paths.root.resolve()),
                                               "head": self.store.journal.head()})
 
-    def history(self) -> list[Commit]:
+    def history(self) -> list[TrainedInterval]:
         """Every committed interval, in journal order."""
-        return history.commits(self._journal())
+        return self._replayed().commits
 
     def events(self, member: int | None = None) -> list[Event]:
         """Every journal event as a readable record (only member `member`'s when given)."""
         if member is not None:
             self._check_member(member)
-        return [e for e in history.readable(self._journal()) if member is None or e.member == member]
+        return [e for e in self._replayed().entries if member is None or e.member == member]
 
     def interval_logs(self, member: int, interval: int) -> list[IntervalLog]:
         """Every attempt at `member`'s `interval`, in journal order, with the output each one kept."""
         self._check_member(member)
-        journal = self._journal()
-        ends = {e.token: e for e in journal if isinstance(e, (events.Commit, events.LeaseEnd))}
-        attempts = []
-        for claim in journal:
-            if isinstance(claim, events.Claim) and (claim.member, claim.interval) == (member, interval):
-                end = ends.get(claim.token)
-                outcome = "training" if end is None else _OUTCOMES[type(end)]
-                path = self.store.paths.interval_log(checkpoint_name(member, interval, claim.token))
-                attempts.append(IntervalLog(member, interval, claim.attempt, claim.worker, outcome,
-                                            getattr(end, "reason", None), _read_text(path)))
-        return attempts
+        return [IntervalLog(member, interval, a.attempt, a.worker, a.outcome, a.reason,
+                            _read_text(self.store.paths.interval_log(checkpoint_name(member, interval, a.token))))
+                for a in self._replayed().attempts(member, interval)]
 
     def _check_member(self, member: int) -> None:
         size = self.population().size
         if not 0 <= member < size:
             raise HoptError(f"there is no member {member}: the population has members 0 to {size - 1}")
 
-    def _journal(self) -> list[JournalEvent]:
-        """The journal's events so far, read incrementally."""
+    def _replayed(self) -> Timeline:
+        """The journal replayed so far, read incrementally."""
         new, self._cursor = self.store.read_events(self._cursor)
-        self._events.extend(new)
-        return self._events
+        self._timeline.extend(new)
+        return self._timeline
 
 
 def refuse_inside_experiment(out: Path) -> None:
@@ -393,9 +384,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-_OUTCOMES = {events.Commit: "committed", events.Fail: "failed", events.Release: "released", events.Reclaim: "reclaimed"}
 
 
 def _read_text(path: Path) -> str | None:

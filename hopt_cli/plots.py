@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hopt_cli.errors import HoptError
-from hopt_cli.history import Commit
+from hopt_cli.timeline import TrainedInterval
 from hopt_cli.store.fsio import write_atomic
 
 if TYPE_CHECKING:
@@ -123,7 +123,8 @@ def _member_legend(ax: Axes, n: int, colors: list[Any], extra: list[Any]) -> Non
     ax.legend(handles=extra + handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
-def _scores(experiment: Experiment, commits: list[Commit], best: Best, failed: list[tuple[int, int]]) -> Figure:
+def _scores(experiment: Experiment, commits: list[TrainedInterval], best: Best,
+            failed: list[tuple[int, int]]) -> Figure:
     """Score against interval for every member; an exploit is a dashed jump from the copied checkpoint, a
     failed interval a cross along the bottom, and a score far off the population's range (a diverged
     member) a triangle on the edge it lies beyond."""
@@ -134,7 +135,7 @@ def _scores(experiment: Experiment, commits: list[Commit], best: Best, failed: l
     figure = _figure(11, 6)
     ax = figure.subplots()
     at = {c.checkpoint: c for c in commits}
-    runs: dict[int, list[Commit]] = defaultdict(list)
+    runs: dict[int, list[TrainedInterval]] = defaultdict(list)
     for c in commits:
         if c.action != "continue":
             _draw_run(ax, runs.pop(c.member, []), colors[c.member])
@@ -185,7 +186,7 @@ def _score_limits(scores: list[float], intervals: list[int]) -> tuple[float, flo
     return min(kept) - pad, max(kept) + pad
 
 
-def _off_scale(ax: Axes, commits: list[Commit], limits: tuple[float, float], colors: list[Any]) -> Any:
+def _off_scale(ax: Axes, commits: list[TrainedInterval], limits: tuple[float, float], colors: list[Any]) -> Any:
     """A triangle on the bottom or top edge at each interval whose score lies beyond `limits`; its legend handle."""
     from matplotlib.lines import Line2D
 
@@ -232,12 +233,12 @@ def _log_y(ax: Axes) -> None:
     ax.tick_params(axis="y", which="both", labelsize=8)
 
 
-def _draw_run(ax: Axes, run: list[Commit], color: Any) -> None:
+def _draw_run(ax: Axes, run: list[TrainedInterval], color: Any) -> None:
     if run:
         ax.plot([c.interval for c in run], [c.score for c in run], color=color, **MEMBER_LINE)
 
 
-def _schedule(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
+def _schedule(experiment: Experiment, commits: list[TrainedInterval], best: Best) -> Figure:
     """Each hyperparameter of the best lineage over the population's spread, one panel per parameter."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -272,7 +273,7 @@ def _spread(points: Iterable[tuple[int, float]]) -> tuple[list[int], list[list[f
     return xs, [sorted(by_interval[x]) for x in xs]
 
 
-def _schedule_panel(ax: Axes, param: Param, commits: list[Commit], best: Best) -> None:
+def _schedule_panel(ax: Axes, param: Param, commits: list[TrainedInterval], best: Best) -> None:
     value = (lambda v: param.values.index(v)) if param.is_choice else float
     xs, spread = _spread((c.interval, value(c.hparams[param.name])) for c in commits)
     ax.fill_between(xs, [s[0] for s in spread], [s[-1] for s in spread], color="gray", alpha=0.25, lw=0)
@@ -290,7 +291,8 @@ def _schedule_panel(ax: Axes, param: Param, commits: list[Commit], best: Best) -
     ax.grid(alpha=0.3)
 
 
-def _lineage(experiment: Experiment, commits: list[Commit], best: Best, failed: list[tuple[int, int]]) -> Figure:
+def _lineage(experiment: Experiment, commits: list[TrainedInterval], best: Best,
+             failed: list[tuple[int, int]]) -> Figure:
     """Members against intervals: a dot per committed interval coloured by score (over the population's
     range: a diverged member takes the end colour), an arrow per copy, a cross per failed interval."""
     from matplotlib.colors import Normalize
@@ -336,7 +338,7 @@ def _lineage(experiment: Experiment, commits: list[Commit], best: Best, failed: 
     return figure
 
 
-def _sigma(experiment: Experiment, commits: list[Commit], best: Best) -> Figure:
+def _sigma(experiment: Experiment, commits: list[TrainedInterval], best: Best) -> Figure:
     """Each member's step size (in unit-cube coordinates) against interval, the best lineage's in bold."""
     from matplotlib.lines import Line2D
 

@@ -16,15 +16,16 @@ is the parent member and the text `pbt/exploit` says what was copied and mutated
 takes over a finished lineage whole) writes the parent's last point, `pbt/adopted_from` and a text
 `pbt/adopted` into the member's run at the parent's last step.
 
-Exporting again appends only what the journal gained: OUT/.hopt-tensorboard.json records the journal
-position consumed and the points later exploits and adopts copy, and each run that gets points gets a
-new events file, `events.out.tfevents.<n>.hopt` with n one more than the run's last (TensorBoard reads
-a run's files in name order, so they must sort in the order written; its own writer names them by the
-second and the pid, which does not). A file is written whole under a temporary name, then renamed, so
-a TensorBoard watching OUT never reads half of one. The state is saved after the event files: a crash
-in between makes the next export write some points again, which the default loader shows once (a
-repeated step replaces). Written with tensorboard's own record writer (no TensorFlow, no torch).
-The experiment is only read.
+Exporting again appends only what the journal gained: OUT/.hopt-tensorboard.json records how far the
+last export read the journal (its position and events); the export replays the whole journal
+(timeline.py, which finds the checkpoint each exploit and adopt copied) and writes the events past
+that point. Each run that gets points gets a new events file, `events.out.tfevents.<n>.hopt` with n
+one more than the run's last (TensorBoard reads a run's files in name order, so they must sort in the
+order written; its own writer names them by the second and the pid, which does not). A file is
+written whole under a temporary name, then renamed, so a TensorBoard watching OUT never reads half of
+one. The state is saved after the event files: a crash in between makes the next export write some
+points again, which the default loader shows once (a repeated step replaces). Written with
+tensorboard's own record writer (no TensorFlow, no torch). The experiment is only read.
 """
 from __future__ import annotations
 
@@ -35,23 +36,22 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hopt_cli.errors import HoptError
-from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
+from hopt_cli.events import Adopt, Commit
 from hopt_cli.experiment import refuse_inside_experiment
 from hopt_cli.space import SearchSpace
 from hopt_cli.store import Store
 from hopt_cli.store.fsio import fsync_dir, write_json_atomic
 from hopt_cli.store.journal import Cursor
+from hopt_cli.timeline import Replayed, Timeline, TrainedInterval
 
 STATE = ".hopt-tensorboard.json"
 FORMAT = 1  # of the state file
 EVENTS = re.compile(r"events\.out\.tfevents\.(\d{10})\.hopt")  # the event files we write, numbered from 1
-Point = dict[str, Any]  # a checkpoint as the runs show it: interval, checkpoint, hparams, scalars (by tag)
 
 
 @dataclass(frozen=True)
@@ -72,18 +72,23 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
     store = Store.open(root)
     out = Path(out)
     state = _load_state(out, store)
-    found, cursor = store.read_events(Cursor(**state["cursor"]))
-    runs = _Runs()
-    _Exporter(state, store.recipe.space, runs).apply(found)
+    found, cursor = store.read_events()
+    timeline = Timeline()
+    timeline.extend(found)
+    runs = _Runs(store.recipe.space)
+    read = state["events"] if "events" in state else _events_before(store, state["cursor"]["offset"])
+    for replayed in timeline.replayed[read:]:
+        runs.write(replayed)
     try:
         out.mkdir(parents=True, exist_ok=True)
         runs.publish(out)
-        write_json_atomic(out / STATE, {**state, "cursor": cursor.to_dict()})
+        write_json_atomic(out / STATE, {**state, "cursor": cursor.to_dict(), "events": len(found)})
     except OSError as err:
         raise HoptError(f"cannot write to {out}: {err.strerror or err}; choose an --out you can write to, "
                         "with room for the event files") from None
-    return TensorboardExport(out, tuple(sorted(_run(int(m)) for m in state["members"])), tuple(sorted(runs.files)),
-                             runs.points, len(found))
+    members = {r.event.member for r in timeline.replayed if isinstance(r.event, (Commit, Adopt))}
+    return TensorboardExport(out, tuple(sorted(map(_run, members))), tuple(sorted(runs.files)), runs.points,
+                             len(found) - read)
 
 
 def _check_tensorboard() -> None:
@@ -96,6 +101,20 @@ def _run(member: int) -> str:
     return f"m{member:03d}"
 
 
+def _events_before(store: Store, offset: int) -> int:
+    """The valid events in the journal's first `offset` bytes: what an export that recorded only its
+    journal position (hopt 0.2.0) had read."""
+    position = count = 0
+
+    def visit(data: dict[str, Any], line: bytes, valid: bool) -> None:
+        nonlocal position, count
+        count += valid and position < offset
+        position += len(line)
+
+    store.journal.replay(Cursor(), visit)
+    return count
+
+
 def _load_state(out: Path, store: Store) -> dict[str, Any]:
     """The state of `out`'s last export, checked to belong to this experiment; a fresh one if none.
 
@@ -104,7 +123,7 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
     root, head = store.paths.root, store.journal.head()
     refuse_inside_experiment(out)
     fresh = {"format": FORMAT, "experiment": str(Path(root).resolve()), "head": head,
-             "cursor": Cursor().to_dict(), "members": {}, "claimed": {}}
+             "cursor": Cursor().to_dict(), "events": 0}
     path = out / STATE
     try:
         state = json.loads(path.read_bytes())
@@ -132,11 +151,33 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
 class _Runs:
     """The new events of each run, held in memory until `publish` writes each run's as one new file."""
 
-    def __init__(self) -> None:
+    def __init__(self, space: SearchSpace) -> None:
         self.files: dict[str, io.BytesIO] = {}  # run -> its new records
         self.points = 0
+        self.choices = {p.name: p.values for p in space.params if p.is_choice}
 
-    def _write(self, member: int, step: int, values: list[Any], wall_time: float | None) -> None:
+    def write(self, replayed: Replayed) -> None:
+        """Write what one journal event adds to the runs: a commit its point (after the point it copied,
+        for an exploit), an adopt the point it took over."""
+        event = replayed.event
+        if isinstance(event, Commit):
+            assert replayed.trained is not None
+            if event.decision.action == "exploit":
+                if replayed.copied is not None:
+                    self._point(event.member, replayed.copied, event.time)
+                self._note(event.member, event.interval, "exploit", int(event.decision.parent),
+                           _exploit_text(event, replayed), event.time)
+            self._point(event.member, replayed.trained, event.time)
+        elif isinstance(event, Adopt):
+            d = event.decision
+            taken = replayed.copied or TrainedInterval(  # a lineage the journal holds no commit of
+                float(event.time or 0.0), int(d.parent), d.interval - 1, event.score, event.hparams, d.action,
+                d.parent, d.sigma, d.explorer, str(event.worker), event.checkpoint, d.checkpoint, {})
+            self._point(event.member, taken, event.time)
+            self._note(event.member, taken.interval, "adopted", int(d.parent),
+                       f"took over member {d.parent}'s finished lineage (score {event.score:.6g})", event.time)
+
+    def _event(self, member: int, step: int, values: list[Any], wall_time: float | None) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.record_writer import RecordWriter
@@ -149,20 +190,33 @@ class _Runs:
                       summary=Summary(value=values))
         records.write(event.SerializeToString())
 
-    def point(self, member: int, point: Point, wall_time: float | None) -> None:
+    def _point(self, member: int, trained: TrainedInterval, wall_time: float | None) -> None:
+        """The checkpoint `trained` made, at its interval of the member's run."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in point["scalars"].items()]
-        self._write(member, point["interval"], values, wall_time)
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in self._scalars(trained).items()]
+        self._event(member, trained.interval, values, wall_time)
         self.points += 1
 
-    def note(self, member: int, step: int, name: str, parent: int, text: str, wall_time: float | None) -> None:
+    def _note(self, member: int, step: int, name: str, parent: int, text: str, wall_time: float | None) -> None:
         """Annotate `step` of the member's run: the scalar `pbt/<name>_from` and the text `pbt/<name>`."""
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.plugins.text.summary_v2 import text_pb
 
         values = [Summary.Value(tag=f"pbt/{name}_from", simple_value=parent), *text_pb(f"pbt/{name}", text).value]
-        self._write(member, step, values, wall_time)
+        self._event(member, step, values, wall_time)
+
+    def _scalars(self, trained: TrainedInterval) -> dict[str, float]:
+        scalars = {"score": float(trained.score)}
+        scalars.update({f"metrics/{k}": float(v) for k, v in trained.metrics.items() if _is_number(v)})
+        for name, value in trained.hparams.items():
+            if name in self.choices and value in self.choices[name]:
+                scalars[f"hparams/{name}"] = float(self.choices[name].index(value))
+            elif _is_number(value):
+                scalars[f"hparams/{name}"] = float(value)
+        if trained.sigma > 0:
+            scalars["pbt/sigma"] = float(trained.sigma)
+        return scalars
 
     def publish(self, out: Path) -> None:
         """Write each run's events as its next file, whole under a name TensorBoard ignores, then renamed."""
@@ -183,89 +237,18 @@ class _Runs:
             fsync_dir(folder)
 
 
-class _Exporter:
-    """Applies journal events to the runs; `state` keeps, per member, its latest point (`members`) and
-    the point an open exploit claim resumes (`claimed`: its parent may commit again before it does)."""
-
-    def __init__(self, state: dict[str, Any], space: SearchSpace, runs: _Runs) -> None:
-        self.members: dict[str, Point] = state["members"]
-        self.claimed: dict[str, Point] = state["claimed"]
-        self.choices = {p.name: p.values for p in space.params if p.is_choice}
-        self.runs = runs
-
-    def apply(self, found: Iterable[JournalEvent]) -> None:
-        for event in found:
-            if isinstance(event, Claim):
-                self._claim(event)
-            elif isinstance(event, Commit):
-                self._commit(event)
-            elif isinstance(event, Adopt):
-                self._adopt(event)
-
-    def _copied(self, parent: int | None, checkpoint: str | None) -> Point | None:
-        """The parent's latest point, if it is the checkpoint named."""
-        point = self.members.get(str(parent))
-        return point if point is not None and point["checkpoint"] == checkpoint else None
-
-    def _claim(self, event: Claim) -> None:
-        d = event.decision
-        copied = self._copied(d.parent, d.checkpoint) if d.action == "exploit" else None
-        if copied is None:
-            self.claimed.pop(str(event.member), None)
-        else:
-            self.claimed[str(event.member)] = copied
-
-    def _commit(self, event: Commit) -> None:
-        d, member = event.decision, event.member
-        point = {"interval": event.interval, "checkpoint": event.checkpoint,
-                 "hparams": event.hparams, "scalars": self._scalars(event.score, event.metrics, event.hparams, d.sigma)}
-        if d.action == "exploit":
-            claimed = self.claimed.pop(str(member), None)
-            copied = claimed if claimed is not None and claimed["checkpoint"] == d.checkpoint \
-                else self._copied(d.parent, d.checkpoint)
-            if copied is not None:
-                self.runs.point(member, copied, event.time)
-            self.runs.note(member, event.interval, "exploit", int(d.parent), _exploit_text(event, copied), event.time)
-        self.runs.point(member, point, event.time)
-        self.members[str(member)] = point
-
-    def _adopt(self, event: Adopt) -> None:
-        d = event.decision
-        point = self._copied(d.parent, event.checkpoint) or {
-            "interval": d.interval - 1, "checkpoint": event.checkpoint, "hparams": event.hparams,
-            "scalars": self._scalars(event.score, {}, event.hparams, d.sigma)}
-        self.runs.point(event.member, point, event.time)
-        self.runs.note(event.member, point["interval"], "adopted", int(d.parent),
-                       f"took over member {d.parent}'s finished lineage (score {event.score:.6g})", event.time)
-        self.members[str(event.member)] = point
-
-    def _scalars(self, score: float, metrics: dict[str, Any], hparams: dict[str, Any],
-                 sigma: float) -> dict[str, float]:
-        scalars = {"score": float(score)}
-        scalars.update({f"metrics/{k}": float(v) for k, v in metrics.items() if _is_number(v)})
-        for name, value in hparams.items():
-            if name in self.choices and value in self.choices[name]:
-                scalars[f"hparams/{name}"] = float(self.choices[name].index(value))
-            elif _is_number(value):
-                scalars[f"hparams/{name}"] = float(value)
-        if sigma > 0:
-            scalars["pbt/sigma"] = float(sigma)
-        return scalars
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _exploit_text(event: Commit, copied: Point | None) -> str:
+def _exploit_text(event: Commit, replayed: Replayed) -> str:
     """`interval 7: copied member 2's checkpoint of interval 6 (score 0.91); lr 0.01 → 0.012`."""
-    d = event.decision
+    d, copied = event.decision, replayed.copied
     if copied is None:
         return f"interval {event.interval}: copied member {d.parent}'s checkpoint {d.checkpoint}"
-    old = copied["hparams"]
-    changes = ", ".join(f"{k} {_fmt(old.get(k))} \u2192 {_fmt(v)}" for k, v in event.hparams.items() if old.get(k) != v)
-    return (f"interval {event.interval}: copied member {d.parent}'s checkpoint of interval {copied['interval']} "
-            f"(score {copied['scalars']['score']:.6g}); {changes or 'no change'}")
+    changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in replayed.entry.changes)
+    return (f"interval {event.interval}: copied member {d.parent}'s checkpoint of interval {copied.interval} "
+            f"(score {copied.score:.6g}); {changes or 'no change'}")
 
 
 def _fmt(value: Any) -> str:

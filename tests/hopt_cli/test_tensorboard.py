@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hopt_cli import history
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Adopt, Claim, Commit, JournalEvent
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.tensorboard import export
+from hopt_cli.timeline import Timeline, TrainedInterval
 from hopt_cli.worker import Worker
 from tests.conftest import REPO, toy_recipe
 from workers.toys import pbt_quadratic
@@ -39,10 +39,10 @@ def close(value: float) -> Any:
 def expected(found: list[JournalEvent]) -> dict[str, dict[str, Points]]:
     """Each member's run by tag, from the journal alone: its commits in order, each exploit preceded by
     the checkpoint it copied, each adopt as the checkpoint adopted."""
-    by_checkpoint = {c.checkpoint: c for c in history.commits(found)}
+    by_checkpoint = {c.checkpoint: c for c in commits_of(found)}
     runs: dict[str, dict[str, Points]] = {}
 
-    def write(member: int, c: history.Commit) -> None:
+    def write(member: int, c: TrainedInterval) -> None:
         values = {"score": c.score, **{f"metrics/{k}": v for k, v in c.metrics.items()},
                   **{f"hparams/{k}": OPTIMIZERS.index(v) if k == "optimizer" else v for k, v in c.hparams.items()},
                   **({"pbt/sigma": c.sigma} if c.sigma > 0 else {})}
@@ -58,6 +58,12 @@ def expected(found: list[JournalEvent]) -> dict[str, dict[str, Points]]:
         elif isinstance(event, Adopt):
             write(event.member, by_checkpoint[event.checkpoint])
     return runs
+
+
+def commits_of(found: list[JournalEvent]) -> list[TrainedInterval]:
+    timeline = Timeline()
+    timeline.extend(found)
+    return timeline.commits
 
 
 def read_run(folder: Path) -> tuple[dict[str, Points], dict[str, list[tuple[int, str]]]]:
@@ -97,7 +103,7 @@ def test_each_run_holds_the_members_commits_the_checkpoints_it_copied_and_its_ex
     result = export(ellipsoid, tmp_path / "tb")
 
     found = events_of(ellipsoid)
-    commits = history.commits(found)
+    commits = commits_of(found)
     exploits = [c for c in commits if c.action == "exploit"]
     assert exploits, "the experiment has exploits to show"
     assert_runs_hold(tmp_path / "tb", expected(found))
