@@ -76,8 +76,7 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
     timeline = Timeline()
     timeline.extend(found)
     runs = _Runs(store.recipe.space)
-    read = state["events"] if "events" in state else _events_before(store, state["cursor"]["offset"])
-    for replayed in timeline.replayed[read:]:
+    for replayed in timeline.replayed[state["events"]:]:
         runs.write(replayed)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +87,7 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
                         "with room for the event files") from None
     members = {r.event.member for r in timeline.replayed if isinstance(r.event, (Commit, Adopt))}
     return TensorboardExport(out, tuple(sorted(map(_run, members))), tuple(sorted(runs.files)), runs.points,
-                             len(found) - read)
+                             len(found) - state["events"])
 
 
 def _check_tensorboard() -> None:
@@ -117,6 +116,7 @@ def _events_before(store: Store, offset: int) -> int:
 
 def _load_state(out: Path, store: Store) -> dict[str, Any]:
     """The state of `out`'s last export, checked to belong to this experiment; a fresh one if none.
+    `events` is how many of the journal's events it read.
 
     An `out` inside an experiment directory, or not empty without a state file, is refused: the export
     would write among files that are not its own."""
@@ -130,6 +130,8 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
         Cursor(**state["cursor"])
         if state["format"] != FORMAT:
             raise ValueError(f"format {state['format']}, this hopt reads {FORMAT}")
+        if not isinstance(state.get("events", 0), int):
+            raise ValueError(f"events: {state['events']!r} is no count")
     except FileNotFoundError:
         if out.is_dir() and any(out.iterdir()):
             raise HoptError(f"--out {out} is not empty and holds no export of `hopt tensorboard` ({STATE}); "
@@ -145,7 +147,8 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
     if size < state["cursor"]["offset"]:
         raise HoptError(f"{store.paths.journal} is shorter than {out} has exported ({size} < "
                         f"{state['cursor']['offset']} bytes): the journal was cut or replaced; export into a new --out")
-    return {**state, "experiment": fresh["experiment"], "head": head}
+    read = state["events"] if "events" in state else _events_before(store, state["cursor"]["offset"])
+    return {**fresh, "cursor": state["cursor"], "events": read}
 
 
 class _Runs:

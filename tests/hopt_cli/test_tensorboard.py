@@ -155,6 +155,28 @@ def test_exporting_again_appends_only_the_new_intervals(tmp_path):
     assert second.points == points_in(expected(found)) - points_in(expected(before))
 
 
+def test_an_export_that_recorded_only_its_journal_position_goes_on_from_there(tmp_path):
+    """A state file of hopt 0.2.0 holds the journal position, not the count of events read: the next
+    export counts the valid events before that position and appends the rest, as if it had been ours."""
+    worker = in_process(tmp_path / "exp", population=3, intervals=3)
+    store = worker.store
+    for _ in range(4):
+        worker.train_and_commit(worker.claim())
+    export(store.paths.root, tmp_path / "tb")
+    state = json.loads((tmp_path / "tb" / ".hopt-tensorboard.json").read_text())
+    written = state.pop("events")
+    (tmp_path / "tb" / ".hopt-tensorboard.json").write_text(json.dumps({**state, "members": {}, "claimed": {}}))
+    while (claim := worker.claim()) is not None:
+        worker.train_and_commit(claim)
+
+    second = export(store.paths.root, tmp_path / "tb")
+
+    found = events_of(store.paths.root)
+    assert second.events == len(found) - written
+    assert_runs_hold(tmp_path / "tb", expected(found))
+    assert json.loads((tmp_path / "tb" / ".hopt-tensorboard.json").read_text())["events"] == len(found)
+
+
 def points_in(runs: dict[str, dict[str, Points]]) -> int:
     return sum(len(tags["score"]) for tags in runs.values())
 
