@@ -7,6 +7,7 @@ import re
 from hopt_cli import events
 from hopt_cli.decision import Decision
 from hopt_cli.events import Adopt, Claim, Commit, Extend, Fail, Reclaim, Release, Retry
+from hopt_cli.population import Population
 from hopt_cli.timeline import READERS, Change, Timeline, describe
 from tests.conftest import REPO
 
@@ -46,17 +47,22 @@ def replayed(found: list) -> Timeline:
     return timeline
 
 
-def test_every_event_kind_has_one_reader_and_a_documented_row():
-    """Adding a kind to hopt_cli/events.py means a reader in timeline.py, a row in the docs and an event
-    of it in JOURNAL above: this fails until all three are there."""
+def test_every_event_kind_has_its_readers_and_a_documented_row():
+    """Adding a kind to hopt_cli/events.py means a reader in timeline.py, its effect on the workers' state
+    in population.py, a row in the docs and an event of it in JOURNAL above: this fails until all are there."""
     schemas = (REPO / "docs" / "json-schemas.md").read_text()
     row = next(line for line in schemas[schemas.index("### log.events[]"):].splitlines()
                if line.startswith("| `kind` |"))
+    population = Population(size=3, intervals=2)
 
     assert set(READERS) == set(events.KINDS.values())
     assert set(re.findall(r"`(\w+)`", row)) - {"kind"} == set(events.KINDS)
     assert {type(e) for e in JOURNAL} == set(events.KINDS.values())
     assert [e.kind for e in replayed(JOURNAL).entries] == [e.kind for e in JOURNAL]
+    for event in JOURNAL:
+        population.apply(event)
+    assert (population.events, population.size, population.members[2].checkpoint) == (
+        len(JOURNAL), 4, "m00000-i00001-t2")
 
 
 def test_an_exploit_is_diffed_once_against_the_checkpoint_it_copied():
