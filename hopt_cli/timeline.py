@@ -164,10 +164,13 @@ class Timeline:
 
     def _lease_end(self, e: events.LeaseEnd) -> Replayed:
         self._ends[e.token] = e
-        if isinstance(e, events.Reclaim):  # its writer dropped the lease of `holder`
-            return Replayed(e, Event(float(e.time or 0.0), e.kind, e.member, e.interval, e.holder, reason=e.reason,
-                                     by=e.worker))
         return Replayed(e, Event(float(e.time or 0.0), e.kind, e.member, e.interval, e.worker, reason=e.reason))
+
+    def _reclaim(self, e: events.Reclaim) -> Replayed:
+        """Its writer (`by`) dropped the lease of `holder`, the worker the entry names."""
+        self._ends[e.token] = e
+        return Replayed(e, Event(float(e.time or 0.0), e.kind, e.member, e.interval, e.holder, reason=e.reason,
+                                 by=e.worker))
 
     def _retry(self, e: events.Retry) -> Replayed:
         return Replayed(e, Event(float(e.time or 0.0), e.kind, None, None, e.worker))
@@ -249,7 +252,7 @@ READERS: dict[type[JournalEvent], Reader] = {
     events.Adopt: Reader(Timeline._adopt, _adopt_text),
     events.Fail: Reader(Timeline._lease_end, _fail_text),
     events.Release: Reader(Timeline._lease_end, _release_text),
-    events.Reclaim: Reader(Timeline._lease_end, _reclaim_text),
+    events.Reclaim: Reader(Timeline._reclaim, _reclaim_text),
     events.Retry: Reader(Timeline._retry, _retry_text),
     events.Extend: Reader(Timeline._extend, _extend_text),
 }
