@@ -476,6 +476,8 @@ def extend(root: Path, intervals: int | None, population: int | None) -> None:
 def doctor(root: Path, lock_kind: str | None, min_free_gb: float, peer: bool, peer_timeout: float) -> None:
     """Check the filesystem under --dir: its type, hard links, the lock, atomic replace, fsync, clock skew,
     free space; with --peer, lock exclusion, appends, listings and replaces across two nodes."""
+    if peer:
+        click.echo(f"hopt doctor: waiting up to {peer_timeout:g} s for `hopt doctor --peer` on another node", err=True)
     failed = False
     for check in diagnose(root, lock_kind, min_free_gb, peer_timeout if peer else None):
         click.echo(check.line())
