@@ -18,10 +18,10 @@ import cloudpickle
 
 from hopt_cli import intervallog, launch, schedule, tensorboard
 from hopt_cli.doctor import diagnose
-from hopt_cli.errors import HoptError, command
+from hopt_cli.errors import HoptError, Interrupted, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
 from hopt_cli.history import Event
-from hopt_cli.launch import Interrupted, create, enter_project
+from hopt_cli.launch import create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
@@ -166,9 +166,11 @@ def slurm(root: Path, array: int, per_task: int, parallelism: int | None, partit
 @click.option("--gpus", help="One GPU per worker, e.g. 0,1,2,3 (round-robin if fewer than workers), or all.")
 def run(recipe: Path, root: Path, workers: int, gpus: str | None) -> None:
     """Run the experiment on this machine with local workers; run it again to resume."""
+    line = ProgressLine()
     try:
-        experiment = launch.run(recipe, root, workers, gpus=gpus)
-    except Interrupted as err:  # said on the progress line already
+        experiment = launch.run(recipe, root, workers, gpus=gpus, progress=line)
+    except Interrupted as err:
+        line.say(str(err))
         sys.exit(err.exit_code)
     best = experiment.best()
     click.echo(f"done: best {experiment.recipe.objective.metric} {best.score:.6g} (member {best.member}, "
