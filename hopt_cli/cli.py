@@ -25,8 +25,9 @@ from hopt_cli.launch import create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
-from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, node_local_warning, our_bin,
-                             requeue_if_preempted, submit, worker_command, write_sbatch)
+from hopt_cli.signals import StopSignals
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, check_requeue, node_local_warning, our_bin,
+                            requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.text import counted
 from hopt_cli.worker import Worker

@@ -22,7 +22,7 @@ from hopt_cli.errors import ExperimentFailed, HoptError, Interrupted
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import Progress, ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, mig_devices, run_local
+from hopt_cli.runner import RunResult, choose_gpus, mig_devices, run_local
 from hopt_cli.text import counted
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
@@ -118,8 +118,7 @@ def run_task(store: Store, name: str, workers: int, preemption: signal.Signals,
     names = [f"{name}-{index}" for index in range(workers)]
     on = f" on GPUs {','.join(devices)}" if devices else ""
     log.info("starting %d workers%s: %s (logs in %s)", workers, on, ", ".join(names), store.paths.logs)
-    stops = tuple(dict.fromkeys((*FORWARDED, preemption)))
-    return run_local(store, workers, lambda done, total, note: None, log.info, trainable, devices, names, stops)
+    return run_local(store, workers, lambda done, total, note: None, log.info, trainable, devices, names, preemption)
 
 
 def check_task_gpus(workers: int, devices: list[str] | None) -> str | None:
