@@ -196,6 +196,31 @@ def test_opening_an_experiment_loads_no_policy(tmp_path):
     assert policy == "romul" and "hopt_cli.store" in modules and "hopt_cli.policies" not in modules
 
 
+# the modules that write to stdout or stderr themselves, and why each may
+WRITERS = {
+    "hopt_cli.cli": "the command line owns the terminal",
+    "hopt_cli.progress": "the progress line, which the CLI (or hopt_cli.run() without a `progress`) draws",
+    "hopt_cli.doctor.probe": "a process of its own, answering its parent on stdout",
+    "hopt_cli.isolation": "an isolated trainable's child process: a traceback into its worker's log",
+    "hopt_cli.trainable": "a command's output, copied into its worker's log",
+}
+
+
+def _writes(module: str) -> bool:
+    """Whether `module` prints, uses click, or writes to sys.stdout / sys.stderr."""
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "write" and ast.unparse(node.value) in ("sys.stdout",
+                                                                                                    "sys.stderr"):
+            return True
+    return "click" in GRAPH[module]
+
+
+def test_the_library_never_prints():
+    assert sorted(m for m in MODULES if _under(m, "hopt_cli") and _writes(m)) == sorted(WRITERS)
+
+
 def test_only_the_entry_point_imports_the_cli():
     assert sorted(m for m in MODULES if _under(m, "hopt_cli") and "hopt_cli.cli" in GRAPH[m]) == ["hopt_cli.__main__"]
 
