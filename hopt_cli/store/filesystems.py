@@ -116,7 +116,8 @@ FILESYSTEMS = (
     Filesystem("sshfs", ("fuse.sshfs",), "no: each mount locks only itself (refused)",
                "link() works; link counts and inode numbers lie (`st_nlink` stays 1)", "`hardlink`", _sshfs),
     Filesystem("GlusterFS", ("fuse.glusterfs", "glusterfs"), "yes: the bricks hold the locks",
-               "yes (another client sees a new count after its 1 s attribute timeout)", "either", _glusterfs),
+               "yes (GlusterFS 10.3, 2026-12-06: a link made through one mount reads 2 links and one inode through "
+               "the other)", "either", _glusterfs),
     Filesystem("NFS v3/v4", ("nfs", "nfs4"), "yes, unless mounted with `local_lock=all`, `local_lock=flock` or "
                "`nolock` (refused)", "link() works, but a retransmitted one may report an error (hopt then reads the "
                "lock's content); counts lag in the attribute cache", "`flock`, else `hardlink`", _nfs),
