@@ -25,7 +25,7 @@ from hopt_cli.launch import create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
-from hopt_cli.signals import StopSignals
+from hopt_cli.signals import PREEMPTION_SIGNALS, StopSignals
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, check_requeue, node_local_warning, our_bin,
                             requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
@@ -64,7 +64,8 @@ def init(recipe: Path, root: Path) -> None:
 @click.option("--name", help="This worker's name in leases and logs [default: from SLURM, else host-pid].")
 @click.option("--requeue", "requeue_", is_flag=True,
               help="When preempted, requeue this SLURM job (array task) if the experiment is not complete.")
-@click.option("--preempt-signal", type=click.Choice(["USR1", "USR2"], case_sensitive=False), default="USR1",
+@click.option("--preempt-signal", type=click.Choice([s.name.removeprefix("SIG") for s in PREEMPTION_SIGNALS],
+                                                   case_sensitive=False), default="USR1",
               show_default=True, help="The preemption signal (sbatch --signal=B:USR1@GRACE sends it).")
 @click.option("--verbose", is_flag=True, help="Also log what each claim and commit cost: lock wait and hold.")
 @click.option("--workers", "count", default=1, show_default=True, type=click.IntRange(min=1),
