@@ -11,8 +11,8 @@ from hopt_cli.store.locking import make_lock
 from hopt_cli.store.paths import ExperimentPaths
 
 
-def _probe_lock(root: Path, kind: str) -> None:
-    """The other process of `lock_exclusion`: 'busy' or 'took' while held, then 'took' or 'timeout' after."""
+def probe_lock(root: Path, kind: str) -> None:
+    """Say 'busy' or 'took' while the doctor holds the lock, then 'took' or 'timeout' once it let go."""
     paths = ExperimentPaths(root)
     try:
         try:
@@ -29,6 +29,5 @@ def _probe_lock(root: Path, kind: str) -> None:
         print(f"error: {' '.join(str(err).split())}", flush=True)
 
 
-
 if __name__ == "__main__":
-    _probe_lock(Path(sys.argv[1]), sys.argv[2])
+    probe_lock(Path(sys.argv[1]), sys.argv[2])
