@@ -27,6 +27,9 @@ _REQUIRED = {  # the placeholders every command needs, and why
     "out": "{out} is the folder for the interval's checkpoint and metrics.json; pass it, e.g. --out {out}",
 }
 LOCK_KINDS = ("flock", "hardlink")
+# ROMUL's ablation switches, which hopt once wrote into experiment.yaml (each true) among the policy settings:
+# read as absent, so that such an experiment compares equal to its recipe resolved today
+_WRITTEN_SWITCHES = ("wait", "equal_time", "robust", "rank_select", "adapt", "de_move")
 MAX_POPULATION = 100_000  # measured: hopt status at 100,000 members takes 1.3 s and 165 MB
 MAX_INTERVALS = 1_000_000
 _TOP_KEYS = {"name", "seed", "objective", "population", "intervals", "steps", "policy", "worker", "command",
@@ -305,7 +308,7 @@ def _policy(value: Any, stored: bool) -> PolicySpec:
     if stored:
         if not isinstance(name, str):
             raise RecipeError("policy.name", f"must be a policy's name (got {name!r})")
-        return PolicySpec(name, settings)
+        return PolicySpec(name, {k: v for k, v in settings.items() if not (k in _WRITTEN_SWITCHES and v is True)})
     from hopt_cli.policies import resolve  # a user's recipe is resolved once, at `hopt init`; the store never does
 
     return PolicySpec(name, resolve(name, settings))
