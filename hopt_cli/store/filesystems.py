@@ -108,11 +108,11 @@ class Filesystem:
     verdict: Callable[[set[str]], Verdict]  # from the mount's options
 
 
+LOCAL_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "overlay", "f2fs", "bcachefs", "ramfs", "jfs",
+               "reiserfs")
 UNTESTED_LINKS = "not tested here (hopt relies on link() only, never on link counts; `hopt doctor` shows both)"
 FILESYSTEMS = (
-    Filesystem("local disk", ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "overlay", "f2fs", "bcachefs",
-                              "ramfs", "jfs", "reiserfs"),
-               "yes (one machine only)", "yes", "either", _local),
+    Filesystem("local disk", LOCAL_TYPES, "yes (one machine only)", "yes", "either", _local),
     Filesystem("sshfs", ("fuse.sshfs",), "no: each mount locks only itself (refused)",
                "link() works; link counts and inode numbers lie (`st_nlink` stays 1)", "`hardlink`", _sshfs),
     Filesystem("GlusterFS", ("fuse.glusterfs", "glusterfs"), "yes: the bricks hold the locks",
@@ -131,7 +131,6 @@ FILESYSTEMS = (
                UNTESTED_LINKS, "either", _ceph),
 )
 _BY_TYPE = {fstype: fs for fs in FILESYSTEMS for fstype in fs.types}
-LOCAL_TYPES = frozenset(FILESYSTEMS[0].types)
 
 
 def judge(mount: Mount) -> Verdict:
