@@ -119,8 +119,8 @@ FILESYSTEMS = (
                "yes (GlusterFS 10.3, 2026-12-06: a link made through one mount reads 2 links and one inode through "
                "the other)", "either", _glusterfs),
     Filesystem("NFS v3/v4", ("nfs", "nfs4"), "yes, unless mounted with `local_lock=all`, `local_lock=flock` or "
-               "`nolock` (refused)", "link() works, but a retransmitted one may report an error (hopt then reads the "
-               "lock's content); counts lag in the attribute cache", "`flock`, else `hardlink`", _nfs),
+               "`nolock` (refused)", "not tested here; a retransmitted link() may report an error although it "
+               "succeeded (hopt then reads the lock's content)", "`flock`, else `hardlink`", _nfs),
     Filesystem("Lustre", ("lustre",), "only when mounted with `-o flock` (`localflock`, or neither: refused)",
                UNTESTED_LINKS, "`flock` with `-o flock`, else `hardlink`", _lustre),
     Filesystem("GPFS (IBM Storage Scale)", ("gpfs",), "yes, across the nodes of its cluster", UNTESTED_LINKS,
