@@ -18,14 +18,15 @@ import cloudpickle
 
 from hopt_cli import intervallog, launch, schedule, tensorboard, timeline
 from hopt_cli.doctor import diagnose
-from hopt_cli.errors import HoptError, command
+from hopt_cli.errors import HoptError, Interrupted, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
-from hopt_cli.launch import Interrupted, create, enter_project
+from hopt_cli.launch import create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
-from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, node_local_warning, our_bin,
-                             requeue_if_preempted, submit, worker_command, write_sbatch)
+from hopt_cli.signals import PREEMPTION_SIGNALS, StopSignals
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, check_requeue, node_local_warning, our_bin,
+                            requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.text import counted
 from hopt_cli.worker import Worker
@@ -62,7 +63,8 @@ def init(recipe: Path, root: Path) -> None:
 @click.option("--name", help="This worker's name in leases and logs [default: from SLURM, else host-pid].")
 @click.option("--requeue", "requeue_", is_flag=True,
               help="When preempted, requeue this SLURM job (array task) if the experiment is not complete.")
-@click.option("--preempt-signal", type=click.Choice(["USR1", "USR2"], case_sensitive=False), default="USR1",
+@click.option("--preempt-signal", type=click.Choice([s.name.removeprefix("SIG") for s in PREEMPTION_SIGNALS],
+                                                   case_sensitive=False), default="USR1",
               show_default=True, help="The preemption signal (sbatch --signal=B:USR1@GRACE sends it).")
 @click.option("--verbose", is_flag=True, help="Also log what each claim and commit cost: lock wait and hold.")
 @click.option("--workers", "count", default=1, show_default=True, type=click.IntRange(min=1),
@@ -165,9 +167,11 @@ def slurm(root: Path, array: int, per_task: int, parallelism: int | None, partit
 @click.option("--gpus", help="One GPU per worker, e.g. 0,1,2,3 (round-robin if fewer than workers), or all.")
 def run(recipe: Path, root: Path, workers: int, gpus: str | None) -> None:
     """Run the experiment on this machine with local workers; run it again to resume."""
+    line = ProgressLine()
     try:
-        experiment = launch.run(recipe, root, workers, gpus=gpus)
-    except Interrupted as err:  # said on the progress line already
+        experiment = launch.run(recipe, root, workers, gpus=gpus, progress=line)
+    except Interrupted as err:
+        line.say(str(err))
         sys.exit(err.exit_code)
     best = experiment.best()
     click.echo(f"done: best {experiment.recipe.objective.metric} {best.score:.6g} (member {best.member}, "
@@ -451,6 +455,8 @@ def extend(root: Path, intervals: int | None, population: int | None) -> None:
 def doctor(root: Path, lock_kind: str | None, min_free_gb: float, peer: bool, peer_timeout: float) -> None:
     """Check the filesystem under --dir: its type, hard links, the lock, atomic replace, fsync, clock skew,
     free space; with --peer, lock exclusion, appends, listings and replaces across two nodes."""
+    if peer:
+        click.echo(f"hopt doctor: waiting up to {peer_timeout:g} s for `hopt doctor --peer` on another node", err=True)
     failed = False
     for check in diagnose(root, lock_kind, min_free_gb, peer_timeout if peer else None):
         click.echo(check.line())

@@ -8,6 +8,7 @@ Either way the CLI prints one line on stderr, never a traceback.
 from __future__ import annotations
 
 import shlex
+import signal
 
 
 def command(*words: object) -> str:
@@ -26,6 +27,16 @@ class RuntimeFailure(HoptError):
     """Something failed that the user did not type: running again may work once the cause is fixed. Exit 1."""
 
     exit_code = 1
+
+
+class Interrupted(HoptError):
+    """A stop signal ended a run; its workers released their members, so the run can resume. Exit 130."""
+
+    exit_code = 130
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(f"stopped by {signum.name}; run the same command again to resume")
+        self.signal = signum
 
 
 class ExperimentFailed(RuntimeFailure):

@@ -17,6 +17,7 @@ from typing import Any
 
 from hopt_cli import schedule
 from hopt_cli.errors import CorruptFile, HoptError
+from hopt_cli.policies import robust_window
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.store import LeaseInfo, Store
@@ -152,7 +153,7 @@ class Experiment:
         infos = [info for info in self.store.lease_infos() if info.lease is not None]
         here = Holder.this_process("hopt-status")
         leases = {info.lease.member: self._lease_status(info, here) for info in infos}
-        window = self.recipe.policy.settings.get("ready", 2)
+        window = robust_window(self.recipe.policy.build())
         members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
         started = population.started

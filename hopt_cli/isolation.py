@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import cloudpickle
 
 from hopt_cli.errors import HoptError
+from hopt_cli.signals import CHILD_IGNORES
 from hopt_cli.trainable import CommandTrainable, Context, IntervalError, exit_message, load_trainable
 
 if TYPE_CHECKING:  # only for the annotation: the child process imports no recipe
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # only for the annotation: the child process imports no recip
 
 POLL_SECONDS = 0.05
 PICKLED = "-"  # the child's trainable argument when the function itself comes pickled over the socket
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1
 POISONED_EXIT = 3  # the exit status of a worker that stopped after such a CUDA error in its own process
 _STICKY = ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "CUDNN_STATUS", "device-side assert")
@@ -158,7 +158,7 @@ def make_trainable(recipe: Recipe) -> Callable[[Context], Any]:
 def serve(fd: int, trainable: str, parent: int) -> None:
     """The child's loop: receive a context, run one interval, send back ("ok", result) or ("error", text)."""
     die_with_parent(parent, signal.SIGKILL)  # the worker decides when we end, and it may die any way
-    for signum in STOP_SIGNALS:
+    for signum in CHILD_IGNORES:
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(fd)
     try:

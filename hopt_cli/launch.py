@@ -18,11 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hopt_cli.errors import ExperimentFailed, HoptError
+from hopt_cli.errors import ExperimentFailed, HoptError, Interrupted
 from hopt_cli.experiment import Experiment
-from hopt_cli.progress import ProgressLine
+from hopt_cli.progress import Progress, ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import FORWARDED, RunResult, choose_gpus, mig_devices, run_local
+from hopt_cli.runner import RunResult, choose_gpus, mig_devices, run_local
 from hopt_cli.text import counted
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
@@ -31,16 +31,6 @@ from hopt_cli.trainable import Context, load_trainable
 log = logging.getLogger("hopt")
 RecipeSource = str | os.PathLike | Mapping[str, Any] | Recipe
 Trainable = Callable[[Context], Any]
-
-
-class Interrupted(HoptError):
-    """A stop signal ended the run; its workers released their members, so the run can resume."""
-
-    exit_code = 130
-
-    def __init__(self, signum: signal.Signals) -> None:
-        super().__init__(f"stopped by {signum.name}; run the same command again to resume")
-        self.signal = signum
 
 
 def create(recipe: RecipeSource, root: str | os.PathLike, trainable: Trainable | None = None) -> Store:
@@ -64,13 +54,14 @@ def create(recipe: RecipeSource, root: str | os.PathLike, trainable: Trainable |
 
 
 def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
-        trainable: Trainable | None = None, gpus: str | None = None) -> Experiment:
+        trainable: Trainable | None = None, gpus: str | None = None, progress: Progress | None = None) -> Experiment:
     """Run the experiment to completion with `workers` local worker processes; run it again to resume.
 
     `trainable` (any callable taking a Context) replaces the recipe's `worker`. `gpus` ("0,1,2,3" or
     "all") gives each worker one GPU as its only visible device, round-robin when there are more
-    workers than GPUs. Progress goes to stderr; Ctrl-C stops the workers, which release their members
-    (a second one kills them), and raises Interrupted. A failed experiment raises ExperimentFailed."""
+    workers than GPUs. The run reports to `progress` (None: a ProgressLine on stderr, as `hopt run`
+    draws it); Ctrl-C stops the workers, which release their members (a second one kills them), and
+    raises Interrupted. A failed experiment raises ExperimentFailed."""
     if workers < 1:
         raise HoptError(f"workers must be at least 1 (got {workers})")
     devices = choose_devices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else None
@@ -78,17 +69,15 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
     if trainable is not None and store.recipe.interval_timeout is not None:
         raise HoptError("interval_timeout runs each interval in a child process that imports the trainable by "
                         "name: give the trainable as the recipe's worker (module:function) instead")
-    line = ProgressLine()
+    progress = progress or ProgressLine()
     warning = command_warning(store.recipe)
     if warning:
-        line.say(f"warning: {warning}")
+        progress.say(f"warning: {warning}")
     on = f", GPUs {','.join(devices)}" if devices else ""
-    line.say(f"{store.recipe.name}: {counted(workers, 'worker')} on {dir}{on} (logs in {store.paths.logs})")
-    result = run_local(store, workers, line.show, line.say, trainable, devices)
+    progress.say(f"{store.recipe.name}: {counted(workers, 'worker')} on {dir}{on} (logs in {store.paths.logs})")
+    result = run_local(store, workers, progress.show, progress.say, trainable, devices)
     if result.interrupted:
-        stopped = Interrupted(result.interrupted)
-        line.say(str(stopped))
-        raise stopped
+        raise Interrupted(result.interrupted)
     check_ended(store, result)
     return Experiment(dir)
 
@@ -129,8 +118,7 @@ def run_task(store: Store, name: str, workers: int, preemption: signal.Signals,
     names = [f"{name}-{index}" for index in range(workers)]
     on = f" on GPUs {','.join(devices)}" if devices else ""
     log.info("starting %d workers%s: %s (logs in %s)", workers, on, ", ".join(names), store.paths.logs)
-    stops = tuple(dict.fromkeys((*FORWARDED, preemption)))
-    return run_local(store, workers, lambda done, total, note: None, log.info, trainable, devices, names, stops)
+    return run_local(store, workers, lambda done, total, note: None, log.info, trainable, devices, names, preemption)
 
 
 def check_task_gpus(workers: int, devices: list[str] | None) -> str | None:

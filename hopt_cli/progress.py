@@ -1,10 +1,18 @@
-"""A progress line on stderr, shared by `hopt run`, `hopt replay` and `hopt_cli.run()`."""
+"""A progress line on stderr, which `hopt run`, `hopt replay` and `hopt_cli.run()` draw: the library only
+calls `show` and `say` on the `Progress` its caller gives it."""
 from __future__ import annotations
 
 import shutil
 import sys
+from typing import Protocol
 
-import click
+
+class Progress(Protocol):
+    """Where a run reports: the intervals done so far, and a message now and then."""
+
+    def show(self, done: int, total: int, note: str) -> None: ...
+
+    def say(self, message: str) -> None: ...
 
 
 class ProgressLine:
@@ -20,16 +28,21 @@ class ProgressLine:
         if not self.tty:
             text = progress_text(done, total, note, None)
             if text != self.last:
-                click.echo(text, err=True)
+                _write(text + "\n")
             self.last = text
             return
         line = progress_text(done, total, note, shutil.get_terminal_size().columns - 1)
-        click.echo(f"\r{line}\x1b[K", err=True, nl=done == total)
+        _write(f"\r{line}\x1b[K" + ("\n" if done == total else ""))
         self.open = done != total
 
     def say(self, message: str) -> None:
-        click.echo(("\n" if self.open else "") + message, err=True)
+        _write(("\n" if self.open else "") + message + "\n")
         self.open = False
+
+
+def _write(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
 
 
 def progress_text(done: int, total: int, note: str, columns: int | None) -> str:

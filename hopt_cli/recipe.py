@@ -8,13 +8,15 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hopt_cli.errors import HoptError, RecipeError
-from hopt_cli.policies import Policy, make_policy, resolve
 from hopt_cli.space import SearchSpace
+
+if TYPE_CHECKING:  # only for the annotation: a stored recipe is read without the policies
+    from hopt_cli.policies import Policy
 
 FORMAT = 2  # of experiment.yaml; 2: journal events written through hopt_cli/events.py, keys unified
 READABLE_FORMATS = (1, 2)  # an experiment of format 1 (hopt 0.1) is read, never written (store.Store.transaction)
@@ -25,6 +27,9 @@ _REQUIRED = {  # the placeholders every command needs, and why
     "out": "{out} is the folder for the interval's checkpoint and metrics.json; pass it, e.g. --out {out}",
 }
 LOCK_KINDS = ("flock", "hardlink")
+# ROMUL's ablation switches, which hopt once wrote into experiment.yaml (each true) among the policy settings:
+# read as absent, so that such an experiment compares equal to its recipe resolved today
+_WRITTEN_SWITCHES = ("wait", "equal_time", "robust", "rank_select", "adapt", "de_move")
 MAX_POPULATION = 100_000  # measured: hopt status at 100,000 members takes 1.3 s and 165 MB
 MAX_INTERVALS = 1_000_000
 _TOP_KEYS = {"name", "seed", "objective", "population", "intervals", "steps", "policy", "worker", "command",
@@ -73,13 +78,15 @@ class LeaseSettings:
 @dataclass(frozen=True)
 class PolicySpec:
     """The recipe's policy as plain data: its name and every setting, defaults included. The policy itself
-    is built where decisions are made (the worker, the simulator)."""
+    is built where decisions are made (the worker, the simulator): the store reads a recipe without it."""
 
     name: str
     settings: dict[str, Any]
 
     def build(self) -> Policy:
-        """The policy itself, for whoever makes decisions."""
+        """The policy itself, for whoever makes decisions; a wrong setting raises RecipeError."""
+        from hopt_cli.policies import make_policy  # loaded where decisions are made, never by the store
+
         return make_policy(self.name, self.settings)
 
 
@@ -150,7 +157,8 @@ class Recipe:
         """Validate a parsed recipe; the first problem raises RecipeError naming its key.
 
         `stored`: experiment.yaml, which a hopt validated when it was created; checks added since (a
-        command's {parent} and {out}) are left out, so that an older experiment stays readable."""
+        command's {parent} and {out}) are left out, so that an older experiment stays readable, and its
+        policy settings, resolved then, are read as they are (the policy checks them when it is built)."""
         if not isinstance(data, Mapping):
             raise RecipeError("recipe", "must be a YAML mapping of keys such as name, population, space")
         unknown = sorted(set(data) - _TOP_KEYS)
@@ -160,7 +168,7 @@ class Recipe:
             raise RecipeError("format", f"this hopt reads formats {READABLE_FORMATS[0]} to {FORMAT} "
                               f"(got {data['format']!r}); upgrade hopt")
         space = SearchSpace.from_recipe(data.get("space"))
-        policy = _policy(data.get("policy", {"name": "romul"}))
+        policy = _policy(data.get("policy", {"name": "romul"}), stored)
         trainable, command = _trainable(data, space, stored)
         population = _bounded(data, "population", 2, MAX_POPULATION,
                               "every worker and `hopt status` hold each member in memory (about 2 KB each)")
@@ -289,13 +297,20 @@ def _project(value: Any) -> str | None:
     return value
 
 
-def _policy(value: Any) -> PolicySpec:
+def _policy(value: Any, stored: bool) -> PolicySpec:
+    """A user's policy checked and completed with every default by the policies; a stored one as it is."""
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, Mapping):
         raise RecipeError("policy", "must be a mapping such as {name: romul}")
     settings = {k: v for k, v in value.items() if k != "name"}
     name = value.get("name", "romul")
+    if stored:
+        if not isinstance(name, str):
+            raise RecipeError("policy.name", f"must be a policy's name (got {name!r})")
+        return PolicySpec(name, {k: v for k, v in settings.items() if not (k in _WRITTEN_SWITCHES and v is True)})
+    from hopt_cli.policies import resolve  # a user's recipe is resolved once, at `hopt init`; the store never does
+
     return PolicySpec(name, resolve(name, settings))
 
 

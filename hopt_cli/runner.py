@@ -16,21 +16,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import cloudpickle
 
 from hopt_cli.errors import HoptError
 from hopt_cli.isolation import POISONED_EXIT, describe_exit, die_with_parent
+from hopt_cli.signals import RUN_STOPS, StopSignals
 from hopt_cli.store import Store
 from hopt_cli.trainable import THREAD_VARIABLES
 from hopt_cli.text import counted
 
 POLL_SECONDS = 0.5
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,8 @@ class _Slot:
         return self.name if not self.restarts else f"{self.name}-r{self.restarts}"
 
 
-def worker_command(root: os.PathLike, name: str, piped: bool = False) -> list[str]:
-    """`hopt worker` for one local worker; `piped`: its trainable comes pickled on its standard input."""
+def worker_argv(root: os.PathLike, name: str, piped: bool = False) -> list[str]:
+    """The argv of `hopt worker` for one local worker; `piped`: its trainable comes pickled on its standard input."""
     return [sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--name", name,
             *(["--trainable-from-stdin"] if piped else [])]
 
@@ -137,35 +136,13 @@ def worker_names(workers: int) -> list[str]:
     return [f"local-{os.getpid()}-{index}" for index in range(workers)]
 
 
-class RunnerSignals:
-    """Counts the stop signals the runner receives; the handler only records, the loop acts."""
-
-    def __init__(self, signals: Sequence[signal.Signals] = FORWARDED) -> None:
-        self.signals = tuple(signals)
-        self.first: signal.Signals | None = None
-        self.count = 0
-
-    def handle(self, signum: int, frame: FrameType | None) -> None:
-        self.first = self.first or signal.Signals(signum)
-        self.count += 1
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[RunnerSignals]:
-        previous = {signum: signal.signal(signum, self.handle) for signum in self.signals}
-        try:
-            yield self
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-
 def run_local(store: Store, workers: int, progress: Callable[[int, int, str], None],
               say: Callable[[str], None], trainable: Callable[..., Any] | None = None,
               gpus: list[str] | None = None, names: list[str] | None = None,
-              stops: Sequence[signal.Signals] = FORWARDED) -> RunResult:
+              preemption: signal.Signals | None = None) -> RunResult:
     """Start `workers` worker processes (running `trainable` instead of the recipe's, if given; worker i
     on GPU gpus[i % len(gpus)], if given; named `names`, by default unique to this run) and wait for
-    them, replacing one that dies; a stop signal (one of `stops`) is passed on to them."""
+    them, replacing one that dies; a stop signal (RUN_STOPS, or `preemption`) is passed on to them."""
     payload = cloudpickle.dumps(trainable) if trainable is not None else None
     names = names or worker_names(workers)
     started: dict[str, subprocess.Popen] = {}
@@ -175,8 +152,7 @@ def run_local(store: Store, workers: int, progress: Callable[[int, int, str], No
         started[name] = _start(store, name, payload, worker_environment(len(names), gpu))
         return started[name]
 
-    signals = RunnerSignals(stops)
-    with signals.installed():
+    with StopSignals(preemption, RUN_STOPS) as signals:
         try:
             slots = [_Slot(name, index, start(name, index)) for index, name in enumerate(names)]
             died = _wait(store, slots, start, progress, say, signals)
@@ -198,7 +174,7 @@ def _start(store: Store, name: str, payload: bytes | None, environment: dict[str
     runner = os.getpid()
     with open(store.paths.log(name), "ab") as log:
         process = subprocess.Popen(
-            worker_command(store.paths.root, name, payload is not None),
+            worker_argv(store.paths.root, name, payload is not None),
             stdin=subprocess.DEVNULL if payload is None else subprocess.PIPE, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, env=environment,
             preexec_fn=lambda: die_with_parent(runner, signal.SIGTERM))  # before exec
@@ -220,7 +196,7 @@ def _running(processes: dict[str, subprocess.Popen]) -> list[subprocess.Popen]:
 
 
 def _wait(store: Store, slots: list[_Slot], start: Callable[[str, int], subprocess.Popen],
-          progress: Callable[[int, int, str], None], say: Callable[[str], None], signals: RunnerSignals) -> str | None:
+          progress: Callable[[int, int, str], None], say: Callable[[str], None], signals: StopSignals) -> str | None:
     """Show progress until every worker has exited or a stop signal arrived, replacing a worker that died
     (at most len(slots) times in all); return why the run must stop when one died with none left."""
     last = -1
@@ -249,7 +225,7 @@ def _wait(store: Store, slots: list[_Slot], start: Callable[[str, int], subproce
     return None
 
 
-def _stop(processes: dict[str, subprocess.Popen], signals: RunnerSignals) -> None:
+def _stop(processes: dict[str, subprocess.Popen], signals: StopSignals) -> None:
     """Ask every worker to stop (SIGTERM) and wait for them; a second stop signal ends the wait."""
     for process in _running(processes):
         process.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The scheduler in one place: SLURM's environment, the worker array's sbatch script, requeue, signals.
+"""The scheduler in one place: SLURM's environment, the worker array's sbatch script, requeue.
 
 A worker array is one sbatch script: every task runs `hopt worker --dir D`, requeue-able, with logs
 appended across restarts and a preemption signal (`--signal=B:USR1@grace`) that reaches Python because
@@ -10,14 +10,11 @@ import logging
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from hopt_cli.errors import HoptError, SlurmFailed
 from hopt_cli.store.fsio import write_atomic
@@ -305,52 +302,3 @@ def _run(argv: list[str], fix: str) -> str:
         raise SlurmFailed(f"{command} failed (exit {done.returncode}): {stderr}; {fix}")
     return done.stdout
 
-
-class StopSignals:
-    """Records which stop signal arrived (SIGTERM, SIGINT, the preemption signal); the loop acts on it.
-
-    The handler only sets state; it never does the work itself. The first signal is the one kept.
-    Install from the main thread.
-    """
-
-    def __init__(self, preemption: signal.Signals = signal.SIGUSR1) -> None:
-        self.preemption = preemption
-        self.signals = tuple(dict.fromkeys((signal.SIGTERM, signal.SIGINT, preemption)))
-        self._received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def install(self) -> StopSignals:
-        if self._previous:  # installed already: keep the handlers to restore
-            return self
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self.handle)
-        return self
-
-    def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
-
-    def __enter__(self) -> StopSignals:
-        return self.install()
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
-    def handle(self, signum: int, frame: FrameType | None) -> None:
-        """The signal handler: remember the signal."""
-        if self._received is None:
-            self._received = signal.Signals(signum)
-
-    @property
-    def requested(self) -> bool:
-        return self._received is not None
-
-    @property
-    def preempted(self) -> bool:
-        """Whether the first signal was the preemption signal (then the worker may requeue itself)."""
-        return self._received == self.preemption
-
-    @property
-    def signal_name(self) -> str | None:
-        return None if self._received is None else self._received.name

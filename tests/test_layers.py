@@ -1,12 +1,16 @@
-"""DESIGN.md's layers, read from the source: who may import whom, and no import loop anywhere in the tree."""
+"""DESIGN.md's layers, read from the source: who may import whom, directly and through every import a module
+makes when it is loaded, and no import loop anywhere in the tree."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, toy_recipe
 
 TREES = ("hopt_cli", "workers", "benchmarks", "tests")
 
@@ -36,6 +40,51 @@ def imports_of(module: str) -> set[str]:
 
 
 GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def _at_import(body: list[ast.stmt]) -> list[ast.AST]:
+    """The nodes of `body` that run when their module is imported: not function bodies (they run when called,
+    as `hopt_cli.__getattr__`'s lazy exports do) and not `if TYPE_CHECKING:` blocks (they never run)."""
+    found: list[ast.AST] = []
+    for statement in body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(statement, ast.If) and ast.unparse(statement.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            found += _at_import(statement.orelse)
+            continue
+        found.append(statement)
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            found += _at_import(getattr(statement, field, []))
+    return found
+
+
+def loaded_at_import(module: str) -> set[str]:
+    """The modules of the tree that importing `module` imports itself (at its top, absolute imports only)."""
+    found = set()
+    for node in _at_import(ast.parse(MODULES[module].read_text()).body):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {_imported(node.module, alias.name) for alias in node.names}
+    return found & MODULES.keys()
+
+
+LOADS = {m: loaded_at_import(m) for m in MODULES}
+
+
+def loaded(module: str) -> set[str]:
+    """Every module of the tree that importing `module` loads: what it imports, what those import, and so on;
+    importing `a.b.c` runs `a` and `a.b` (their packages' __init__) first."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        parts = current.split(".")
+        todo += [*LOADS[current], *(p for p in (".".join(parts[:i]) for i in range(1, len(parts))) if p in MODULES)]
+    return seen - {module}
 
 
 def _under(name: str, package: str) -> bool:
@@ -106,6 +155,70 @@ def test_a_layer_imports_nothing_it_must_not(layer, package, forbidden, why):
     broken = sorted((m, i) for m in MODULES if _under(m, package) for i in GRAPH[m]
                     if any(_under(i, f) for f in forbidden))
     assert broken == [], why
+
+
+# (layer, modules, what loading them must never load, why): the rules above, followed through every import
+TRANSITIVE = [
+    ("store", "hopt_cli.store", ("hopt_cli.policies", "hopt_cli.planning", "hopt_cli.worker", "hopt_cli.cli"),
+     "the store must not know how decisions are made, not even through a module it imports"),
+    ("trainables", "workers", ("hopt_cli.store", "hopt_cli.policies", "hopt_cli.worker", "hopt_cli.cli"),
+     "a trainable loads the trainable contract only"),
+]
+
+
+@pytest.mark.parametrize("layer, package, forbidden, why", TRANSITIVE, ids=[r[0] for r in TRANSITIVE])
+def test_a_layer_loads_nothing_it_must_not_through_any_import(layer, package, forbidden, why):
+    broken = sorted((m, sorted(f for f in loaded(m) if any(_under(f, bad) for bad in forbidden)))
+                    for m in MODULES if _under(m, package))
+    assert [(m, found) for m, found in broken if found] == [], why
+
+
+def test_loaded_follows_imports_and_packages_but_not_lazy_ones():
+    assert "hopt_cli.recipe" in loaded("hopt_cli.store.locking")  # through hopt_cli/store/__init__.py
+    assert "hopt_cli.policies.common" in loaded("hopt_cli.worker")  # worker -> policies -> romul -> common
+    assert "hopt_cli.launch" not in loaded("hopt_cli.events")  # hopt_cli.__getattr__ imports it on first use only
+
+
+def test_opening_an_experiment_loads_no_policy(tmp_path):
+    """What the static rule says, seen in a real process: the store opens and reads an experiment (its recipe
+    included) without loading the policies."""
+    from hopt_cli.recipe import Recipe
+    from hopt_cli.store import Store
+    Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe()))
+    script = ("import sys; from hopt_cli.store import Store; store = Store.open(sys.argv[1]); store.sync(); "
+              "print(store.recipe.policy.name, sorted(m for m in sys.modules if m.startswith('hopt_cli.')))")
+
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "exp")], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert done.returncode == 0, done.stderr
+    policy, modules = done.stdout.split(" ", 1)
+    assert policy == "romul" and "hopt_cli.store" in modules and "hopt_cli.policies" not in modules
+
+
+# the modules that write to stdout or stderr themselves, and why each may
+WRITERS = {
+    "hopt_cli.cli": "the command line owns the terminal",
+    "hopt_cli.progress": "the progress line, which the CLI (or hopt_cli.run() without a `progress`) draws",
+    "hopt_cli.doctor.probe": "a process of its own, answering its parent on stdout",
+    "hopt_cli.isolation": "an isolated trainable's child process: a traceback into its worker's log",
+    "hopt_cli.trainable": "a command's output, copied into its worker's log",
+}
+
+
+def _writes(module: str) -> bool:
+    """Whether `module` prints, uses click, or writes to sys.stdout / sys.stderr."""
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "write" and ast.unparse(node.value) in ("sys.stdout",
+                                                                                                    "sys.stderr"):
+            return True
+    return "click" in GRAPH[module]
+
+
+def test_the_library_never_prints():
+    assert sorted(m for m in MODULES if _under(m, "hopt_cli") and _writes(m)) == sorted(WRITERS)
 
 
 def test_only_the_entry_point_imports_the_cli():

@@ -63,6 +63,14 @@ def resolve(name: str, settings: Mapping[str, Any] | None = None) -> dict[str, A
     return policy_settings(name, make_policy(name, settings))
 
 
+def robust_window(policy: Policy) -> int:
+    """How many of a member's last scores `hopt status` averages into its robust score: those the policy judges
+    a member by (its `ready` intervals, or the last one alone), 2 for a policy that judges none (random)."""
+    if isinstance(policy, Romul):
+        return policy.ready if policy.robust else 1
+    return policy.ready if isinstance(policy, Pbt) else 2
+
+
 _FRACTIONS = {"explorers", "quantile", "resample", "CR"}
 
 

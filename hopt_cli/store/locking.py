@@ -4,16 +4,16 @@
 never deleted; if an operator deletes or replaces it anyway, a locker notices that its descriptor no
 longer names the file and takes the lock again on the new one, so waiters cannot split across inodes.
 
-`hardlink`, for shared filesystems where flock is not exclusive across nodes (sshfs, NFS with
-`local_lock`, Lustre without `-o flock`): the classic NFS-safe lock. A would-be holder writes a unique
-file holding its token and hard-links it to `lock.link`: a link() that succeeds wins. When link()
-reports an error, the holder of `lock.link` is read from its content: NFS may report an error for a
-retransmitted link that succeeded. Link counts and inode numbers are never consulted: on sshfs a
-successful link leaves st_nlink at 1 and gives each name its own inode number. A holder whose process
-is gone (same host and pid namespace) is broken at once, any other after `STALE_SECONDS` on the
-filesystem's clock; breakers take turns (see `_break_if_stale`). Breaking by age can still let a holder
-that stalled for STALE_SECONDS overlap with the next: the journal's sequence numbers then void the
-later writer's events.
+`hardlink`, for shared filesystems where flock is not exclusive across nodes (filesystems.py's table
+says which: sshfs, NFS with `local_lock`, Lustre without `-o flock`, ...): the classic NFS-safe lock. A
+would-be holder writes a unique file holding its token and hard-links it to `lock.link`: a link() that
+succeeds wins. When link() reports an error, the holder of `lock.link` is read from its content: NFS
+may report an error for a retransmitted link that succeeded. Link counts and inode numbers are never
+consulted: on sshfs a successful link leaves st_nlink at 1 and gives each name its own inode number.
+A holder whose process is gone (same host and pid namespace) is broken at once, any other after
+`STALE_SECONDS` on the filesystem's clock; breakers take turns (see `_break_if_stale`). Breaking by age
+can still let a holder that stalled for STALE_SECONDS overlap with the next: the journal's sequence
+numbers then void the later writer's events.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from types import TracebackType
 from hopt_cli.errors import HoptError, LockTimeout
 from hopt_cli.store.fsio import touch
 from hopt_cli.store.leases import Holder
-from hopt_cli.store.mounts import flock_problem
+from hopt_cli.store.filesystems import flock_problem
 from hopt_cli.store.paths import ExperimentPaths
 
 POLL_SECONDS = 0.001  # fixed and short: with backoff, one worker ran ahead of the rest and PBT did worse
@@ -117,8 +117,8 @@ class KernelFlock(ExperimentLock):
 
 
 class FlockLock(KernelFlock):
-    """The experiment's flock on `lock`: refused where flock is known not to exclude across mounts, and
-    taken again if the file was deleted or replaced under us."""
+    """The experiment's flock on `lock`: refused where the filesystems table says flock does not exclude across
+    nodes, and taken again if the file was deleted or replaced under us."""
 
     def __init__(self, path: Path, timeout: float = 600.0) -> None:
         super().__init__(path, timeout)

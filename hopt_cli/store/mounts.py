@@ -1,8 +1,4 @@
-"""Which filesystem a path is on (from /proc/self/mountinfo), and what that means for the lock.
-
-The lock kinds are only as good as the filesystem under the experiment directory: flock(2) on a FUSE
-mount of sshfs locks the local mount only, so two nodes would both hold it.
-"""
+"""Which filesystem a path is on, from /proc/self/mountinfo; filesystems.py says what that means for hopt."""
 from __future__ import annotations
 
 import os
@@ -10,9 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MOUNTINFO = Path("/proc/self/mountinfo")
-FLOCK_DOES_NOT_EXCLUDE = {
-    "fuse.sshfs": "flock does not exclude across sshfs mounts (each mount locks only itself)",
-}
 
 
 @dataclass(frozen=True)
@@ -23,10 +16,11 @@ class Mount:
     options: str  # the mount's and the superblock's options, comma-separated
 
 
-def mount_of(path: str | os.PathLike) -> Mount | None:
-    """The mount holding `path` (the longest mount point above its real path); None off Linux."""
+def mount_of(path: str | os.PathLike, table: Path | None = None) -> Mount | None:
+    """The mount holding `path` (the longest mount point above its real path) in `table` (a file in
+    /proc/self/mountinfo's format, that one by default); None off Linux."""
     try:
-        lines = MOUNTINFO.read_text().splitlines()
+        lines = (table or MOUNTINFO).read_text().splitlines()
     except OSError:
         return None
     real = os.path.realpath(path)
@@ -54,10 +48,3 @@ def _parse(line: str) -> Mount | None:
 def _contains(point: str, path: str) -> bool:
     return path == point or path.startswith(point.rstrip("/") + "/")
 
-
-def flock_problem(path: str | os.PathLike) -> str | None:
-    """Why flock cannot be the experiment lock under `path`, or None when nothing is known against it."""
-    mount = mount_of(path)
-    if mount is None:
-        return None
-    return FLOCK_DOES_NOT_EXCLUDE.get(mount.fstype)

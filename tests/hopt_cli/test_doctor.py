@@ -1,5 +1,6 @@
-"""`hopt doctor`: every check passes on a sound local filesystem, a failing one makes it exit 1, the advice
-per filesystem type, bounded lock probes, and `--peer` between two processes of this host."""
+"""`hopt doctor`: every check passes on a sound local filesystem, a failing one makes it exit 1, the filesystem
+line, bounded lock probes, and `--peer` between two processes of this host (the advice per filesystem type:
+tests/hopt_cli/store/test_filesystems.py)."""
 from __future__ import annotations
 
 import errno
@@ -10,8 +11,9 @@ import time
 
 import pytest
 
-from hopt_cli import doctor
+from hopt_cli.doctor import local, peer
 from hopt_cli.store import locking
+from hopt_cli.store.filesystems import LOCAL_TYPES
 from hopt_cli.store.mounts import Mount, mount_of
 from hopt_cli.store.paths import ExperimentPaths
 from tests.conftest import REPO, toy_recipe
@@ -39,7 +41,7 @@ def test_every_check_passes_on_a_local_filesystem(tmp_path, kind):
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [f"PASS  {name.format(kind=kind)}" for name in LOCAL_LINES]
     mount = mount_of(tmp_path)
-    if mount is not None and mount.fstype in doctor.LOCAL_TYPES:
+    if mount is not None and mount.fstype in LOCAL_TYPES:
         assert f"{mount.fstype} at {mount.point}" in lines[0] and "a local filesystem" in lines[0]
     assert "two nodes at once" in lines[2]  # the probe says what it did not test: exclusion across nodes
     assert list(tmp_path.iterdir()) == []  # the scratch folder is gone
@@ -65,52 +67,18 @@ def test_the_lock_kind_defaults_to_the_experiments(tmp_path, write_recipe):
 
 
 def test_clock_skew_above_the_limit_fails(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "touch", lambda path: doctor.time.time() + 42)
+    monkeypatch.setattr(local, "touch", lambda path: local.time.time() + 42)
 
-    check = doctor.clock_skew(tmp_path / "probe")
+    check = local.clock_skew(tmp_path / "probe")
 
     assert not check.ok
     assert check.line().startswith("FAIL  clock skew: the filesystem's clock is 42.0 s ahead of this host's")
 
 
-@pytest.mark.parametrize(("fstype", "options", "flock", "words"), [
-    ("fuse.sshfs", "rw,user_id=0", False, "use `lock: hardlink`"),
-    ("fuse.glusterfs", "rw,allow_other", True, "either lock kind works"),
-    ("nfs4", "rw,vers=4.2,local_lock=none,addr=10.0.0.1", True, "NFS lock manager"),
-    ("nfs", "rw,vers=3,local_lock=flock", False, "mounted with local_lock=flock"),
-    ("nfs", "rw,vers=3,nolock,local_lock=all", False, "use `lock: hardlink`"),
-    ("lustre", "rw,flock,lazystatfs", True, "mounted with -o flock"),
-    ("lustre", "rw,localflock", False, "mounted with -o localflock"),
-    ("lustre", "rw,lazystatfs", False, "mounted without -o flock"),
-    ("gpfs", "rw", True, "GPFS"),
-    ("ceph", "rw,name=admin", True, "CephFS"),
-    ("ext4", "rw,relatime", True, "a local filesystem: workers on other nodes cannot share it"),
-    ("tmpfs", "rw", True, "on this machine only"),
-    ("fuse.weirdfs", "rw", None, "hopt doctor --peer"),
-])
-def test_advice_per_filesystem_type(fstype, options, flock, words):
-    verdict = doctor.judge(Mount("/shared", fstype, "server:/export", options))
-
-    assert verdict.flock is flock and words in verdict.advice
-
-
-def test_beegfs_flock_is_trusted_only_where_the_client_config_makes_it_global(tmp_path):
-    config = tmp_path / "beegfs-client.conf"
-    mount = Mount("/beegfs", "beegfs", "beegfs_nodev", f"rw,relatime,cfgFile={config}")
-    config.write_text("sysMgmtdHost = mgmt\ntuneUseGlobalFileLocks = false\n")
-    assert doctor.judge(mount).flock is False and "tuneUseGlobalFileLocks = true" in doctor.judge(mount).advice
-
-    config.write_text("sysMgmtdHost = mgmt\ntuneUseGlobalFileLocks        = true  # across nodes\n")
-    assert doctor.judge(mount).flock is True
-
-    config.unlink()
-    assert doctor.judge(mount).flock is False and "cannot read" in doctor.judge(mount).advice
-
-
 def test_the_filesystem_line_fails_only_for_a_lock_kind_known_not_to_exclude(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "mount_of", lambda path: SSHFS)
+    monkeypatch.setattr(local, "mount_of", lambda path: SSHFS)
 
-    flock, hardlink, undecided = (doctor.filesystem(tmp_path, kind) for kind in ("flock", "hardlink", None))
+    flock, hardlink, undecided = (local.filesystem(tmp_path, kind) for kind in ("flock", "hardlink", None))
 
     assert flock.line().startswith("FAIL  filesystem: fuse.sshfs at /mnt/x (me@host:/export): flock does not exclude")
     assert hardlink.ok and undecided.ok and "use `lock: hardlink`" in hardlink.detail
@@ -119,22 +87,22 @@ def test_the_filesystem_line_fails_only_for_a_lock_kind_known_not_to_exclude(tmp
 def test_a_refused_flock_is_a_fail_line_with_the_advice_not_a_crash(tmp_path, monkeypatch):
     problem = "flock does not exclude across sshfs mounts (each mount locks only itself)"
     monkeypatch.setattr(locking, "flock_problem", lambda path: problem)
-    monkeypatch.setattr(doctor, "flock_problem", lambda path: problem)
+    monkeypatch.setattr(local, "flock_problem", lambda path: problem)
 
-    check = doctor.lock_exclusion(ExperimentPaths(tmp_path), "flock")
+    check = local.lock_exclusion(ExperimentPaths(tmp_path), "flock")
 
     assert check.line() == (f"FAIL  lock exclusion (flock, two processes on this host): hopt refuses it here: "
                             f"{problem}; use `lock: hardlink`")
 
 
 def test_a_lock_that_cannot_be_taken_fails_in_seconds_saying_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(doctor, "LOCK_SECONDS", 0.3)
+    monkeypatch.setattr(local, "LOCK_SECONDS", 0.3)
     monkeypatch.setattr(locking.HardLinkLock, "_try_acquire", lambda self: False)  # as on a link() that never wins
     paths = ExperimentPaths(tmp_path)
     paths.clock.touch()
 
     started = time.monotonic()
-    check = doctor.lock_exclusion(paths, "hardlink")
+    check = local.lock_exclusion(paths, "hardlink")
 
     assert time.monotonic() - started < 5
     assert check.line().startswith("FAIL  lock exclusion (hardlink, two processes on this host): could not take a "
@@ -145,15 +113,15 @@ def test_hard_links_that_do_not_work_fail(tmp_path, monkeypatch):
     def refuse(source, target):
         raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
 
-    monkeypatch.setattr(doctor.os, "link", refuse)
+    monkeypatch.setattr(local.os, "link", refuse)
 
-    check = doctor.hard_links(tmp_path)
+    check = local.hard_links(tmp_path)
 
     assert not check.ok and check.detail.startswith(f"link() fails here ({os.strerror(errno.EPERM)})")
 
 
 def test_hard_links_report_what_link_counts_read(tmp_path):
-    check = doctor.hard_links(tmp_path)
+    check = local.hard_links(tmp_path)
 
     assert check.ok and "st_nlink reads 2" in check.detail and "never relies on link counts" in check.detail
 
@@ -163,11 +131,11 @@ def test_the_peer_lines_say_what_each_node_saw():
     leaky = {"took": True, "handoff": 0.004, "at_once": True}
     exclusive = {"took": False, "handoff": 0.004, "at_once": False, "setattr": 0.0}
 
-    flock = doctor.exclusion_check("flock", {"host": leaky, "guest": exclusive}, names)
-    hardlink = doctor.exclusion_check("hardlink", {"host": exclusive, "guest": exclusive}, names)
-    appended = doctor.append_check("hardlink", {"host": exclusive, "guest": exclusive}, names)
-    listed = doctor.listing_check({"host": 20.7, "guest": 0.01}, names)
-    unseen = doctor.replace_check({"host": None, "guest": 1.0}, names)
+    flock = peer.exclusion_check("flock", {"host": leaky, "guest": exclusive}, names)
+    hardlink = peer.exclusion_check("hardlink", {"host": exclusive, "guest": exclusive}, names)
+    appended = peer.append_check("hardlink", {"host": exclusive, "guest": exclusive}, names)
+    listed = peer.listing_check({"host": 20.7, "guest": 0.01}, names)
+    unseen = peer.replace_check({"host": None, "guest": 1.0}, names)
 
     assert flock.line() == ("FAIL  lock exclusion across nodes (flock): node-b took it while node-a held it: flock "
                             "does not exclude across these nodes: use `lock: hardlink`")
@@ -177,9 +145,9 @@ def test_the_peer_lines_say_what_each_node_saw():
     assert listed.ok and listed.detail.startswith("node-a listed node-b's new file after 20.7 s; node-b listed "
                                                   "node-a's new file at once (a cached listing")
     assert not unseen.ok and "node-a had not read node-b's new content after 10 s" in unseen.detail
-    assert doctor.recommendation({"flock": False, "hardlink": True}, None).line().startswith("use lock: hardlink")
-    assert doctor.recommendation({"flock": True, "hardlink": True}, None).line().startswith("use lock: flock")
-    assert not doctor.recommendation({"flock": False, "hardlink": False}, None).ok
+    assert peer.recommendation({"flock": False, "hardlink": True}, None).line().startswith("use lock: hardlink")
+    assert peer.recommendation({"flock": True, "hardlink": True}, None).line().startswith("use lock: flock")
+    assert not peer.recommendation({"flock": False, "hardlink": False}, None).ok
 
 
 def test_two_peers_on_one_host_run_every_test_and_say_nothing_crossed_nodes(tmp_path):

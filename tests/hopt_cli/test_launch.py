@@ -82,14 +82,31 @@ def test_a_lambda_is_refused_with_what_to_do(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
-def test_a_trainable_from_a_module_replaces_the_recipes_worker(tmp_path):
+class Recorded:
+    """A Progress that keeps what the run reported."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[int, int]] = []
+        self.said: list[str] = []
+
+    def show(self, done: int, total: int, note: str) -> None:
+        self.shown.append((done, total))
+
+    def say(self, message: str) -> None:
+        self.said.append(message)
+
+
+def test_a_trainable_from_a_module_replaces_the_recipes_worker_and_the_run_reports_to_its_caller(tmp_path, capfd):
     from tests.hopt_cli.trainables import counts_threads
+    recorded = Recorded()
 
     experiment = hopt_cli.run(toy_recipe(population=2, intervals=2), tmp_path / "exp", workers=1,
-                              trainable=counts_threads)
+                              trainable=counts_threads, progress=recorded)
 
     assert experiment.recipe.trainable == "tests.hopt_cli.trainables:counts_threads"
     assert experiment.status().complete
+    assert recorded.shown[-1] == (4, 4) and recorded.said[0].startswith(f"toy: 1 worker on {tmp_path / 'exp'}")
+    assert capfd.readouterr() == ("", "")  # the library wrote nothing to the terminal itself
 
 
 NO_H1 = """printf '{{"score": %s}}' {h0} > {out}/metrics.json # {parent}"""

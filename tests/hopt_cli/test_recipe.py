@@ -331,3 +331,17 @@ def test_an_experiment_whose_stored_command_predates_the_check_still_opens(tmp_p
 
     assert result.exit_code == 0, result.output
     assert result.output.startswith("toy: 0/40 intervals")
+
+
+def test_a_stored_recipe_drops_the_switches_an_earlier_hopt_wrote_and_equals_its_recipe(tmp_path):
+    root = tmp_path / "exp"
+    Store.create(root, Recipe.from_dict(copy.deepcopy(MINIMAL)))
+    stored = root / "experiment.yaml"  # as a hopt that wrote ROMUL's ablation switches among the settings left it
+    data = yaml.safe_load(stored.read_text())
+    stored.write_text(yaml.safe_dump({**data, "policy": {**data["policy"], "wait": True, "de_move": True,
+                                                         "sigma0": 0.3}}, sort_keys=False))
+
+    recipe = Store.open(root).recipe
+
+    assert recipe.policy.settings == {**Recipe.from_dict(copy.deepcopy(MINIMAL)).policy.settings, "sigma0": 0.3}
+    Store.create(root, Recipe.from_dict(with_changes(MINIMAL, policy={"name": "romul", "sigma0": 0.3})))  # the same

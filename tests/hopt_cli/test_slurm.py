@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from hopt_cli.errors import HoptError, SlurmFailed
-from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, render_sbatch, requeue,
-                             requeue_if_preempted, submit, write_sbatch)
+from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, render_sbatch, requeue, requeue_if_preempted, submit,
+                            write_sbatch)
 from hopt_cli.events import Commit
 from hopt_cli.store import Store
 from tests import commands
@@ -234,35 +232,6 @@ def test_requeue_reports_scontrol_stderr(tmp_path: Path, monkeypatch: pytest.Mon
         requeue(SlurmEnvironment(job_id="7", array_job_id="5", array_task_id="2"))
 
 
-# StopSignals
-
-
-def test_handler_records_the_first_signal_only() -> None:
-    stops = StopSignals()
-    assert not stops.requested and stops.signal_name is None
-    stops.handle(signal.SIGUSR1, None)
-    stops.handle(signal.SIGTERM, None)
-    assert stops.requested and stops.preempted and stops.signal_name == "SIGUSR1"
-
-
-def test_sigterm_is_a_stop_but_not_a_preemption() -> None:
-    stops = StopSignals(preemption=signal.SIGUSR2)
-    stops.handle(signal.SIGTERM, None)
-    assert stops.requested and not stops.preempted and stops.signal_name == "SIGTERM"
-    assert signal.SIGUSR2 in stops.signals
-
-
-def test_real_signal_is_recorded_and_handlers_restored() -> None:
-    before = signal.getsignal(signal.SIGUSR1)
-    with StopSignals() as stops:
-        os.kill(os.getpid(), signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while not stops.requested and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert stops.signal_name == "SIGUSR1"
-    assert signal.getsignal(signal.SIGUSR1) is before
-
-
 # a real cluster
 
 
@@ -284,7 +253,8 @@ def test_array_runs_on_a_real_cluster(tmp_path: Path) -> None:
 
 WORKER_STAND_IN = """
 import pathlib, sys, time
-from hopt_cli.slurm import SlurmEnvironment, StopSignals, requeue
+from hopt_cli.signals import StopSignals
+from hopt_cli.slurm import SlurmEnvironment, requeue
 env = SlurmEnvironment.from_env()
 stops = StopSignals().install()
 print(f"run {env.restart_count} as {env.worker_name}", flush=True)
