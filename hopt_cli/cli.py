@@ -16,10 +16,10 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import intervallog, launch, schedule, tensorboard
+from hopt_cli import intervallog, launch, schedule, table, tensorboard
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError, command
-from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
+from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status, refuse_inside_experiment
 from hopt_cli.history import Event
 from hopt_cli.launch import Interrupted, create, enter_project
 from hopt_cli.progress import ProgressLine
@@ -532,3 +532,15 @@ def _os_error(err: OSError) -> str:
     if err.errno == errno.ENOSPC:
         return f"{where}{what}; free space on that filesystem, then run the command again"
     return f"{where}{what}"
+
+
+@cli.command("export")
+@DIR
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The table's file: FILE.csv, or FILE.parquet (needs pyarrow); written whole, replacing one there.")
+def export_command(root: Path, out: Path) -> None:
+    """Write the results table, one row per committed interval, with every metric and hyperparameter."""
+    refuse_inside_experiment(out)
+    frame = Experiment(root).dataframe()
+    table.write(frame, out)
+    click.echo(f"wrote {counted(len(frame), 'row')} x {counted(len(frame.columns), 'column')} to {out}")

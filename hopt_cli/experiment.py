@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hopt_cli import events, history, schedule
+from hopt_cli import events, history, schedule, table
 from hopt_cli.errors import CorruptFile, HoptError
 from hopt_cli.events import JournalEvent
 from hopt_cli.history import Commit, Event
@@ -342,6 +342,11 @@ class Experiment:
     def history(self) -> list[Commit]:
         """Every committed interval, in journal order."""
         return history.commits(self._journal())
+
+    def dataframe(self) -> Any:
+        """The results table as a pandas DataFrame (extra `table`): one row per committed interval, with its
+        member, interval, action, parent, worker, time, duration, score, metrics/* and hparams/* columns."""
+        return table.dataframe(table.rows(self.history(), self.events()))
 
     def events(self, member: int | None = None) -> list[Event]:
         """Every journal event as a readable record (only member `member`'s when given)."""
