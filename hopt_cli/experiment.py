@@ -346,7 +346,8 @@ class Experiment:
     def dataframe(self) -> Any:
         """The results table as a pandas DataFrame (extra `table`): one row per committed interval, with its
         member, interval, action, parent, worker, time, duration, score, metrics/* and hparams/* columns."""
-        return table.dataframe(table.rows(self.history(), self.events()))
+        found = list(self._journal())  # one reading for both: a commit appended meanwhile is in both or neither
+        return table.dataframe(table.rows(history.commits(found), history.readable(found)))
 
     def events(self, member: int | None = None) -> list[Event]:
         """Every journal event as a readable record (only member `member`'s when given)."""

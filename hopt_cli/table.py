@@ -23,22 +23,20 @@ def rows(commits: Iterable[Commit], journal: Iterable[Event]) -> list[dict[str, 
     """One row per commit, in journal order; `duration` runs from the interval's claim to its commit.
 
     The claim a commit ends is the latest claim of its member interval before it: a lease's token fences
-    every commit, so an earlier claim of that interval (failed or reclaimed) never commits."""
+    every commit, so an earlier claim of that interval (failed or reclaimed) never commits. `journal`'s
+    commits are `commits`, in the same order."""
     claimed: dict[tuple[int | None, int | None], float] = {}
-    started: dict[tuple[int, int, float], float] = {}
+    durations: list[float | None] = []
     for event in journal:
         if event.kind == "claim":
             claimed[event.member, event.interval] = event.time
-        elif event.kind == "commit" and (event.member, event.interval) in claimed:
-            started[event.member, event.interval, event.time] = claimed[event.member, event.interval]
-    table = []
-    for c in commits:
-        since = started.get((c.member, c.interval, c.time))
-        table.append({"member": c.member, "interval": c.interval, "action": c.action, "parent": c.parent,
-                      "worker": c.worker, "time": c.time, "duration": None if since is None else round(c.time - since, 6),
-                      "score": c.score, **{METRIC + k: v for k, v in c.metrics.items()},
-                      **{HPARAM + k: v for k, v in c.hparams.items()}})
-    return table
+        elif event.kind == "commit":
+            since = claimed.get((event.member, event.interval))
+            durations.append(None if since is None else round(event.time - since, 6))
+    return [{"member": c.member, "interval": c.interval, "action": c.action, "parent": c.parent, "worker": c.worker,
+             "time": c.time, "duration": duration, "score": c.score, **{METRIC + k: v for k, v in c.metrics.items()},
+             **{HPARAM + k: v for k, v in c.hparams.items()}}
+            for c, duration in zip(commits, durations, strict=True)]
 
 
 def dataframe(table: list[dict[str, Any]]) -> Any:
