@@ -16,7 +16,7 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import intervallog, launch, schedule, table, tensorboard
+from hopt_cli import intervallog, launch, schedule, table, tensorboard, tracking
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status, refuse_inside_experiment
@@ -544,3 +544,24 @@ def export_command(root: Path, out: Path) -> None:
     frame = Experiment(root).dataframe()
     table.write(frame, out)
     click.echo(f"wrote {counted(len(frame), 'row')} x {counted(len(frame.columns), 'column')} to {out}")
+
+
+@cli.command("mlflow")
+@DIR
+@click.option("--tracking-uri", help="Where MLflow keeps runs: http://HOST:PORT, sqlite:///FILE.db or a folder "
+                                     "[default: MLFLOW_TRACKING_URI, else MLflow's own default].")
+@click.option("--experiment", "name", help="The MLflow experiment to log into [default: the recipe's name].")
+@click.option("--watch", is_flag=True, help="Keep logging what is new until the experiment is complete.")
+def mlflow_command(root: Path, tracking_uri: str | None, name: str | None, watch: bool) -> None:
+    """Log every member's scores, metrics, hyperparameters and exploits as MLflow runs; again: only what is new."""
+    from hopt_cli import mlflow_export
+
+    def once() -> bool:
+        done = mlflow_export.export(root, tracking_uri, name)
+        best = f"; the best checkpoint uploaded to member {done.best}'s run" if done.best is not None else ""
+        click.echo(f"logged {counted(done.points, 'interval')} to {done.updated} of {counted(done.runs, 'member run')} "
+                   f"under parent run {done.parent_run} (MLflow experiment {done.experiment_id}){best}"
+                   + ("; the experiment has ended" if done.ended else ""))
+        return done.ended
+
+    tracking.follow(once, watch)
