@@ -565,3 +565,21 @@ def mlflow_command(root: Path, tracking_uri: str | None, name: str | None, watch
         return done.ended
 
     tracking.follow(once, watch)
+
+
+@cli.command("wandb")
+@DIR
+@click.option("--project", required=True, help="The W&B project to log into.")
+@click.option("--offline", is_flag=True, help="Write the runs only to W&B's folder (WANDB_DIR), for `wandb sync` later.")
+def wandb_command(root: Path, project: str, offline: bool) -> None:
+    """Log every member's scores, metrics, hyperparameters and exploits as W&B runs; again: only what is new."""
+    from hopt_cli import wandb_export
+
+    done = wandb_export.export(root, project, offline)
+    best = f"; the best checkpoint logged to member {done.best}'s run" if done.best is not None else ""
+    click.echo(f"logged {counted(done.points, 'interval')} to {done.updated} of {counted(done.runs, 'member run')} "
+               f"in group {done.group} of W&B project {project}{best}" + ("; the experiment has ended" if done.ended
+                                                                          else ""))
+    if offline:
+        click.echo(f"offline runs in {done.folder}; upload them: {command('wandb', 'sync', '--sync-all')} there",
+                   err=True)
