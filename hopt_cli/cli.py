@@ -558,6 +558,8 @@ def mlflow_command(root: Path, tracking_uri: str | None, name: str | None, watch
 
     def once() -> bool:
         done = mlflow_export.export(root, tracking_uri, name)
+        if watch and not (done.points or done.best is not None or done.ended):
+            return False  # a quiet pass: nothing new to say
         best = f"; the best checkpoint uploaded to member {done.best}'s run" if done.best is not None else ""
         click.echo(f"logged {counted(done.points, 'interval')} to {done.updated} of {counted(done.runs, 'member run')} "
                    f"under parent run {done.parent_run} (MLflow experiment {done.experiment_id}){best}"

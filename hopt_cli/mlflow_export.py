@@ -50,12 +50,22 @@ def export(root: str | Path, tracking_uri: str | None = None, name: str | None =
 
 class _Exporter:
     def __init__(self, experiment: Experiment, tracking_uri: str | None, name: str) -> None:
+        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri)
         self.name = name
         self.head = experiment.store.journal.head()
+        uri = tracking_uri or mlflow.get_tracking_uri()  # MLflow's default: sqlite:///mlflow.db, here
+        self._refuse_inside(_local_path(uri), f"MLflow's tracking store {uri}",
+                            "run hopt mlflow from another folder or give a --tracking-uri outside it")
+        self.client = MlflowClient(uri)
+
+    def _refuse_inside(self, path: Path | None, what: str, fix: str) -> None:
+        """Refuse to write at `path` (None: not on this machine's filesystem) inside the experiment directory."""
+        root = self.experiment.store.paths.root.resolve()
+        if path is not None and path.resolve().is_relative_to(root):
+            raise HoptError(f"{what} is inside the experiment directory {root}, which hopt manages; {fix}")
 
     def run(self) -> MlflowExport:
         population = self.experiment.population()  # before the history: an ended one is then logged whole
@@ -91,11 +101,8 @@ class _Exporter:
         if found.lifecycle_stage != "active":
             raise HoptError(f"the MLflow experiment {self.name!r} is deleted; restore it (mlflow experiments restore) "
                             "or name another with --experiment")
-        location = urlparse(found.artifact_location)
-        root = self.experiment.store.paths.root.resolve()
-        if location.scheme in ("", "file") and Path(location.path).resolve().is_relative_to(root):
-            raise HoptError(f"the MLflow experiment {self.name!r} keeps its artifacts in {location.path}, inside the "
-                            f"experiment directory {root}, which hopt manages; run hopt mlflow from another folder "
+        self._refuse_inside(_local_path(found.artifact_location), f"the artifact store of MLflow experiment "
+                            f"{self.name!r}, {found.artifact_location},", "run hopt mlflow from another folder "
                             "(MLflow's default artifact store is ./mlruns) and name a new --experiment")
         return found.experiment_id
 
@@ -173,3 +180,11 @@ class _Exporter:
 
 def _ms(seconds: float) -> int:
     return int(round(seconds * 1000))
+
+
+def _local_path(uri: str) -> Path | None:
+    """The file or folder of a local MLflow store (a path, file:, sqlite:); None for a remote one."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    parsed = urlparse(uri)
+    return Path(parsed.path) if parsed.scheme in ("", "file") else None

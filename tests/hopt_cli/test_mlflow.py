@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from hopt_cli import mlflow_export
+from hopt_cli.errors import HoptError
 from hopt_cli.events import Commit
 from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import Recipe
@@ -163,6 +164,21 @@ def test_a_missing_extra_is_one_line_naming_the_install(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["hopt: error: hopt mlflow needs mlflow: pip install mlflow (or, in "
                                                 "hopt's folder, pip install -e '.[mlflow]')"]
+
+
+@pytest.mark.parametrize("store", ["tracking", "artifacts"])
+def test_a_store_inside_the_experiment_is_refused(tmp_path, monkeypatch, store):
+    worker = in_process(tmp_path / "exp", intervals=1)
+    finish(worker)
+    root = worker.store.paths.root
+    before = listing(root)
+    monkeypatch.chdir(root if store == "artifacts" else tmp_path)  # MLflow's default artifact store: ./mlruns
+    uri = f"sqlite:///{(tmp_path if store == 'artifacts' else root) / 'mlflow.db'}"
+
+    with pytest.raises(HoptError, match="is inside the experiment directory") as refused:
+        mlflow_export.export(root, uri)
+
+    assert refused.value.exit_code == 2 and listing(root) == before
 
 
 def free_port() -> int:
