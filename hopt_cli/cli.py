@@ -572,7 +572,8 @@ def mlflow_command(root: Path, tracking_uri: str | None, name: str | None, watch
 @cli.command("wandb")
 @DIR
 @click.option("--project", required=True, help="The W&B project to log into.")
-@click.option("--offline", is_flag=True, help="Write the runs only to W&B's folder (WANDB_DIR), for `wandb sync` later.")
+@click.option("--offline", is_flag=True,
+              help="Write the runs only to W&B's folder (WANDB_DIR), for `wandb sync` later.")
 def wandb_command(root: Path, project: str, offline: bool) -> None:
     """Log every member's scores, metrics, hyperparameters and exploits as W&B runs; again: only what is new."""
     from hopt_cli import wandb_export
