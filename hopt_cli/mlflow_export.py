@@ -43,7 +43,7 @@ def export(root: str | Path, tracking_uri: str | None = None, name: str | None =
     try:
         return _Exporter(experiment, tracking_uri, name or experiment.recipe.name).run()
     except mlflow.exceptions.MlflowException as err:
-        message = " ".join(str(err.message).split())[:500]
+        message = " ".join(str(err.message).split())[:500].rstrip(".")
         raise RuntimeFailure(f"MLflow at {tracking_uri or mlflow.get_tracking_uri()} refused or failed: {message}; "
                              "check --tracking-uri and that the server is up, then run it again") from None
 

@@ -43,9 +43,8 @@ def export(root: str | Path, project: str, offline: bool = False) -> WandbExport
     try:
         return _Exporter(wandb, experiment, project, offline).run()
     except wandb.errors.Error as err:
-        message = " ".join(str(err).split())[:500]
-        raise RuntimeFailure(f"W&B failed: {message}; check `wandb login` (or use --offline), then run it again") \
-            from None
+        message = " ".join(str(err).split())[:500].rstrip(".")
+        raise RuntimeFailure(f"W&B failed: {message}; run it again once that is fixed, or with --offline") from None
 
 
 class _Exporter:
