@@ -72,9 +72,13 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
     store = Store.open(root)
     out = Path(out)
     state = _load_state(out, store)
+    complete = store.sync().complete  # before the events: a complete experiment's are then all read
     found, cursor = store.read_events(Cursor(**state["cursor"]))
     runs = _Runs()
     _Exporter(state, store.recipe.space, runs).apply(found)
+    if complete and not state.get("sessions"):
+        runs.sessions(state["members"])
+        state["sessions"] = True
     try:
         out.mkdir(parents=True, exist_ok=True)
         runs.publish(out)
@@ -163,6 +167,16 @@ class _Runs:
 
         values = [Summary.Value(tag=f"pbt/{name}_from", simple_value=parent), *text_pb(f"pbt/{name}", text).value]
         self._write(member, step, values, wall_time)
+
+    def sessions(self, members: dict[str, Point]) -> None:
+        """The HParams view, written once the experiment is complete (TensorBoard keeps a run's first
+        session only): each member a session of its latest interval's hyperparameters, beside its score."""
+        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+
+        for member, point in members.items():
+            hparams = {k: v for k, v in point["hparams"].items() if isinstance(v, (bool, int, float, str))}
+            self._write(int(member), point["interval"], list(hparams_pb(hparams, trial_id=_run(int(member))).value),
+                        None)
 
     def publish(self, out: Path) -> None:
         """Write each run's events as its next file, whole under a name TensorBoard ignores, then renamed."""
