@@ -40,7 +40,6 @@ class Point:
     interval: int
     time: float
     values: dict[str, float]
-    hparams: dict[str, Any]
     exploit: Exploit | None
 
 
@@ -48,7 +47,7 @@ def points(commits: list[Commit], space: SearchSpace) -> list[Point]:
     """Every commit as a Point, in journal order."""
     choices = {p.name: p.values for p in space.params if p.is_choice}
     by_checkpoint = {c.checkpoint: c for c in commits}
-    return [Point(c.member, c.interval, c.time, _values(c, choices), c.hparams,
+    return [Point(c.member, c.interval, c.time, _values(c, choices),
                   _exploit(c, by_checkpoint.get(str(c.parent_checkpoint))) if c.action == "exploit" else None)
             for c in commits]
 
@@ -82,7 +81,7 @@ def _is_number(value: Any) -> bool:
 
 def _exploit(c: Commit, copied: Commit | None) -> Exploit:
     """`interval 7: copied member 2's checkpoint of interval 6 (score 0.91); lr 0.01 -> 0.012`."""
-    parent = int(c.parent) if c.parent is not None else -1
+    parent = int(c.parent)  # type: ignore[arg-type]  # an exploit always copies a parent
     if copied is None:
         return Exploit(parent, f"interval {c.interval}: copied member {parent}'s checkpoint {c.parent_checkpoint}")
     old = copied.hparams

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,19 +87,35 @@ def histories(client: Any, members: dict[str, Any]) -> Runs:
                    for key in run.data.metrics} for name, run in members.items()}
 
 
-def test_each_member_run_holds_its_commits_params_exploits_and_the_best(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite tracking store, made once: creating one runs MLflow's schema migrations (seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite(migrated: Path, tmp_path: Path) -> str:
+    """A fresh sqlite tracking store of this test's own (a copy of the empty one), outside its experiment."""
+    shutil.copyfile(migrated, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_each_member_run_holds_its_commits_params_exploits_and_the_best(tmp_path, monkeypatch, sqlite):
     from mlflow.tracking import MlflowClient
 
     worker = in_process(tmp_path / "exp")
     finish(worker)
     root = worker.store.paths.root
     before = listing(root)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact store, ./mlruns, outside the experiment
 
-    done = mlflow_export.export(root, uri)
+    done = mlflow_export.export(root, sqlite, "holds")
 
-    client = MlflowClient(uri)
+    client = MlflowClient(sqlite)
     parent, members = read_back(client, done.experiment_id)
     runs, params, exploits = expected(root)
     best = Experiment(root).best()
@@ -122,27 +139,26 @@ def test_each_member_run_holds_its_commits_params_exploits_and_the_best(tmp_path
     assert sorted(a.path for a in client.list_artifacts(best_run, "best")) == \
         ["best/checkpoint", "best/schedule.yaml", "best/scores.csv"]
     schedule = Path(client.download_artifacts(best_run, "best/schedule.yaml", str(tmp_path)))
-    hopt("best", "--dir", str(root), "--out", str(tmp_path / "exported"))
+    Experiment(root).export_best(tmp_path / "exported")
     assert schedule.read_text() == (tmp_path / "exported" / "schedule.yaml").read_text()
 
 
-def test_exporting_again_logs_only_what_is_new(tmp_path, monkeypatch):
+def test_exporting_again_logs_only_what_is_new(tmp_path, monkeypatch, sqlite):
     from mlflow.tracking import MlflowClient
 
     worker = in_process(tmp_path / "exp")
     for _ in range(9):
         worker.train_and_commit(worker.claim())
     root = worker.store.paths.root
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
 
-    first = mlflow_export.export(root, uri)
+    first = mlflow_export.export(root, sqlite, "again")
     finish(worker)
-    second = mlflow_export.export(root, uri)
-    third = mlflow_export.export(root, uri)
-    once = mlflow_export.export(root, uri, "once")
+    second = mlflow_export.export(root, sqlite, "again")
+    third = mlflow_export.export(root, sqlite, "again")
+    once = mlflow_export.export(root, sqlite, "once")
 
-    client = MlflowClient(uri)
+    client = MlflowClient(sqlite)
     runs = expected(root)[0]
     assert (first.points, first.ended, second.ended, third.points, third.best) == (9, False, True, 0, None)
     assert first.points + second.points == once.points
@@ -167,16 +183,16 @@ def test_a_missing_extra_is_one_line_naming_the_install(tmp_path):
 
 
 @pytest.mark.parametrize("store", ["tracking", "artifacts"])
-def test_a_store_inside_the_experiment_is_refused(tmp_path, monkeypatch, store):
+def test_a_store_inside_the_experiment_is_refused(tmp_path, monkeypatch, sqlite, store):
     worker = in_process(tmp_path / "exp", intervals=1)
     finish(worker)
     root = worker.store.paths.root
     before = listing(root)
     monkeypatch.chdir(root if store == "artifacts" else tmp_path)  # MLflow's default artifact store: ./mlruns
-    uri = f"sqlite:///{(tmp_path if store == 'artifacts' else root) / 'mlflow.db'}"
+    uri = sqlite if store == "artifacts" else f"sqlite:///{root / 'mlflow.db'}"
 
     with pytest.raises(HoptError, match="is inside the experiment directory") as refused:
-        mlflow_export.export(root, uri)
+        mlflow_export.export(root, uri, "refused")
 
     assert refused.value.exit_code == 2 and listing(root) == before
 
