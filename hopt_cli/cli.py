@@ -16,10 +16,10 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import intervallog, launch, schedule, tensorboard, timeline
+from hopt_cli import intervallog, launch, schedule, table, tensorboard, timeline, tracking
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError, Interrupted, command
-from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status
+from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status, refuse_inside_experiment
 from hopt_cli.launch import create, enter_project
 from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
@@ -513,3 +513,57 @@ def _os_error(err: OSError) -> str:
     if err.errno == errno.ENOSPC:
         return f"{where}{what}; free space on that filesystem, then run the command again"
     return f"{where}{what}"
+
+
+@cli.command("export")
+@DIR
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The table's file: FILE.csv, or FILE.parquet (needs pyarrow); written whole, replacing one there.")
+def export_command(root: Path, out: Path) -> None:
+    """Write the results table, one row per committed interval, with every metric and hyperparameter."""
+    refuse_inside_experiment(out)
+    frame = Experiment(root).dataframe()
+    table.write(frame, out)
+    click.echo(f"wrote {counted(len(frame), 'row')} x {counted(len(frame.columns), 'column')} to {out}")
+
+
+@cli.command("mlflow")
+@DIR
+@click.option("--tracking-uri", help="Where MLflow keeps runs: http://HOST:PORT, sqlite:///FILE.db or a folder "
+                                     "[default: MLFLOW_TRACKING_URI, else MLflow's own default].")
+@click.option("--experiment", "name", help="The MLflow experiment to log into [default: the recipe's name].")
+@click.option("--watch", is_flag=True, help="Keep logging what is new until the experiment is complete.")
+def mlflow_command(root: Path, tracking_uri: str | None, name: str | None, watch: bool) -> None:
+    """Log every member's scores, metrics, hyperparameters and exploits as MLflow runs; again: only what is new."""
+    from hopt_cli import mlflow_export
+
+    def once() -> bool:
+        done = mlflow_export.export(root, tracking_uri, name)
+        if watch and not (done.points or done.best is not None or done.ended):
+            return False  # a quiet pass: nothing new to say
+        best = f"; the best checkpoint uploaded to member {done.best}'s run" if done.best is not None else ""
+        click.echo(f"logged {counted(done.points, 'interval')} to {done.updated} of {counted(done.runs, 'member run')} "
+                   f"under parent run {done.parent_run} (MLflow experiment {done.experiment_id}){best}"
+                   + ("; the experiment has ended" if done.ended else ""))
+        return done.ended
+
+    tracking.follow(once, watch)
+
+
+@cli.command("wandb")
+@DIR
+@click.option("--project", required=True, help="The W&B project to log into.")
+@click.option("--offline", is_flag=True,
+              help="Write the runs only to W&B's folder (WANDB_DIR), for `wandb sync` later.")
+def wandb_command(root: Path, project: str, offline: bool) -> None:
+    """Log every member's scores, metrics, hyperparameters and exploits as W&B runs; again: only what is new."""
+    from hopt_cli import wandb_export
+
+    done = wandb_export.export(root, project, offline)
+    best = f"; the best checkpoint logged to member {done.best}'s run" if done.best is not None else ""
+    click.echo(f"logged {counted(done.points, 'interval')} to {done.updated} of {counted(done.runs, 'member run')} "
+               f"in group {done.group} of W&B project {project}{best}" + ("; the experiment has ended" if done.ended
+                                                                          else ""))
+    if offline:
+        click.echo(f"offline runs in {done.folder}; upload them: {command('wandb', 'sync', '--sync-all')} there",
+                   err=True)

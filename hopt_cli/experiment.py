@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hopt_cli import schedule
+from hopt_cli import schedule, table
 from hopt_cli.errors import CorruptFile, HoptError
 from hopt_cli.policies import robust_window
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
@@ -341,28 +341,35 @@ class Experiment:
 
     def history(self) -> list[TrainedInterval]:
         """Every committed interval, in journal order."""
-        return self._replayed().commits
+        return self.timeline().commits
+
+    def dataframe(self) -> Any:
+        """The results table as a pandas DataFrame (extra `table`): one row per committed interval, with its
+        member, interval, action, parent, worker, time, duration, score, metrics/* and hparams/* columns."""
+        replayed = self.timeline()
+        return table.dataframe(table.rows(replayed.commits, replayed.entries))
 
     def events(self, member: int | None = None) -> list[Event]:
         """Every journal event as a readable record (only member `member`'s when given)."""
         if member is not None:
             self._check_member(member)
-        return [e for e in self._replayed().entries if member is None or e.member == member]
+        return [e for e in self.timeline().entries if member is None or e.member == member]
 
     def interval_logs(self, member: int, interval: int) -> list[IntervalLog]:
         """Every attempt at `member`'s `interval`, in journal order, with the output each one kept."""
         self._check_member(member)
         return [IntervalLog(member, interval, a.attempt, a.worker, a.outcome, a.reason,
                             _read_text(self.store.paths.interval_log(checkpoint_name(member, interval, a.token))))
-                for a in self._replayed().attempts(member, interval)]
+                for a in self.timeline().attempts(member, interval)]
 
     def _check_member(self, member: int) -> None:
         size = self.population().size
         if not 0 <= member < size:
             raise HoptError(f"there is no member {member}: the population has members 0 to {size - 1}")
 
-    def _replayed(self) -> Timeline:
-        """The journal replayed so far, read incrementally."""
+    def timeline(self) -> Timeline:
+        """The journal replayed so far (read incrementally): every event's record, each commit's trained
+        interval and, for an exploit, the commit whose checkpoint it copied."""
         new, self._cursor = self.store.read_events(self._cursor)
         self._timeline.extend(new)
         return self._timeline

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hopt_cli import tracking
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Adopt, Commit
 from hopt_cli.experiment import refuse_inside_experiment
@@ -72,12 +73,16 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
     store = Store.open(root)
     out = Path(out)
     state = _load_state(out, store)
+    complete = store.sync().complete  # before the events: a complete experiment's are then all read
     found, cursor = store.read_events()
     timeline = Timeline()
     timeline.extend(found)
     runs = _Runs(store.recipe.space)
     for replayed in timeline.replayed[state["events"]:]:
         runs.write(replayed)
+    if complete and not state["sessions"]:
+        runs.sessions(_latest(timeline))
+        state["sessions"] = True
     try:
         out.mkdir(parents=True, exist_ok=True)
         runs.publish(out)
@@ -88,6 +93,16 @@ def export(root: str | Path, out: str | Path) -> TensorboardExport:
     members = {r.event.member for r in timeline.replayed if isinstance(r.event, (Commit, Adopt))}
     return TensorboardExport(out, tuple(sorted(map(_run, members))), tuple(sorted(runs.files)), runs.points,
                              len(found) - state["events"])
+
+
+def _latest(timeline: Timeline) -> dict[int, TrainedInterval]:
+    """Each member's latest interval: its last commit, or the finished lineage it took over."""
+    latest: dict[int, TrainedInterval] = {}
+    for r in timeline.replayed:
+        taken = r.trained if isinstance(r.event, Commit) else r.copied if isinstance(r.event, Adopt) else None
+        if taken is not None:
+            latest[r.event.member] = taken
+    return latest
 
 
 def _check_tensorboard() -> None:
@@ -123,7 +138,7 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
     root, head = store.paths.root, store.journal.head()
     refuse_inside_experiment(out)
     fresh = {"format": FORMAT, "experiment": str(Path(root).resolve()), "head": head,
-             "cursor": Cursor().to_dict(), "events": 0}
+             "cursor": Cursor().to_dict(), "events": 0, "sessions": False}
     path = out / STATE
     try:
         state = json.loads(path.read_bytes())
@@ -148,7 +163,7 @@ def _load_state(out: Path, store: Store) -> dict[str, Any]:
         raise HoptError(f"{store.paths.journal} is shorter than {out} has exported ({size} < "
                         f"{state['cursor']['offset']} bytes): the journal was cut or replaced; export into a new --out")
     read = state["events"] if "events" in state else _events_before(store, state["cursor"]["offset"])
-    return {**fresh, "cursor": state["cursor"], "events": read}
+    return {**fresh, "cursor": state["cursor"], "events": read, "sessions": state.get("sessions") is True}
 
 
 class _Runs:
@@ -169,7 +184,7 @@ class _Runs:
                 if replayed.copied is not None:
                     self._point(event.member, replayed.copied, event.time)
                 self._note(event.member, event.interval, "exploit", int(event.decision.parent),
-                           _exploit_text(event, replayed), event.time)
+                           tracking.exploit_text(replayed), event.time)
             self._point(event.member, replayed.trained, event.time)
         elif isinstance(event, Adopt):
             d = event.decision
@@ -197,7 +212,7 @@ class _Runs:
         """The checkpoint `trained` made, at its interval of the member's run."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in self._scalars(trained).items()]
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in tracking.values(trained, self.choices).items()]
         self._event(member, trained.interval, values, wall_time)
         self.points += 1
 
@@ -209,17 +224,14 @@ class _Runs:
         values = [Summary.Value(tag=f"pbt/{name}_from", simple_value=parent), *text_pb(f"pbt/{name}", text).value]
         self._event(member, step, values, wall_time)
 
-    def _scalars(self, trained: TrainedInterval) -> dict[str, float]:
-        scalars = {"score": float(trained.score)}
-        scalars.update({f"metrics/{k}": float(v) for k, v in trained.metrics.items() if _is_number(v)})
-        for name, value in trained.hparams.items():
-            if name in self.choices and value in self.choices[name]:
-                scalars[f"hparams/{name}"] = float(self.choices[name].index(value))
-            elif _is_number(value):
-                scalars[f"hparams/{name}"] = float(value)
-        if trained.sigma > 0:
-            scalars["pbt/sigma"] = float(trained.sigma)
-        return scalars
+    def sessions(self, latest: dict[int, TrainedInterval]) -> None:
+        """The HParams view, written once the experiment is complete (TensorBoard keeps a run's first
+        session only): each member a session of its latest interval's hyperparameters, beside its score."""
+        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+
+        for member, trained in latest.items():
+            hparams = {k: v for k, v in trained.hparams.items() if isinstance(v, (bool, int, float, str))}
+            self._event(member, trained.interval, list(hparams_pb(hparams, trial_id=_run(member)).value), None)
 
     def publish(self, out: Path) -> None:
         """Write each run's events as its next file, whole under a name TensorBoard ignores, then renamed."""
@@ -238,21 +250,3 @@ class _Runs:
                 temp.unlink(missing_ok=True)
                 raise
             fsync_dir(folder)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _exploit_text(event: Commit, replayed: Replayed) -> str:
-    """`interval 7: copied member 2's checkpoint of interval 6 (score 0.91); lr 0.01 → 0.012`."""
-    d, copied = event.decision, replayed.copied
-    if copied is None:
-        return f"interval {event.interval}: copied member {d.parent}'s checkpoint {d.checkpoint}"
-    changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in replayed.entry.changes)
-    return (f"interval {event.interval}: copied member {d.parent}'s checkpoint of interval {copied.interval} "
-            f"(score {copied.score:.6g}); {changes or 'no change'}")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -73,7 +73,7 @@ def read_run(folder: Path) -> tuple[dict[str, Points], dict[str, list[tuple[int,
     tags = accumulator.Tags()
     scalars = {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in tags["scalars"]}
     texts = {tag: [(e.step, e.tensor_proto.string_val[0].decode()) for e in accumulator.Tensors(tag)]
-             for tag in tags["tensors"]}
+             for tag in tags["tensors"] if not tag.startswith("_hparams_/")}  # the HParams session is no text
     return scalars, texts
 
 
