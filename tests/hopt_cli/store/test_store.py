@@ -107,7 +107,7 @@ class TestStoreProtocol:
         assert store.paths.journal.stat().st_size == size
         assert not staging.exists()
         assert not any(p.name.startswith(f"m{claim.member:05d}") for p in store.paths.checkpoints.iterdir())
-        assert store.holds(retry.lease)
+        assert store.leases.holds(retry.lease)
 
 
     def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(self, make_store, tmp_path):
@@ -118,7 +118,7 @@ class TestStoreProtocol:
         os.utime(store.paths.lease(expired.member), (old, old))
 
         with store.transaction():
-            kept = store.reclaim(Holder.this_process("c"))
+            kept = store.leases.reclaim(Holder.this_process("c"))
 
         assert [lease.token for lease in kept] == [live.lease.token]
         assert not store.paths.lease(expired.member).exists()
@@ -133,19 +133,19 @@ class TestStoreProtocol:
         expired, _ = claim_one(store, Worker(store, "a"))
         other = Store.open(store.paths.root)  # another worker's process, on its own clock
         clock = [1000.0]
-        monkeypatch.setattr("hopt_cli.store.time.monotonic", lambda: clock[0])
+        monkeypatch.setattr("hopt_cli.store.leasetable.time.monotonic", lambda: clock[0])
         with other.transaction():
-            assert other.leased(Holder.this_process("b")) == {expired.member}  # its first: it lists
+            assert other.leases.leased(Holder.this_process("b")) == {expired.member}  # its first: it lists
         old = os.stat(store.paths.lease(expired.member)).st_mtime - 31
         os.utime(store.paths.lease(expired.member), (old, old))
 
         clock[0] += 4.9
         with other.transaction():
-            assert other.leased(Holder.this_process("b")) == {expired.member}
+            assert other.leases.leased(Holder.this_process("b")) == {expired.member}
         assert store.paths.lease(expired.member).exists()
         clock[0] += 0.1
         with other.transaction():
-            assert other.leased(Holder.this_process("b")) == set()
+            assert other.leases.leased(Holder.this_process("b")) == set()
         assert not store.paths.lease(expired.member).exists()
         assert isinstance(other.read_events()[0][-1], Reclaim)
 
@@ -159,17 +159,17 @@ class TestStoreProtocol:
             store.claim(0, decision, store.recipe.space.decode(decision.coords), ghost)
 
         with store.transaction():
-            kept = store.reclaim(Holder.this_process("me"))
+            kept = store.leases.reclaim(Holder.this_process("me"))
         assert kept == [] and "holder" in store.journal.read()[0][-1]["reason"]
         with store.transaction():
-            assert store.leased(Holder.this_process("me")) == set()  # it lists: the next is a period away
+            assert store.leases.leased(Holder.this_process("me")) == set()  # it lists: the next is a period away
 
         with store.transaction() as population:  # yet a dead claimer is noticed at the next claim
             decision = make_policy("romul").decide(
                 population.view(), 1, store.recipe.space, __import__("numpy").random.default_rng(0))
             store.claim(1, decision, store.recipe.space.decode(decision.coords), ghost)
         with store.transaction():
-            assert store.leased(Holder.this_process("me")) == set()
+            assert store.leases.leased(Holder.this_process("me")) == set()
 
 
     def test_a_hand_edited_lease_is_reclaimed_and_fences_its_holder(self, make_store, tmp_path):
@@ -178,7 +178,7 @@ class TestStoreProtocol:
         store.paths.lease(claim.member).write_text("I edited this")
 
         with store.transaction():
-            assert store.reclaim(Holder.this_process("b")) == []
+            assert store.leases.reclaim(Holder.this_process("b")) == []
             assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging) is None
         assert not staging.exists()
 
@@ -193,10 +193,10 @@ class TestStoreProtocol:
         orphan.mkdir()
 
         with store.transaction() as population:
-            live = store.reclaim(worker.holder)
-            store.collect_garbage(live)
+            live = store.leases.reclaim(worker.holder)
+            store.collector.sweep(live)
             referenced = population.referenced_checkpoints()
-        store.empty_trash()
+        store.collector.empty_trash()
 
         on_disk = {p.name for p in store.paths.checkpoints.iterdir()}
         parent = in_flight.decision.checkpoint
@@ -222,11 +222,11 @@ class TestStoreProtocol:
 
         monkeypatch.setattr(os, "rename", stale)
         with store.transaction():
-            assert store.collect_garbage(store.reclaim(worker.holder)) == 0
+            assert store.collector.sweep(store.leases.reclaim(worker.holder)) == 0
         assert left.is_dir()
         monkeypatch.setattr(os, "rename", rename)
         with store.transaction():
-            assert store.collect_garbage(store.reclaim(worker.holder)) == 1
+            assert store.collector.sweep(store.leases.reclaim(worker.holder)) == 1
         assert not left.exists()
 
     def test_a_snapshot_being_written_outside_the_lock_is_left_alone(self, make_store, tmp_path):
@@ -235,7 +235,7 @@ class TestStoreProtocol:
         in_flight.write_text("half")
 
         with store.transaction():
-            store.drop_leftovers()
+            store.collector.sweep(store.leases.live())
 
         assert in_flight.exists()
 
