@@ -75,9 +75,6 @@ class Lease:
         except (FileNotFoundError, ValueError, TypeError, KeyError):
             return None
 
-    def holder_is_gone(self, here: Holder) -> bool:
-        return self.holder.is_gone(here)
-
 
 def _running(pid: int) -> bool:
     """Whether process `pid` of this pid namespace runs: a killed process that its parent has not reaped

@@ -53,8 +53,8 @@ def encode(population: Population, cursor: Cursor) -> dict[str, Any]:
     """The snapshot document of `population`, the state after the journal's lines up to `cursor`."""
     writer = _Writer()
     data = {f.name: getattr(population, f.name) for f in dataclasses.fields(population) if f.name not in _LISTS}
-    data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage),
-                        "claim_holder": m.claim_holder and vars(m.claim_holder)} for m in population.members]
+    data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage), "claim_holder": _holder(m.claim_holder)}
+                       for m in population.members]
     data["pending"] = {str(member): writer.lineage(lineage) for member, lineage in population.pending.items()}
     data["best"] = [{**vars(b), "lineage": writer.lineage(b.lineage)} for b in population.best]
     return {"format": FORMAT, "offset": cursor.offset, "events": population.events, "cursor": cursor.to_dict(),
@@ -87,6 +87,11 @@ def decode(document: dict[str, Any]) -> tuple[Population, Cursor]:
     if cursor.offset != document["offset"]:
         raise ValueError("the cursor and the offset disagree")
     return Population(**data), cursor
+
+
+def _holder(claimer: Claimer | None) -> dict[str, Any] | None:
+    """A claim's holder as state.json has always stored it: a plain object."""
+    return None if claimer is None else vars(claimer)
 
 
 def _claimer(member: dict[str, Any]) -> Claimer | None:
