@@ -124,16 +124,16 @@ class Worker:
         else:
             outcome, fenced = self._train_logged(claim, staging)
         committing = time.perf_counter()
-        ready = outcome.error is None and not self.stop.requested
-        staged = self.store.staging.look(staging, digest=ready) if outcome.error is None else None
-        if outcome.error is None and staged is None:
+        staging_area = self.store.staging
+        if outcome.error is None and not staging_area.present(staging):
             outcome = Outcome(None, {}, f"the trainable removed its output folder ctx.out ({staging}); "
                                         "write into it, never remove it")
-        elif staged is not None and staged.empty and not self._warned_empty:
+        elif outcome.error is None and not self._warned_empty and staging_area.empty(staging):
             self._warned_empty = True
             log.warning("the trainable wrote nothing into ctx.out: its checkpoints are empty, so a member that "
                         "continues or copies one starts from scratch (said once per worker)")
-        digest = staged.digest if staged is not None else None
+        ready = outcome.error is None and not self.stop.requested
+        digest = staging_area.digest(staging) if ready else None
         with self.store.transaction() as population:
             if self.stop.requested:
                 self.store.release(claim.lease, "stop requested", staging)
@@ -189,10 +189,10 @@ class Worker:
         """Run the trainable with a heartbeat thread keeping the lease alive."""
         decision = claim.decision
         parent = self.store.staging.parent(decision.checkpoint)
-        before = self.store.staging.state(parent) if parent is not None else None
-        if parent is not None and before is None:
+        if parent is not None and not self.store.staging.present(parent):
             return Outcome(None, {}, f"checkpoint {parent} is missing (deleted outside hopt?); restore it from "
                                      "a backup: hopt never deletes a checkpoint that is still referenced"), False
+        before = self.store.staging.state(parent) if parent is not None else None
         lost = threading.Event()
         finished = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(claim.lease, lost, finished), daemon=True)

@@ -5,22 +5,12 @@ worker never mistakes a transient error for a missing or changed folder.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from hopt_cli.store.digest import FileState, checkpoint_digest, folder_state
 from hopt_cli.store.fsio import retrying
 from hopt_cli.store.leases import Lease
 from hopt_cli.store.paths import ExperimentPaths
-
-
-@dataclass(frozen=True)
-class Staged:
-    """What an interval left in its staging folder: whether it holds anything, and its content digest
-    (None unless asked for)."""
-
-    empty: bool
-    digest: str | None
 
 
 class Staging:
@@ -35,21 +25,24 @@ class Staging:
         folder.mkdir()
         return folder
 
-    def look(self, folder: Path, digest: bool) -> Staged | None:
-        """What the trainable left in `folder`, its digest taken if `digest` (outside the lock: reading a
-        checkpoint of ~90 MB back costs about 0.1 s); None when the trainable removed the folder."""
-        if not retrying(folder.is_dir, folder):
-            return None
-        empty = not retrying(lambda: any(folder.iterdir()), folder)
-        return Staged(empty, retrying(lambda: checkpoint_digest(folder), folder) if digest else None)
+    def present(self, folder: Path) -> bool:
+        """Whether `folder` is there: a staging folder (a trainable may remove ctx.out, which it must not),
+        or the checkpoint an interval resumes from."""
+        return retrying(folder.is_dir, folder)
+
+    def empty(self, folder: Path) -> bool:
+        """Whether the trainable wrote nothing into the staging `folder`."""
+        return not retrying(lambda: any(folder.iterdir()), folder)
+
+    def digest(self, folder: Path) -> str:
+        """The content digest of the checkpoint in `folder`, taken outside the lock: reading a checkpoint
+        of ~90 MB back costs about 0.1 s."""
+        return retrying(lambda: checkpoint_digest(folder), folder)
 
     def parent(self, checkpoint: str | None) -> Path | None:
         """The folder of the checkpoint an interval resumes from; None for a fresh start."""
         return None if checkpoint is None else self.paths.checkpoint(checkpoint)
 
-    def state(self, folder: Path) -> tuple[FileState, ...] | None:
-        """Every file's name, size and mtime under the checkpoint `folder` (what a write into it changes);
-        None when it is missing."""
-        if not retrying(folder.is_dir, folder):
-            return None
+    def state(self, folder: Path) -> tuple[FileState, ...]:
+        """Every file's name, size and mtime under the checkpoint `folder`: what a write into it changes."""
         return retrying(lambda: folder_state(folder), folder)
