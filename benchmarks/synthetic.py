@@ -125,7 +125,7 @@ def generate(root: Path, population: int, commits: int, seed: int = 0) -> Store:
         for index in range(commits):
             if index == snapshot_at:
                 journal.flush()
-                store.cursor = cursor
+                store.replica.cursor = cursor
                 store.write_snapshot()
             for event in generator.events():
                 state.apply(event)
@@ -133,7 +133,7 @@ def generate(root: Path, population: int, commits: int, seed: int = 0) -> Store:
                 line = (dumps(numbered) + "\n").encode()
                 journal.write(line)
                 cursor, _ = cursor.after(line, numbered)
-    store.cursor = cursor
+    store.replica.cursor = cursor
     _write_checkpoints(store, state)
     return store
 

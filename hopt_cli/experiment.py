@@ -39,8 +39,8 @@ SILENT_HEARTBEATS = 1.5  # heartbeat periods without a heartbeat after which a l
 class LeaseStatus:
     """Who trains a member now; `age` is the seconds since its last heartbeat. `silent`: a heartbeat is
     late (`age` past SILENT_HEARTBEATS periods), so its worker may be dead or stalled: not counted live.
-    `stale`: the next claim reclaims it, because `age` is past the lease timeout or (`gone`) its process
-    is seen dead here."""
+    `stale`: the next claim reclaims it (store/leasetable.py judges): its interval is already committed,
+    `age` is past the lease timeout, or (`gone`) its process is seen dead here."""
 
     worker: str
     host: str
@@ -150,9 +150,9 @@ class Experiment:
     def status(self) -> Status:
         """Where the experiment stands now."""
         population = self.store.sync()
-        infos = [info for info in self.store.lease_infos() if info.lease is not None]
+        infos = [info for info in self.store.leases.infos() if info.lease is not None]
         here = Holder.this_process("hopt-status")
-        leases = {info.lease.member: self._lease_status(info, here) for info in infos}
+        leases = {info.lease.member: self._lease_status(info, population, here) for info in infos}
         window = robust_window(self.recipe.policy.build())
         members = [self._member_status(state, leases.get(state.member), window) for state in population.members]
         top = population.best[0] if population.best else None
@@ -168,10 +168,11 @@ class Experiment:
             None if top is None else BestStatus(top.member, top.interval, top.score),
             started, self._elapsed(started, working=bool(live or silent)), eta, live, silent, stale, window, members)
 
-    def _lease_status(self, info: LeaseInfo, here: Holder) -> LeaseStatus:
+    def _lease_status(self, info: LeaseInfo, population: Population, here: Holder) -> LeaseStatus:
+        """The lease `info` as status shows it, stale as the lease table judges it for the next claim."""
         holder = info.lease.holder
         gone = holder.is_gone(here)
-        stale = gone or info.age > self.recipe.lease.timeout
+        stale = self.store.leases.why_stale(info, population, here) is not None
         silent = not stale and info.age > SILENT_HEARTBEATS * self.recipe.lease.heartbeat
         return LeaseStatus(holder.worker, holder.host, holder.pid, info.lease.interval, round(info.age, 1), silent,
                            stale, gone, holder.device)

@@ -82,6 +82,17 @@ class Lineage:
         return Lineage(list(self.scores), list(self.segments))
 
 
+@dataclass(frozen=True)
+class Claimer:
+    """Who made a member's latest claim, as its event recorded it; `pid` is None in events of workers that
+    did not record their process."""
+
+    worker: str
+    host: str | None = None
+    pid: int | None = None
+    pidns: int | None = None
+
+
 @dataclass
 class MemberState:
     member: int
@@ -102,7 +113,7 @@ class MemberState:
     claim_open: bool = False  # the latest claim has not ended yet (its staging folder is in use)
     claim_parent: str | None = None  # the checkpoint the open claim resumes from
     claim_time: float | None = None  # when its writer made the latest claim (its clock)
-    claim_holder: dict[str, Any] | None = None  # who made it: worker, host, pid, pidns
+    claim_holder: Claimer | None = None  # who made it
 
 
 @dataclass
@@ -229,7 +240,7 @@ class Population:
         decision = event.decision
         member.claim_open, member.claim_parent = True, decision.checkpoint
         member.claim_time = event.time
-        member.claim_holder = {"worker": event.worker, "host": event.host, "pid": event.pid, "pidns": event.pidns}
+        member.claim_holder = Claimer(event.worker, event.host, event.pid, event.pidns)
         if member.checkpoint is None:  # nothing committed yet: show what its first interval trains with
             member.hparams, member.sigma = dict(event.hparams), decision.sigma
         if decision.action == "exploit":

@@ -5,7 +5,6 @@ at any moment; everything it leaves behind is valid, and its lease expires or is
 """
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import threading
@@ -17,12 +16,10 @@ from typing import Any, Protocol
 from hopt_cli import intervallog
 from hopt_cli.errors import ExperimentFailed, RuntimeFailure
 from hopt_cli.isolation import POISONED_EXIT, IsolatedTrainable, make_trainable, poisons_process
-from hopt_cli.planning import plan_next
+from hopt_cli.planning import Plan, plan_next
+from hopt_cli.population import Population
 from hopt_cli.seeds import trainable_seed
-from hopt_cli.decision import Decision
-from hopt_cli.store import Store
-from hopt_cli.store.digest import checkpoint_digest, folder_state
-from hopt_cli.store.fsio import retrying
+from hopt_cli.store import Claimed, NoClaim, Store
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.timing import StepTiming
 from hopt_cli.trainable import CommandTrainable, Context, Outcome, run_interval, thread_settings
@@ -30,14 +27,6 @@ from hopt_cli.trainable import CommandTrainable, Context, Outcome, run_interval,
 log = logging.getLogger("hopt")
 WAIT_SECONDS = (0.05, 0.5)
 STOPPED = Outcome(None, {}, "stop requested before training")
-class NoClaim(enum.Enum):
-    """Why an attempt to claim gave no claim, and so what the worker does next."""
-
-    COMPLETE = "done"  # nothing is left to train: stop
-    BUSY = "busy"  # every unfinished member is being trained: wait, then try again
-    AGAIN = "again"  # an adoption, or a claim made on a stale view: try again at once
-
-
 class ProcessPoisoned(RuntimeFailure):
     """A CUDA error in this process left its GPU context unusable: it trains no more, a fresh process must."""
 
@@ -53,17 +42,6 @@ class StopRequest(Protocol):
 
 class NeverStop:
     requested = False
-
-
-@dataclass(frozen=True)
-class Claim:
-    lease: Lease
-    decision: Decision
-    hparams: dict[str, Any]
-
-    @property
-    def member(self) -> int:
-        return self.lease.member
 
 
 @dataclass
@@ -113,11 +91,11 @@ class Worker:
 
     def close(self) -> None:
         """Delete the trash of our last commit and end the trainable's child process, if it has one."""
-        self.store.empty_trash()
+        self.store.collector.empty_trash()
         if isinstance(self.trainable, IsolatedTrainable):
             self.trainable.close()
 
-    def claim(self) -> Claim | None:
+    def claim(self) -> Claimed | None:
         """The next member to train and its decision; None when the experiment is complete or we stop."""
         while not self.stop.requested:
             started = time.perf_counter()
@@ -125,60 +103,37 @@ class Worker:
             self._log_timing(claim.value if isinstance(claim, NoClaim) else "claim", started)
             if claim is NoClaim.COMPLETE:
                 return None
-            if isinstance(claim, Claim):
+            if isinstance(claim, Claimed):
                 return claim
             if claim is NoClaim.BUSY:
                 time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
         return None
 
-    def _try_claim(self) -> Claim | NoClaim:
-        """A claim of the next member to train, or why there is none."""
-        with self.store.transaction() as population:
-            if population.failed:
-                raise ExperimentFailed(population.failed)
-            complete = population.complete
-            if complete:  # leave nothing behind: the leases and checkpoints of workers that died
-                self.store.collect_garbage(self.store.reclaim(self.holder))
-                self.store.drop_leftovers()
-            else:
-                leased = self.store.leased(self.holder)
-                plan = plan_next(population, leased, self.policy, self.recipe.space,
-                                 self.recipe.seed)
-                if plan is None:
-                    return NoClaim.BUSY
-                if plan.adopt:
-                    parent = population.members[int(plan.decision.parent)]
-                    if self.store.adopt(plan.member, plan.decision, self.holder):
-                        log.info("member %d takes over member %d's finished lineage (score %.6g): nothing left "
-                                 "to train", plan.member, parent.member, parent.lineage.scores[-1])
-                    return NoClaim.AGAIN
-                lease = self.store.claim(plan.member, plan.decision, plan.hparams, self.holder)
-                if lease is None:
-                    return NoClaim.AGAIN
-        if complete:
-            self.store.empty_trash()
-            return NoClaim.COMPLETE
-        return Claim(lease, plan.decision, plan.hparams)
+    def _try_claim(self) -> Claimed | NoClaim:
+        """A claim of the next member to train, or why there is none: the store records what `_plan` decides."""
+        return self.store.claim_next(self.holder, self._plan)
 
-    def train_and_commit(self, claim: Claim) -> None:
-        staging = self.store.paths.staging_dir(claim.lease.token)
-        staging.mkdir()
+    def _plan(self, population: Population, leased: set[int]) -> Plan | None:
+        return plan_next(population, leased, self.policy, self.recipe.space, self.recipe.seed)
+
+    def train_and_commit(self, claim: Claimed) -> None:
+        staging = self.store.staging.make(claim.lease)
         started = time.monotonic()
         if self.stop.requested:
             outcome, fenced = STOPPED, False
         else:
             outcome, fenced = self._train_logged(claim, staging)
         committing = time.perf_counter()
-        if outcome.error is None and not staging.is_dir():
+        staging_area = self.store.staging
+        if outcome.error is None and not staging_area.present(staging):
             outcome = Outcome(None, {}, f"the trainable removed its output folder ctx.out ({staging}); "
                                         "write into it, never remove it")
-        elif outcome.error is None and not self._warned_empty and not any(staging.iterdir()):
+        elif outcome.error is None and not self._warned_empty and staging_area.empty(staging):
             self._warned_empty = True
             log.warning("the trainable wrote nothing into ctx.out: its checkpoints are empty, so a member that "
                         "continues or copies one starts from scratch (said once per worker)")
-        # taken here, outside the lock: reading a checkpoint of ~90 MB back costs about 0.1 s
         ready = outcome.error is None and not self.stop.requested
-        digest = retrying(lambda: checkpoint_digest(staging), staging) if ready else None
+        digest = staging_area.digest(staging) if ready else None
         with self.store.transaction() as population:
             if self.stop.requested:
                 self.store.release(claim.lease, "stop requested", staging)
@@ -218,7 +173,7 @@ class Worker:
             lock = self.store.lock
             log.debug("%s", StepTiming(step, lock.waited, lock.held, time.perf_counter() - started, time.time()))
 
-    def _train_logged(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
+    def _train_logged(self, claim: Claimed, staging: Any) -> tuple[Outcome, bool]:
         """Train, and keep what the interval wrote to our log (from its claim line on) as its own log."""
         mark = intervallog.mark()
         try:
@@ -230,14 +185,14 @@ class Worker:
             if mark is not None:
                 self.store.keep_interval_log(claim.lease, mark.output())
 
-    def _train(self, claim: Claim, staging: Any) -> tuple[Outcome, bool]:
+    def _train(self, claim: Claimed, staging: Any) -> tuple[Outcome, bool]:
         """Run the trainable with a heartbeat thread keeping the lease alive."""
         decision = claim.decision
-        parent = self.store.paths.checkpoint(decision.checkpoint) if decision.checkpoint else None
-        if parent is not None and not retrying(parent.is_dir, parent):  # a fresh handle after ESTALE
+        parent = self.store.staging.parent(decision.checkpoint)
+        if parent is not None and not self.store.staging.present(parent):
             return Outcome(None, {}, f"checkpoint {parent} is missing (deleted outside hopt?); restore it from "
                                      "a backup: hopt never deletes a checkpoint that is still referenced"), False
-        before = retrying(lambda: folder_state(parent), parent) if parent is not None else None
+        before = self.store.staging.state(parent) if parent is not None else None
         lost = threading.Event()
         finished = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(claim.lease, lost, finished), daemon=True)
@@ -257,7 +212,7 @@ class Worker:
         finally:
             finished.set()
             beat.join()
-        if parent is not None and retrying(lambda: folder_state(parent), parent) != before:
+        if parent is not None and self.store.staging.state(parent) != before:
             outcome = Outcome(None, {}, f"{self.recipe.trainable_text} wrote into its parent checkpoint {parent} "
                                         "(ctx.parent), which must stay as it was committed: write only into ctx.out")
         self._warn_dropped(outcome.dropped)
@@ -275,11 +230,11 @@ class Worker:
         """Keep the lease alive while the interval trains; first delete what the last commit trashed,
         which on a network filesystem takes milliseconds the training hides."""
         try:
-            self.store.empty_trash()
+            self.store.collector.empty_trash()
         except OSError as err:  # garbage only: it must not stop the heartbeat
             log.warning("could not empty %s (%s); tried again after the next commit", self.store.paths.trash, err)
         while not finished.wait(self.recipe.lease.heartbeat):
-            if not self.store.heartbeat(lease):
+            if not self.store.leases.heartbeat(lease):
                 lost.set()
                 return
 

@@ -37,15 +37,7 @@ class Holder:
         """True only when this holder ran on `here`'s host and pid namespace and its process is gone."""
         if (self.host, self.pidns) != (here.host, here.pidns) or self.pidns is None:
             return False
-        if self.pid == here.pid:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return self.pid != here.pid and not _running(self.pid)
 
 
 @dataclass(frozen=True)
@@ -83,8 +75,21 @@ class Lease:
         except (FileNotFoundError, ValueError, TypeError, KeyError):
             return None
 
-    def holder_is_gone(self, here: Holder) -> bool:
-        return self.holder.is_gone(here)
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` of this pid namespace runs: a killed process that its parent has not reaped
+    yet (a zombie) still answers kill(0), but it holds no lease any more."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")  # the state follows the command's name
 
 
 def _is_int(value: Any) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hopt_cli.errors import FilesystemError
-from hopt_cli.population import BestEntry, Lineage, MemberState, Population, Segment
+from hopt_cli.population import BestEntry, Claimer, Lineage, MemberState, Population, Segment
 from hopt_cli.store.fsio import retrying
 from hopt_cli.store.journal import Cursor
 
@@ -53,7 +53,8 @@ def encode(population: Population, cursor: Cursor) -> dict[str, Any]:
     """The snapshot document of `population`, the state after the journal's lines up to `cursor`."""
     writer = _Writer()
     data = {f.name: getattr(population, f.name) for f in dataclasses.fields(population) if f.name not in _LISTS}
-    data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage)} for m in population.members]
+    data["members"] = [{**vars(m), "lineage": writer.lineage(m.lineage), "claim_holder": _holder(m.claim_holder)}
+                       for m in population.members]
     data["pending"] = {str(member): writer.lineage(lineage) for member, lineage in population.pending.items()}
     data["best"] = [{**vars(b), "lineage": writer.lineage(b.lineage)} for b in population.best]
     return {"format": FORMAT, "offset": cursor.offset, "events": population.events, "cursor": cursor.to_dict(),
@@ -77,7 +78,8 @@ def decode(document: dict[str, Any]) -> tuple[Population, Cursor]:
         return Lineage(_unpack(data["scores"]), path[::-1])
 
     data = dict(document["population"])
-    data["members"] = [MemberState(**{**m, "lineage": lineage(m["lineage"])}) for m in data["members"]]
+    data["members"] = [MemberState(**{**m, "lineage": lineage(m["lineage"]), "claim_holder": _claimer(m)})
+                       for m in data["members"]]
     data["pending"] = {int(k): lineage(v) for k, v in data["pending"].items()}
     data["best"] = [BestEntry(**{**b, "lineage": lineage(b["lineage"])}) for b in data["best"]]
     data["progress"] = [(at, done) for at, done in data["progress"]]
@@ -85,6 +87,16 @@ def decode(document: dict[str, Any]) -> tuple[Population, Cursor]:
     if cursor.offset != document["offset"]:
         raise ValueError("the cursor and the offset disagree")
     return Population(**data), cursor
+
+
+def _holder(claimer: Claimer | None) -> dict[str, Any] | None:
+    """A claim's holder as state.json has always stored it: a plain object."""
+    return None if claimer is None else vars(claimer)
+
+
+def _claimer(member: dict[str, Any]) -> Claimer | None:
+    holder = member.get("claim_holder")
+    return None if holder is None else Claimer(**holder)
 
 
 def events_in(path: Path) -> int:

@@ -14,7 +14,8 @@ import yaml
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.leases import Holder
-from hopt_cli.worker import Claim, Worker
+from hopt_cli.store import Claimed
+from hopt_cli.worker import Worker
 from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
 
@@ -40,7 +41,7 @@ def ellipsoid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_to_completion(tmp_path_factory.mktemp("t4") / "exp", {**recipe, "population": 6, "intervals": 8})
 
 
-def mid_run(root: Path, commits: int = 6) -> tuple[Store, Claim]:
+def mid_run(root: Path, commits: int = 6) -> tuple[Store, Claimed]:
     """T1 with `commits` intervals committed in this process and one member claimed (a live lease held)."""
     store = Store.create(root, Recipe.from_dict(toy_recipe(population=4, intervals=6)))
     worker = Worker(store, "pytest-worker")
@@ -49,13 +50,13 @@ def mid_run(root: Path, commits: int = 6) -> tuple[Store, Claim]:
     return store, worker.claim()
 
 
-def reclaimed_and_failed(root: Path) -> tuple[Claim, Claim]:
+def reclaimed_and_failed(root: Path) -> tuple[Claimed, Claimed]:
     """`mid_run`, then the held lease goes silent and is reclaimed, then an interval fails (NaN score)."""
     store, silent = mid_run(root)
     old = time.time() - 1000
     os.utime(store.paths.lease(silent.member), (old, old))
     with store.transaction():
-        store.reclaim(Holder.this_process("reclaimer"))
+        store.leases.reclaim(Holder.this_process("reclaimer"))
     failing = Worker(store, "failing", trainable=lambda ctx: float("nan"))
     failed = failing.claim()
     failing.train_and_commit(failed)

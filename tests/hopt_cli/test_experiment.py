@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,8 +14,10 @@ import pytest
 import hopt_cli
 from hopt_cli.errors import HoptError
 from hopt_cli.experiment import Experiment
+from hopt_cli.planning import plan_next
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
+from hopt_cli.store.leases import Holder
 from hopt_cli.worker import Worker
 from tests.conftest import REPO, toy_recipe
 from tests.hopt_cli.conftest import hopt, mid_run, reclaimed_and_failed
@@ -168,3 +171,26 @@ def test_the_eta_moves_when_a_commit_lands_not_while_waiting(tmp_path, monkeypat
     status = Experiment(tmp_path / "exp").status()
 
     assert status.live_workers == ["pytest-worker"] and status.eta == expected
+
+
+def test_status_counts_no_killed_worker_live_though_its_parent_has_not_reaped_it(tmp_path):
+    """`hopt status` said `workers: 2 live` right after every worker was killed: a killed worker stays a zombie
+    until its parent (`hopt run`, a shell) reaps it, and a zombie still answers kill(0)."""
+    store = Store.create(tmp_path / "exp", Recipe.from_dict(toy_recipe(population=2, intervals=2)))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        here = Holder.this_process("killed")
+        with store.transaction() as population:
+            choice = plan_next(population, set(), store.recipe.policy.build(), store.recipe.space, store.recipe.seed)
+            store.claim(choice.member, choice.decision, choice.hparams, Holder("killed", here.host, child.pid,
+                                                                                here.pidns))
+        assert Experiment(tmp_path / "exp").status().live_workers == ["killed"]
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie now
+
+        status = Experiment(tmp_path / "exp").status()
+    finally:
+        child.kill()
+        child.wait()
+    assert status.live_workers == [] and status.stale_workers == ["killed"]
+    assert status.members[choice.member].lease.gone

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hopt_cli.decision import Decision
 from hopt_cli.events import Claim, Commit, JournalEvent
-from hopt_cli.population import Population
+from hopt_cli.population import Claimer, Population
 
 
 def _events(member: int, action: str, parent: int | None, interval: int, checkpoint: str | None, score: float,
@@ -56,3 +56,15 @@ def test_progress_counts_an_exploit_as_a_jump_and_keeps_only_recent_commits():
     assert population.started == 100.0
     commits = [(e.time, done) for e, done in zip((e for e in timed if isinstance(e, Commit)), (1, 2, 3, 4, 7))]
     assert population.progress == commits  # 2 x size commits; the start point has gone
+
+
+def test_a_claim_records_its_holder_and_only_a_commit_of_its_token_ends_it():
+    population = Population(1, 10)
+    decision = Decision("start", None, None, 0, (0.5,), 0.1, 0, False)
+    population.apply(Claim(member=0, token="a", decision=decision, hparams={"x": 0.5}, worker="w", host="node1",
+                           pid=42, pidns=7))
+    population.apply(Commit(member=0, token="old", decision=decision, hparams={"x": 0.5}, checkpoint="c", score=1.0))
+
+    member = population.members[0]
+    assert member.claim_holder == Claimer("w", "node1", 42, 7)
+    assert member.claim_open and population.claimed() == {0} and population.open_claims() == {"a"}

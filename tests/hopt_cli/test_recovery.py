@@ -247,8 +247,8 @@ def test_garbage_collection_with_a_stale_view_keeps_what_another_worker_just_mad
     in_flight = worker.claim()
     other.paths.staging_dir(in_flight.lease.token).mkdir()
 
-    stale.collect_garbage([])  # as if it held the lock too, with the view it had before
-    stale.empty_trash()
+    stale.collector.sweep([])  # as if it held the lock too, with the view it had before
+    stale.collector.empty_trash()
 
     assert {p.name for p in stale.paths.checkpoints.iterdir()} == other.sync().referenced_checkpoints()
     assert stale.paths.staging_dir(in_flight.lease.token).is_dir()

@@ -96,7 +96,7 @@ def start_run(recipe: Path, root: Path, **env: str) -> subprocess.Popen:
 
 def holder_of(root: Path, pid: int) -> str:
     """The name of the worker whose process `pid` holds a lease."""
-    return next(i.lease.holder.worker for i in Store.open(root).lease_infos() if i.lease and i.lease.holder.pid == pid)
+    return next(i.lease.holder.worker for i in Store.open(root).leases.infos() if i.lease and i.lease.holder.pid == pid)
 
 
 @pytest.mark.slow  # three worker processes, each importing torch: half a minute on two busy cores

@@ -92,7 +92,7 @@ def frozen(process: subprocess.Popen) -> bool:
 
 def leases_of(store: Store, pid: int) -> set[str]:
     """The tokens of the leases `pid` holds."""
-    return {info.lease.token for info in store.lease_infos()
+    return {info.lease.token for info in store.leases.infos()
             if info.lease is not None and info.lease.holder.pid == pid}
 
 

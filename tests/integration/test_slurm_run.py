@@ -24,7 +24,7 @@ TIMEOUT = 300.0  # a hang guard for the whole array (a requeued task waits ~15 s
 
 def training(store: Store, worker: str) -> bool:
     """Whether `worker` holds a lease, i.e. is inside an interval."""
-    return any(info.lease is not None and info.lease.holder.worker == worker for info in store.lease_infos())
+    return any(info.lease is not None and info.lease.holder.worker == worker for info in store.leases.infos())
 
 
 def run(*argv: str) -> None:
