@@ -69,7 +69,8 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
 
     `trainable` (any callable taking a Context) replaces the recipe's `worker`. `gpus` ("0,1,2,3" or
     "all") gives each worker one GPU as its only visible device, round-robin when there are more
-    workers than GPUs; without it, several visible GPUs are shared out so (default_gpus). Progress goes to stderr; Ctrl-C stops the workers, which release their members
+    workers than GPUs; without it, several visible GPUs are shared out so (default_gpus). Progress goes
+    to stderr; Ctrl-C stops the workers, which release their members
     (a second one kills them), and raises Interrupted. A failed experiment raises ExperimentFailed."""
     if workers < 1:
         raise HoptError(f"workers must be at least 1 (got {workers})")
