@@ -26,10 +26,10 @@ from hopt_cli.progress import ProgressLine
 from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, StopSignals, check_requeue, node_local_warning, our_bin,
-                             requeue_if_preempted, submit, worker_command, write_sbatch)
+                             requeue_after_poisoning, requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.text import counted
-from hopt_cli.worker import Worker
+from hopt_cli.worker import ProcessPoisoned, Worker
 
 SUMMARY_ROWS = 20  # members `hopt status` lists before it summarises the rest (--all lists them all)
 DIR = click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -92,6 +92,10 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     signals.install()
     try:
         report = Worker(store, name, stop=signals, trainable=trainable).run()
+    except ProcessPoisoned as poisoned:
+        if requeue_:
+            requeue_after_poisoning(env, str(poisoned))
+        raise
     finally:
         signals.restore()
     how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"

@@ -13,6 +13,7 @@ import torch
 
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Commit
+from hopt_cli.isolation import POISONED_EXIT
 import hopt_cli
 from hopt_cli import launch
 from hopt_cli.runner import choose_gpus, default_gpus, mig_devices, worker_environment
@@ -199,3 +200,24 @@ def test_a_worker_whose_process_a_cuda_error_broke_is_replaced_and_the_run_compl
     assert re.search(r"worker (local-\d+-0) stopped after a CUDA error broke its process; its log: \S+\.log; "
                      r"starting \1-r1 in its place \(replacement 1 of at most 1\)", result.stderr), result.stderr
     check_finished_experiment(tmp_path / "exp")
+
+
+def test_a_lone_requeue_task_whose_process_a_cuda_error_broke_requeues_itself(tmp_path, write_recipe):
+    """`hopt worker --requeue` as one SLURM array task runs it, with `scontrol` a script that records its
+    arguments: the worker stops with POISONED_EXIT and has asked SLURM for a fresh instance of its task."""
+    bin_dir, asked = tmp_path / "bin", tmp_path / "scontrol-args"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {asked}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    recipe = write_recipe(toy_recipe(population=2, intervals=3, max_failures=2,
+                                     worker="tests.hopt_cli.trainables:cuda_error_once"))
+
+    result = hopt("worker", "--dir", str(tmp_path / "exp"), "--recipe", str(recipe), "--requeue",
+                  env={"HOPT_TEST_MARKER": str(tmp_path / "marker"), "SLURM_JOB_ID": "101",
+                       "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "7",
+                       "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+
+    assert result.returncode == POISONED_EXIT, result.stderr
+    assert asked.read_text() == "requeue 100_7\n"
+    assert "requeueing SLURM job 100_7 for a fresh process" in result.stderr
+
