@@ -304,7 +304,8 @@ def report(results: list[Result], args: argparse.Namespace, command: str, starte
     clock = "CUDA events" if args.device == "cuda" else "the clock"
     return "\n".join([
         f"# Trainable throughput ({args.device}, size {args.size})", "",
-        "```", command, "```", "", machine(started), f"- {cifar_feed(args.size)}", "",
+        "```", command, "```", "", f"- measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        machine(started), f"- {cifar_feed(args.size)}", "",
         f"The step loop: {args.steps} steps after {args.warmup} warm-up steps in the same interval, timed by "
         f"{clock}; the fastest of {args.repeat} intervals.", "",
         "| trainable | batch | steps | ms per step | training throughput | cuDNN autotuning | "
