@@ -26,10 +26,10 @@ from hopt_cli.recipe import LOCK_KINDS
 from hopt_cli.retrain import check_trainable, replay
 from hopt_cli.signals import PREEMPTION_SIGNALS, StopSignals
 from hopt_cli.slurm import (SbatchOptions, SlurmEnvironment, check_requeue, node_local_warning, our_bin,
-                            requeue_if_preempted, submit, worker_command, write_sbatch)
+                            requeue_after_poisoning, requeue_if_preempted, submit, worker_command, write_sbatch)
 from hopt_cli.store import Store
 from hopt_cli.text import counted
-from hopt_cli.worker import Worker
+from hopt_cli.worker import ProcessPoisoned, Worker
 
 SUMMARY_ROWS = 20  # members `hopt status` lists before it summarises the rest (--all lists them all)
 DIR = click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -93,6 +93,10 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
     signals.install()
     try:
         report = Worker(store, name, stop=signals, trainable=trainable).run()
+    except ProcessPoisoned as poisoned:
+        if requeue_:
+            requeue_after_poisoning(env, str(poisoned))
+        raise
     finally:
         signals.restore()
     how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"
@@ -214,9 +218,10 @@ def _status_table(s: Status, every_member: bool = False) -> str:
               f"{len(s.stale_workers)} stale")
     lines = [head, timing] + ([f"FAILED: {s.failed}"] if s.failed else [])
     names = list(s.members[0].hparams) if s.members and s.members[0].hparams else []
-    rows = [["member", "interval", s.metric, f"robust({s.robust_window})", *names, "sigma",
-             "lease (worker host:pid heartbeat)"]]
     shown = s.members if every_member or len(s.members) <= SUMMARY_ROWS else _best_members(s)
+    devices = any(m.device is not None for m in shown)  # a column only where the trainable says
+    rows = [["member", "interval", s.metric, f"robust({s.robust_window})", *names, "sigma",
+             *(["trained on"] if devices else []), "lease (worker host:pid heartbeat)"]]
     for m in shown:
         state = "" if m.lease is None else "DEAD " if m.lease.gone else "STALE " if m.lease.stale else \
             "SILENT " if m.lease.silent else ""
@@ -224,7 +229,8 @@ def _status_table(s: Status, every_member: bool = False) -> str:
         lease = "free" if m.lease is None else (f"{state}{m.lease.worker} "
                                                 f"{m.lease.host}:{m.lease.pid}{gpu} {_duration(m.lease.age)} ago")
         rows.append([f"{m.member}{'*' if m.explorer else ''}", _fmt(m.interval), _fmt(m.score), _fmt(m.robust),
-                     *(_fmt(m.hparams.get(n)) for n in names), f"{m.sigma:.3g}", lease])
+                     *(_fmt(m.hparams.get(n)) for n in names), f"{m.sigma:.3g}",
+                     *([_fmt(m.device)] if devices else []), lease])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if len(shown) < len(s.members):
@@ -338,7 +344,9 @@ def replay_command(schedule_file: Path, out: Path) -> None:
         line.say(f"stopped by {signals.signal_name} after {len(result.scores)} of {plan.intervals} intervals; "
                  f"{out} holds them")
         sys.exit(130)
-    same = "identical" if result.score == result.original else f"differs by {result.score - result.original:+.3g}"
+    same = "identical" if result.score == result.original else (
+        f"differs by {result.score - result.original:+.3g}: a replay is exact on the CPU with the recorded threads, "
+        "on a GPU only with deterministic kernels on the same GPU model and software (docs/trainables.md)")
     click.echo(f"replayed {plan.metric} {result.score:.10g} vs original {result.original:.10g} ({same}); "
                f"checkpoint and scores.csv in {out}")
 

@@ -68,6 +68,7 @@ class MemberStatus:
     failures: int
     last_error: str | None
     lease: LeaseStatus | None
+    device: str | None = None  # what its latest interval trained on, as the trainable's `device` metric says
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ class Experiment:
         scores = state.lineage.scores
         robust = robust_score(scores, window) if scores else None
         return MemberStatus(state.member, state.interval - 1 if scores else None, scores[-1] if scores else None,
-                            robust, state.hparams, state.sigma, state.explorer, state.failures, state.last_error, lease)
+                            robust, state.hparams, state.sigma, state.explorer, state.failures, state.last_error, lease,
+                            _device(state.metrics))
 
     def _eta(self, population: Population) -> float | None:
         """Seconds left at the rate of the population's recent commits, measured up to the last one (so
@@ -413,3 +415,10 @@ def _copy_tree(source: Path, target: Path) -> None:
             (destination / name).mkdir()
         for name in files:
             shutil.copy2(Path(folder) / name, destination / name)
+
+
+def _device(metrics: dict[str, Any]) -> str | None:
+    """The device an interval trained on, where its trainable returned one as the metric `device` (the
+    torch trainables of workers/ do); a CPU fallback shows here as `cpu`."""
+    device = metrics.get("device")
+    return device if isinstance(device, str) else None

@@ -22,7 +22,7 @@ from hopt_cli.errors import ExperimentFailed, HoptError, Interrupted
 from hopt_cli.experiment import Experiment
 from hopt_cli.progress import Progress, ProgressLine
 from hopt_cli.recipe import Recipe, load_recipe
-from hopt_cli.runner import RunResult, choose_gpus, mig_devices, run_local
+from hopt_cli.runner import RunResult, choose_gpus, default_gpus, mig_devices, run_local
 from hopt_cli.text import counted
 from hopt_cli.store import Store
 from hopt_cli.store.paths import ExperimentPaths
@@ -59,12 +59,14 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
 
     `trainable` (any callable taking a Context) replaces the recipe's `worker`. `gpus` ("0,1,2,3" or
     "all") gives each worker one GPU as its only visible device, round-robin when there are more
-    workers than GPUs. The run reports to `progress` (None: a ProgressLine on stderr, as `hopt run`
-    draws it); Ctrl-C stops the workers, which release their members (a second one kills them), and
-    raises Interrupted. A failed experiment raises ExperimentFailed."""
+    workers than GPUs; without it, several visible GPUs are shared out so (default_gpus). The run reports
+    to `progress` (None: a ProgressLine on stderr, as `hopt run` draws it); Ctrl-C stops the workers, which
+    release their members (a second one kills them), and raises Interrupted. A failed experiment raises
+    ExperimentFailed."""
     if workers < 1:
         raise HoptError(f"workers must be at least 1 (got {workers})")
-    devices = choose_devices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = choose_devices(gpus, visible) if gpus else default_gpus(workers, visible, _nvidia_smi_list)
     store = create(recipe, dir, trainable)
     if trainable is not None and store.recipe.interval_timeout is not None:
         raise HoptError("interval_timeout runs each interval in a child process that imports the trainable by "
@@ -74,6 +76,9 @@ def run(recipe: RecipeSource, dir: str | os.PathLike, workers: int = 2,
     if warning:
         progress.say(f"warning: {warning}")
     on = f", GPUs {','.join(devices)}" if devices else ""
+    if devices and not gpus:
+        share = "one per worker" if workers <= len(devices) else "shared round-robin, as workers outnumber them"
+        on += f" ({share}, since --gpus was not given; --gpus chooses)"
     progress.say(f"{store.recipe.name}: {counted(workers, 'worker')} on {dir}{on} (logs in {store.paths.logs})")
     result = run_local(store, workers, progress.show, progress.say, trainable, devices)
     if result.interrupted:

@@ -124,6 +124,25 @@ def mig_devices(listing: str) -> list[str]:
     return [device for gpu, slices in gpus for device in slices or [gpu]]
 
 
+def default_gpus(workers: int, visible: str | None, listing: Callable[[], str]) -> list[str]:
+    """The GPUs of `hopt run` without --gpus: every visible one when there are several, so that worker i
+    trains on its own (round-robin past them) rather than all on cuda:0; [] (CUDA's default) otherwise.
+
+    `visible` is our CUDA_VISIBLE_DEVICES (None: not set), `listing` what `nvidia-smi -L` prints (asked
+    only where CUDA_VISIBLE_DEVICES does not say): without it no GPU is counted, and torch is never
+    imported for the count.
+    """
+    if workers < 2:
+        return []
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+    else:
+        text = listing()
+        gpus = [str(i) for i, line in enumerate(line for line in text.splitlines() if line.startswith("GPU "))]
+        devices = mig_devices(text) or gpus
+    return devices if len(devices) > 1 else []
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

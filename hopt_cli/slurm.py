@@ -279,6 +279,13 @@ def requeue_if_preempted(env: SlurmEnvironment, preempted: bool, complete: bool)
         requeue(env)
 
 
+def requeue_after_poisoning(env: SlurmEnvironment, reason: str) -> None:
+    """After a CUDA error broke this worker's process (it exits POISONED_EXIT): requeue this job, so that a
+    fresh process takes over its task, as `hopt run` replaces such a worker. `reason` says what broke."""
+    log.info("%s: requeueing SLURM job %s for a fresh process", reason, env.requeue_target)
+    requeue(env)
+
+
 def requeue(env: SlurmEnvironment) -> None:
     """Ask SLURM to requeue this job (`scontrol requeue`); SLURM then stops the running instance."""
     check_requeue(env)

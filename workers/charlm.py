@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.torch_common import (derive_seed, device, finish, merge_hparams, resume, set_optimizer_hparams,
-                                  train_steps)
+from workers.torch_common import (SETTINGS, derive_seed, device_name, finish, interval_device, merge_hparams, resume,
+                                  set_optimizer_hparams, to_device, train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
 
-DEFAULTS: dict[str, Any] = {"lr": 3e-3, "weight_decay": 1e-4, "dropout": 0.1}
+DEFAULTS: dict[str, Any] = {"lr": 3e-3, "weight_decay": 1e-4, "dropout": 0.1, **SETTINGS}
 ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
 VOCAB = len(ALPHABET) + 1  # the last symbol stands for every other character
 BLOCKS = 200
@@ -106,10 +106,10 @@ def bits_per_char(model: nn.Module, stream: torch.Tensor) -> float:
     return F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)).item() * BITS
 
 
-def train_interval(ctx: Context) -> dict[str, float]:
+def train_interval(ctx: Context) -> dict[str, Any]:
     """Train ctx.steps AdamW steps from ctx.parent (or from scratch), checkpoint to ctx.out, score."""
     hp = merge_hparams(DEFAULTS, ctx.hparams, "charlm")
-    dev = device()
+    dev = interval_device(hp)
     train, val, test = splits()
     val, test = val.to(dev), test.to(dev)
     model, state = resume(ctx, lambda _: CharLSTM().to(dev))
@@ -118,13 +118,14 @@ def train_interval(ctx: Context) -> dict[str, float]:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, order_seed = state["step"], state["order_seed"]
+    del state  # the parent's tensors: not held through the interval
     set_optimizer_hparams(optimizer, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
     model.drop.p = float(hp["dropout"])
     model.train()
 
     def one_step() -> torch.Tensor:
         nonlocal step
-        batch = windows(train, order_seed, step).to(dev)
+        batch = to_device(windows(train, order_seed, step), dev)
         logits = model(batch[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
@@ -137,4 +138,5 @@ def train_interval(ctx: Context) -> dict[str, float]:
     _, train_loss = train_steps(ctx, one_step)
     val_bpc, test_bpc = bits_per_char(model, val), bits_per_char(model, test)
     finish(ctx, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, order_seed=order_seed)
-    return {"val_bpc": val_bpc, "test_bpc": test_bpc, "train_bpc": train_loss * BITS, "step": step}
+    return {"val_bpc": val_bpc, "test_bpc": test_bpc, "train_bpc": train_loss * BITS, "step": step,
+            "device": device_name(dev)}

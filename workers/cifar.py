@@ -15,17 +15,24 @@ Hyperparameters (all optional, defaults in DEFAULTS):
 - `cutout` (int pixels, 0 to 16; 0 = off): one random square of that side zeroed per image;
 - `mixup` (float alpha, 0 to 1; 0 = off): images and targets mixed with Beta(alpha, alpha) weights.
 
+Settings (every torch trainable's, in workers.torch_common.SETTINGS): `device` (auto or cuda: cuda fails
+the interval where torch has no GPU) and `deterministic` (on/off, default off: deterministic kernels and
+no cuDNN autotuning, for GPU runs that repeat exactly).
+
 Env settings: HOPT_CIFAR_WIDTH (channels of the first stage, default 64 = ResNet-18),
-HOPT_CIFAR_BATCH (default 128), HOPT_DATA_WORKERS (DataLoader workers; default min(4, CPUs) on
-CUDA and 0 on CPU, where workers would only take cores from the training step), HOPT_DEVICE;
+HOPT_CIFAR_BATCH (default 128), HOPT_DATA_WORKERS (DataLoader workers where the images do not stay on
+the GPU; default min(4, usable cores) on CUDA and 0 on CPU), HOPT_DEVICE;
 CIFAR_DIR (the data folder, see `workers.cifar_data`).
-On CUDA: channels_last and autocast (bfloat16 from compute capability 8.0 on, float16 with a GradScaler on
-older GPUs); on CPU plain fp32.
+On CUDA: the training images stay on the GPU, channels_last, cuDNN autotuning (unless deterministic) and
+autocast (bfloat16 from compute capability 8.0 on, float16 with a GradScaler on older GPUs); on CPU plain fp32.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import multiprocessing
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from workers.cifar_data import SPECS, Augment, Batches, Normalize, data_dir, load, read_images, unpickle
-from workers.torch_common import (ShuffledBatches, amp_dtype, device, finish, load_checkpoint, merge_hparams,
-                                  resume, set_optimizer_hparams, train_steps)
+from workers.cifar_data import SPECS, Augment, Batches, Data, Normalize, data_dir, load, read_images, unpickle
+from workers.torch_common import (SETTINGS, ShuffledBatches, amp_dtype, device, device_name, finish, interval_device,
+                                  load_checkpoint, merge_hparams, resume, set_optimizer_hparams, to_device, train_steps,
+                                  usable_cores)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
@@ -45,10 +53,11 @@ WIDTH_ENV = "HOPT_CIFAR_WIDTH"
 BATCH_ENV = "HOPT_CIFAR_BATCH"
 WORKERS_ENV = "HOPT_DATA_WORKERS"
 DEFAULTS: dict[str, Any] = {"lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.0, "crop_flip": "on",
-                            "magnitude": 0.0, "cutout": 0, "mixup": 0.0}
+                            "magnitude": 0.0, "cutout": 0, "mixup": 0.0, **SETTINGS}
 WARMUP_STEPS = 200
 EVAL_BATCH = 1000
 BN_IMAGES = 2000
+RESIDENT_SHARE = 0.25  # of a GPU's free memory, the most the training images may take to stay on it
 
 
 class BasicBlock(nn.Module):
@@ -84,7 +93,8 @@ class ResNet18(nn.Module):
         self.fc = nn.Linear(cin, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+        # a mean, not adaptive_avg_pool2d: its CUDA backward has no deterministic kernel
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
 def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
@@ -95,12 +105,52 @@ def _autocast(dev: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _workers(dev: torch.device) -> int:
-    """DataLoader workers: $HOPT_DATA_WORKERS, else min(4, CPUs) on CUDA and 0 on CPU."""
+def feed(key: str, data: Data, order: ShuffledBatches, dev: torch.device
+         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches (uint8 images, labels) on `dev`, in `order`.
+
+    On a GPU with room for the training images (CIFAR's 138 MB: any current one) they stay there for the
+    process's life and each batch is gathered there: no DataLoader, no copy per step but the indices.
+    Otherwise a DataLoader reads them, in worker processes on CUDA (see loader)."""
+    if fits_on_gpu(data, dev):
+        images, labels = _resident(key, dev)
+        return ((images[i], labels[i]) for i in (to_device(batch, dev) for batch in order))
+    return ((x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)) for x, y in loader(data, order, dev))
+
+
+def fits_on_gpu(data: Data, dev: torch.device) -> bool:
+    """Whether the training images stay on `dev`: a GPU where they take at most RESIDENT_SHARE of the free memory."""
+    if dev.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(dev)
+    return data.train_x.nbytes + data.train_y.nbytes <= RESIDENT_SHARE * free
+
+
+@functools.lru_cache(maxsize=1)
+def _resident(key: str, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images and labels of `key` (as load() last read them) on `dev`, once per process."""
+    data = load(key, data_dir(SPECS[key]))
+    return data.train_x.to(dev), data.train_y.to(dev)
+
+
+def loader(data: Data, order: ShuffledBatches, dev: torch.device) -> DataLoader:
+    """A DataLoader of the training batches in `order`: `data_workers` processes, forked so that they share
+    the images with this process (Python 3.14's default, forkserver, would pickle 138 MB to each through
+    /dev/shm), into pinned memory on CUDA."""
+    workers = data_workers(dev)
+    context = multiprocessing.get_context("fork") if workers and "fork" in multiprocessing.get_all_start_methods() \
+        else None
+    return DataLoader(Batches(data.train_x, data.train_y), sampler=order, batch_size=None, num_workers=workers,
+                      pin_memory=dev.type == "cuda", generator=torch.Generator(), multiprocessing_context=context)
+
+
+def data_workers(dev: torch.device) -> int:
+    """DataLoader workers: $HOPT_DATA_WORKERS, else min(4, the cores this process may use: a SLURM task's
+    share, not the node's) on CUDA and 0 on CPU, where workers would only take cores from the training step."""
     raw = os.environ.get(WORKERS_ENV)
     if raw is not None:
         return int(raw)
-    return min(4, os.cpu_count() or 1) if dev.type == "cuda" else 0
+    return min(4, usable_cores()) if dev.type == "cuda" else 0
 
 
 @torch.no_grad()
@@ -151,15 +201,13 @@ def _build(state: dict[str, Any] | None, classes: int, dev: torch.device) -> nn.
     return model.to(memory_format=torch.channels_last) if dev.type == "cuda" else model
 
 
-def _train(ctx: Context, key: str) -> dict[str, float]:
+def _train(ctx: Context, key: str) -> dict[str, Any]:
     """One interval of CIFAR training: resume, apply hparams, ctx.steps SGD steps, validate, save."""
     spec = SPECS[key]
     hp = merge_hparams(DEFAULTS, ctx.hparams, spec.name)
     augment, smoothing, peak_lr = Augment.from_hparams(hp), float(hp["label_smoothing"]), float(hp["lr"])
     data = load(key, data_dir(spec))
-    dev = device()
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    dev = interval_device(hp, benchmark=True)
     model, state = resume(ctx, lambda s: _build(s, data.classes, dev))
     optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9, nesterov=True)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(dev) == torch.float16)
@@ -170,18 +218,15 @@ def _train(ctx: Context, key: str) -> dict[str, float]:
         if state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         step, seen, order_seed = state["step"], state["samples_seen"], state["order_seed"]
+    del state  # the parent's tensors: not held through the interval
     set_optimizer_hparams(optimizer, weight_decay=float(hp["weight_decay"]))
     norm = Normalize(spec, dev)
-    loader = DataLoader(Batches(data.train_x, data.train_y),
-                        sampler=ShuffledBatches(len(data.train_y), batch_size, order_seed, seen),
-                        batch_size=None, num_workers=_workers(dev), pin_memory=dev.type == "cuda",
-                        generator=torch.Generator())
-    batches = iter(loader)
+    batches = feed(key, data, ShuffledBatches(len(data.train_y), batch_size, order_seed, seen), dev)
     model.train()
 
     def one_step() -> torch.Tensor:
         nonlocal step
-        images, y = (t.to(dev, non_blocking=True) for t in next(batches))
+        images, y = next(batches)
         x, partner, lam = augment(images, y, norm)
         for group in optimizer.param_groups:
             group["lr"] = peak_lr * min(1.0, (step + 1) / WARMUP_STEPS)
@@ -197,21 +242,22 @@ def _train(ctx: Context, key: str) -> dict[str, float]:
         return loss.detach()
 
     done, train_loss = train_steps(ctx, one_step)
-    batches = None  # the iterator's last reference: its DataLoader workers stop before evaluation
+    batches = None  # the iterator's last reference: DataLoader workers, if any, stop before evaluation
     recalibrate_batchnorm(model, data.train_x, norm, dev)
     val_acc, val_loss = _evaluate(model, data.val_x, data.val_y, norm, dev)
     finish(ctx, model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
            step=step, samples_seen=seen + done * batch_size, order_seed=order_seed,
            config={"width": model.stem[0].out_channels})
-    return {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, "step": step}
+    return {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, "step": step,
+            "device": device_name(dev)}
 
 
-def cifar10(ctx: Context) -> dict[str, float]:
+def cifar10(ctx: Context) -> dict[str, Any]:
     """One PBT interval of ResNet-18 on CIFAR-10 (see the module docstring for the hparams)."""
     return _train(ctx, "cifar10")
 
 
-def cifar100(ctx: Context) -> dict[str, float]:
+def cifar100(ctx: Context) -> dict[str, Any]:
     """One PBT interval of ResNet-18 on CIFAR-100 (see the module docstring for the hparams)."""
     return _train(ctx, "cifar100")
 

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.torch_common import (ShuffledBatches, device, finish, merge_hparams, resume, set_optimizer_hparams,
-                                  train_steps)
+from workers.torch_common import (SETTINGS, ShuffledBatches, device_name, finish, interval_device, merge_hparams,
+                                  resume, set_optimizer_hparams, to_device, train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
 
-DEFAULTS: dict[str, Any] = {"lr": 0.05, "weight_decay": 1e-4, "dropout": 0.2, "augment": 0.2}
+DEFAULTS: dict[str, Any] = {"lr": 0.05, "weight_decay": 1e-4, "dropout": 0.2, "augment": 0.2, **SETTINGS}
 BATCH_SIZE = 64
 VAL_SIZE = 360
 TEST_SIZE = 360
@@ -116,10 +116,10 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> t
     return acc, loss
 
 
-def train_interval(ctx: Context) -> dict[str, float]:
+def train_interval(ctx: Context) -> dict[str, Any]:
     """Train ctx.steps SGD steps from ctx.parent (or from scratch), checkpoint to ctx.out, score."""
     hp = merge_hparams(DEFAULTS, ctx.hparams, "digits")
-    dev = device()
+    dev = interval_device(hp)
     x_train, y_train, x_val, y_val = (t.to(dev) for t in splits())
     x_test, y_test = (t.to(dev) for t in held_out())
     model, state = resume(ctx, lambda _: DigitsCNN().to(dev))
@@ -128,12 +128,13 @@ def train_interval(ctx: Context) -> dict[str, float]:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, seen, order_seed = state["step"], state["samples_seen"], state["order_seed"]
+    del state  # the parent's tensors: not held through the interval
     _apply_hparams(model, optimizer, hp)
     batches = iter(ShuffledBatches(len(y_train), BATCH_SIZE, order_seed, seen))
     model.train()
 
     def one_step() -> torch.Tensor:
-        idx = next(batches).to(dev)
+        idx = to_device(next(batches), dev)
         loss = F.cross_entropy(model(augment(x_train[idx], float(hp["augment"]))), y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,4 +148,4 @@ def train_interval(ctx: Context) -> dict[str, float]:
     finish(ctx, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
            samples_seen=seen, order_seed=order_seed)
     return {"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss,
-            "train_loss": train_loss, "step": step}
+            "train_loss": train_loss, "step": step, "device": device_name(dev)}

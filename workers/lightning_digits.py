@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.environments import LightningEnvironment
 
 from workers.digits import DigitsCNN, splits
-from workers.torch_common import (ShuffledBatches, derive_seed, device, merge_hparams, rng_state, seed_everything,
-                                  set_optimizer_hparams, set_rng_state)
+from workers.torch_common import (SETTINGS, ShuffledBatches, derive_seed, device_name, interval_device,
+                                  merge_hparams, rng_state, seed_everything, set_optimizer_hparams, set_rng_state)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
 
 CHECKPOINT = "model.ckpt"
-DEFAULTS: dict[str, Any] = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "dropout": 0.2, "batch_size": 64}
+DEFAULTS: dict[str, Any] = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "dropout": 0.2, "batch_size": 64,
+                            **SETTINGS}
 OPTIMIZER_HPARAMS = ("lr", "momentum", "weight_decay")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -136,7 +137,7 @@ def restored_step(checkpoint: Path | None) -> int:
     return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
-def train_interval(ctx: Context) -> dict[str, float]:
+def train_interval(ctx: Context) -> dict[str, Any]:
     """Resume from ctx.parent, train ctx.steps steps with this interval's hparams, save, validate.
 
     A stopped interval (ctx.should_stop()) returns after its current step, saved and scored as any
@@ -147,7 +148,7 @@ def train_interval(ctx: Context) -> dict[str, float]:
     parent = ctx.parent / CHECKPOINT if ctx.parent is not None else None
     seed_everything(ctx.seed)  # the initial weights; a resumed checkpoint restores or reseeds the RNGs
     model = DigitsModule(hp, ctx.member, ctx.seed)
-    dev = device()
+    dev = interval_device(hp)
     trainer = pl.Trainer(
         accelerator=dev.type, devices=[dev.index] if dev.index is not None else 1,
         max_steps=restored_step(parent) + ctx.steps, max_epochs=-1, num_sanity_val_steps=0,
@@ -160,4 +161,5 @@ def train_interval(ctx: Context) -> dict[str, float]:
     trainer.save_checkpoint(ctx.out / CHECKPOINT, weights_only=False)
     step = trainer.global_step
     scores = trainer.validate(model, verbose=False)[0]
-    return {"val_acc": float(scores["val_acc"]), "val_loss": float(scores["val_loss"]), "step": step}
+    return {"val_acc": float(scores["val_acc"]), "val_loss": float(scores["val_loss"]), "step": step,
+            "device": device_name(dev)}

@@ -16,7 +16,14 @@ Hyperparameters (all optional, defaults in DEFAULTS): `lr` (log, about 1 to 100,
 0 to 0.8): `dropoute` (drops whole words from the embedding matrix), `dropouti` (variational
 dropout on the embeddings), `dropouth` (variational dropout between LSTM layers), `dropout`
 (variational dropout on the last layer's output) and `wdrop` (DropConnect on the hidden-to-hidden
-weights, applied with torch.func.functional_call so nn.LSTM, and cuDNN on GPU, still run the layer).
+weights, applied with torch.func.functional_call so nn.LSTM, and cuDNN on GPU, still run the layer;
+since weight_hh is a new tensor every training step, cuDNN copies the layer's weights into one
+contiguous buffer every step, a copy of a few MB beside the step's matrix products; evaluation uses
+the packed weights as they are). Settings: `device` and `deterministic`, as every torch trainable's
+(workers.torch_common.SETTINGS).
+
+Precision: fp32 without autocast; on CUDA the matrix products and cuDNN's LSTM may use TF32 tensor
+cores (compute capability 8.0 on), as workers.torch_common.select_kernels sets every interval.
 
 Validation: the first HOPT_PTB_VAL_TOKENS tokens of ptb.valid.txt (default 0 = all 73,760 of
 them), evaluated with batch 10 and sequence length 70 as in AWD, from a zero hidden state. At full
@@ -37,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from workers.torch_common import (device, finish, load_checkpoint, merge_hparams, resume, set_optimizer_hparams,
-                                  train_steps)
+from workers.torch_common import (SETTINGS, device, device_name, finish, interval_device, load_checkpoint,
+                                  merge_hparams, resume, set_optimizer_hparams, train_steps)
 
 if TYPE_CHECKING:
     from hopt_cli.trainable import Context
@@ -58,7 +65,7 @@ AR_ALPHA, TAR_BETA = 2.0, 1.0
 MAX_SEQ_DELTA = 40
 MIN_SEQ = 5
 DEFAULTS: dict[str, Any] = {"lr": 30.0, "weight_decay": 1.2e-6, "bptt": 70, "dropout": 0.4, "dropouth": 0.25,
-                            "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5}
+                            "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5, **SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -214,11 +221,11 @@ def _seq_len(bptt: int) -> int:
     return min(max(MIN_SEQ, int(torch.normal(float(mean), 5.0, ()).item())), bptt + MAX_SEQ_DELTA)
 
 
-def train_interval(ctx: Context) -> dict[str, float]:
+def train_interval(ctx: Context) -> dict[str, Any]:
     """One PBT interval of the AWD-LSTM on PTB: resume, ctx.steps SGD steps, validate, save."""
     hp = merge_hparams(DEFAULTS, ctx.hparams, "PTB")
     corpus = _corpus(data_dir())
-    dev = device()
+    dev = interval_device(hp)
     model, state = resume(ctx, lambda s: _build(s, corpus.vocab, dev))
     config = state["config"] if state else _fresh_config()
     train = batchify(corpus.train, config["batch"]).to(dev)
@@ -227,6 +234,7 @@ def train_interval(ctx: Context) -> dict[str, float]:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, pos, hidden = state["step"], state["pos"], state["hidden"]
+    del state  # the parent's tensors: not held through the interval
     set_optimizer_hparams(optimizer, weight_decay=float(hp["weight_decay"]))
     for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
         setattr(model, name, float(hp[name]))
@@ -254,7 +262,8 @@ def train_interval(ctx: Context) -> dict[str, float]:
     val_loss = _evaluate(model, batchify(_val_tokens(corpus), EVAL_BATCH).to(dev))
     finish(ctx, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, pos=pos,
            hidden=[h.detach() for h in hidden], config=config)
-    return {"val_ppl": _exp(val_loss), "val_loss": val_loss, "train_loss": train_loss, "step": step}
+    return {"val_ppl": _exp(val_loss), "val_loss": val_loss, "train_loss": train_loss, "step": step,
+            "device": device_name(dev)}
 
 
 def _exp(loss: float) -> float:

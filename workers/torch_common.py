@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.pt"
 DEVICE_ENV = "HOPT_DEVICE"
+DEVICE_SETTINGS = ("auto", "cuda")
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs to be deterministic (CUDA docs, "Results reproducibility")
+SETTINGS: dict[str, Any] = {"device": "auto", "deterministic": "off"}  # every torch trainable's, besides its own
 
 
 def device() -> torch.device:
@@ -29,6 +32,57 @@ def device() -> torch.device:
     if wanted:
         return torch.device(wanted)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class NoCuda(RuntimeError):
+    """A recipe asked for CUDA (`device: cuda`) where torch has none: the interval fails instead of
+    training on the CPU for hours with no word."""
+
+
+def training_device(setting: str = "auto") -> torch.device:
+    """The device of an interval, from the trainable's `device` setting: `auto` is device() (CUDA when
+    available), `cuda` is the same but a NoCuda error saying why where that is the CPU."""
+    if setting not in DEVICE_SETTINGS:
+        raise ValueError(f"device: {setting!r} is no device setting; give one of {', '.join(DEVICE_SETTINGS)}")
+    dev = device()
+    if setting == "cuda" and (dev.type != "cuda" or not torch.cuda.is_available()):
+        raise NoCuda(f"device: cuda, but this worker would train on the CPU: {why_no_cuda()}")
+    return dev
+
+
+def interval_device(hp: Mapping[str, Any], benchmark: bool = False) -> torch.device:
+    """The device of this interval from the trainable's settings `device` and `deterministic` (merged
+    into its hparams from SETTINGS), with its kernels chosen (training_device, select_kernels)."""
+    dev = training_device(str(hp["device"]))
+    select_kernels(dev, switch(hp["deterministic"], "deterministic"), benchmark)
+    return dev
+
+
+def why_no_cuda() -> str:
+    """In one line, why torch has no CUDA device in this process, and what to change."""
+    wanted = os.environ.get(DEVICE_ENV)
+    if wanted and torch.device(wanted).type != "cuda":
+        return f"{DEVICE_ENV}={wanted} chooses it; unset {DEVICE_ENV}"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a build without CUDA; install a CUDA build of torch (pytorch.org)"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return "CUDA_VISIBLE_DEVICES is empty, which hides every GPU; give the job a GPU (--gres gpu:1)"
+    try:
+        torch.cuda.init()
+    except Exception as err:  # the driver's own words: too old, not loaded, no device
+        said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use CUDA: " + \
+            said.removeprefix("CUDA error: ")  # not the sticky-error marker: nothing in this process broke
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU (CUDA_VISIBLE_DEVICES={visible!r})"
+
+
+def device_name(dev: torch.device) -> str:
+    """What a commit records of the device an interval trained on: `cpu`, or `cuda:0 (NVIDIA H100 ...)`."""
+    if dev.type != "cuda":
+        return str(dev)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def amp_dtype(dev: torch.device) -> torch.dtype | None:
@@ -40,6 +94,48 @@ def amp_dtype(dev: torch.device) -> torch.dtype | None:
     if dev.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.get_device_capability(dev) >= (8, 0) else torch.float16
+
+
+def select_kernels(dev: torch.device, deterministic: bool, benchmark: bool = False) -> None:
+    """Set this process's kernel choices for an interval on `dev`, all of them every interval, so nothing
+    one trainable chose leaks into the next in the same process.
+
+    Deterministic (the trainables' `deterministic` setting): torch.use_deterministic_algorithms, no cuDNN
+    autotuning, cuBLAS with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, unless set), so an interval on a
+    GPU repeats bit for bit on the same GPU model and software. Otherwise cuDNN autotunes where
+    `benchmark` (fixed shapes: the fastest kernels, chosen by timing, so they may differ run to run).
+    On CUDA, fp32 matrix products and convolutions may use TF32 tensor cores (compute capability 8.0 on).
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = benchmark and not deterministic and dev.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+def switch(value: Any, name: str) -> bool:
+    """An on/off setting as a bool: True/False or the strings "on"/"off" (as recipes write choices)."""
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ValueError(f"{name} must be on/off or a bool, not {value!r}")
+
+
+def to_device(tensor: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """`tensor` on `dev`; to a GPU from pinned memory without waiting (the copy overlaps queued work)."""
+    if dev.type != "cuda":
+        return tensor.to(dev)
+    return tensor.pin_memory().to(dev, non_blocking=True)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM task's allocation, a taskset), not all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def derive_seed(*parts: int) -> int:

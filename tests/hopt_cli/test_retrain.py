@@ -123,3 +123,16 @@ def test_a_function_of_a_script_given_to_run_replays_from_python_and_hopt_replay
                           f"hopt_cli.replay({str(best / 'schedule.yaml')!r}, {str(tmp_path / 'cli')!r}, "
                           "trainable=train)\n")
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_replay_that_differs_says_what_is_exact_where(quadratic, tmp_path):
+    Experiment(quadratic).export_best(tmp_path / "best")
+    plan = yaml.safe_load((tmp_path / "best" / "schedule.yaml").read_text())
+    # as if the original had trained on a GPU with autotuned kernels: its score is off by a little
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump({**plan, "score": plan["score"] + 0.001}))
+
+    result = hopt("replay", str(tmp_path / "gpu.yaml"), "--dir", str(tmp_path / "replay"))
+
+    assert result.returncode == 0, result.stderr
+    assert "(differs by -0.001: a replay is exact on the CPU with the recorded threads, on a GPU only with " \
+           "deterministic kernels on the same GPU model and software (docs/trainables.md)); checkpoint" in result.stdout

@@ -13,7 +13,10 @@ import torch
 
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Commit
-from hopt_cli.runner import choose_gpus, mig_devices, worker_environment
+from hopt_cli.isolation import POISONED_EXIT
+import hopt_cli
+from hopt_cli import launch
+from hopt_cli.runner import choose_gpus, default_gpus, mig_devices, worker_environment
 from hopt_cli.store import Store
 from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
@@ -73,6 +76,49 @@ def test_mig_slices_are_each_a_device_and_a_gpu_without_any_is_one():
                                         "MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb",
                                         "GPU-0b7a6d1e-7b5f-4f0e-9d7c-2b2f6a3c1d11"]
     assert mig_devices(MIG_LISTING.splitlines(keepends=True)[-1]) == [] and mig_devices("") == []
+
+
+TWO_GPUS = """\
+GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1f8e1c4b-0000-0000-0000-000000000000)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2a7d3e5f-0000-0000-0000-000000000000)
+"""
+
+
+def no_listing() -> str:
+    raise AssertionError("nvidia-smi is asked only where CUDA_VISIBLE_DEVICES is not set")
+
+
+@pytest.mark.parametrize("workers, visible, listing, expected", [
+    (4, None, lambda: TWO_GPUS, ["0", "1"]),
+    (2, "3,5", no_listing, ["3", "5"]),
+    (2, None, lambda: MIG_LISTING, ["MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f",
+                                    "MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb",
+                                    "GPU-0b7a6d1e-7b5f-4f0e-9d7c-2b2f6a3c1d11"]),
+    (2, None, lambda: TWO_GPUS.splitlines()[0], []),  # one GPU: every worker on it, as CUDA does anyway
+    (2, None, lambda: "", []),  # no nvidia-smi: no GPU counted, torch not imported
+    (2, "", no_listing, []),
+    (1, None, no_listing, []),  # one worker: nothing to share out
+])
+def test_without_gpus_each_worker_gets_its_own_of_several_visible_gpus(workers, visible, listing, expected):
+    assert default_gpus(workers, visible, listing) == expected
+
+
+def gpu_of(ctx) -> dict:
+    """A trainable that reports the GPU its worker was given."""
+    return {"score": 1.0, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none")}
+
+
+def test_hopt_run_without_gpus_on_two_gpus_shares_them_round_robin_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(launch, "_nvidia_smi_list", lambda: TWO_GPUS)
+
+    hopt_cli.run(toy_recipe(population=3, intervals=1), tmp_path / "exp", workers=3, trainable=gpu_of)
+
+    commits = [e for e in Store.open(tmp_path / "exp").read_events()[0] if isinstance(e, Commit)]
+    assert len(commits) == 3
+    assert all(e.metrics["gpu"] == str(int(e.worker.rsplit("-", 1)[1]) % 2) for e in commits)  # local-PID-i: i % 2
+    assert "GPUs 0,1 (shared round-robin, as workers outnumber them, since --gpus was not given; --gpus chooses)" \
+        in capsys.readouterr().err
 
 
 def test_hopt_run_on_gpus_of_a_machine_without_any_stops_before_training(tmp_path, write_recipe, monkeypatch):
@@ -154,3 +200,24 @@ def test_a_worker_whose_process_a_cuda_error_broke_is_replaced_and_the_run_compl
     assert re.search(r"worker (local-\d+-0) stopped after a CUDA error broke its process; its log: \S+\.log; "
                      r"starting \1-r1 in its place \(replacement 1 of at most 1\)", result.stderr), result.stderr
     check_finished_experiment(tmp_path / "exp")
+
+
+def test_a_lone_requeue_task_whose_process_a_cuda_error_broke_requeues_itself(tmp_path, write_recipe):
+    """`hopt worker --requeue` as one SLURM array task runs it, with `scontrol` a script that records its
+    arguments: the worker stops with POISONED_EXIT and has asked SLURM for a fresh instance of its task."""
+    bin_dir, asked = tmp_path / "bin", tmp_path / "scontrol-args"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {asked}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    recipe = write_recipe(toy_recipe(population=2, intervals=3, max_failures=2,
+                                     worker="tests.hopt_cli.trainables:cuda_error_once"))
+
+    result = hopt("worker", "--dir", str(tmp_path / "exp"), "--recipe", str(recipe), "--requeue",
+                  env={"HOPT_TEST_MARKER": str(tmp_path / "marker"), "SLURM_JOB_ID": "101",
+                       "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "7",
+                       "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+
+    assert result.returncode == POISONED_EXIT, result.stderr
+    assert asked.read_text() == "requeue 100_7\n"
+    assert "requeueing SLURM job 100_7 for a fresh process" in result.stderr
+

@@ -10,10 +10,11 @@ import torch
 
 from hopt_cli.errors import ExperimentFailed
 from hopt_cli.events import Commit, Fail
+from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
-from tests.commands import hopt
+from tests.commands import hopt, invoke
 from tests.conftest import toy_recipe
 
 
@@ -104,3 +105,25 @@ def test_a_score_that_is_no_scalar_fails_the_interval_naming_its_type_and_shape(
     fail = next(e for e in store.read_events()[0] if isinstance(e, Fail))
     assert fail.reason == f"metric 'score' is not a scalar: {kind}; return a number (a tensor or array of one " \
                           "element is one)"
+
+
+def on_a_gpu_but_member_1(ctx) -> dict:
+    """Reports the device as the torch trainables do: member 1 fell back to the CPU."""
+    return {"score": 1.0, "device": "cpu" if ctx.member == 1 else "cuda:0 (NVIDIA H100 80GB HBM3)"}
+
+
+def test_the_device_each_member_last_trained_on_shows_in_status(tmp_path):
+    store = _store(tmp_path)
+    Worker(store, "w", trainable=on_a_gpu_but_member_1).run()
+
+    members = Experiment(tmp_path / "exp").status().members
+    assert [m.device for m in members] == ["cuda:0 (NVIDIA H100 80GB HBM3)", "cpu"]
+    table = invoke("status", "--dir", str(tmp_path / "exp")).output.splitlines()
+    header = next(line for line in table if line.startswith("member"))
+    assert "sigma  trained on" in header
+    assert [line.split()[0] for line in table if " cpu " in line or line.endswith(" cpu")] == ["1"]
+
+
+def test_status_has_no_device_column_when_the_trainable_reports_none(tmp_path):
+    Worker(_store(tmp_path), "w").run()
+    assert "trained on" not in invoke("status", "--dir", str(tmp_path / "exp")).output

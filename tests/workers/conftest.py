@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hopt_cli.trainable import Context
 from tests.commands import hopt
 from tests.conftest import REPO
 from tests.invariants import check_finished_experiment
+from workers import torch_common
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +85,28 @@ def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+class Watched(dict):
+    """A loaded checkpoint that a weak reference can watch (a plain dict cannot be one's referent)."""
+
+
+def parent_released(train: Callable[[Context], dict[str, Any]], make_ctx: Callable[..., Context],
+                    monkeypatch: pytest.MonkeyPatch, hparams: dict[str, Any] | None = None) -> bool:
+    """Whether `train`, resuming from a checkpoint of its own, holds none of that checkpoint's loaded state
+    once training runs (checked at its first should_stop, i.e. after one step): on a GPU the parent's
+    tensors would otherwise take the model's and optimizer's memory a second time all interval long."""
+    _, parent = chain(train, make_ctx, dict(hparams or {}), intervals=1, steps=1)
+    loaded: list[weakref.ref] = []
+
+    def load(folder: Path) -> dict[str, Any]:
+        state = Watched(original(folder))
+        loaded.append(weakref.ref(state))
+        return state
+
+    original = torch_common.load_checkpoint
+    monkeypatch.setattr(torch_common, "load_checkpoint", load)
+    alive: list[bool] = []
+    train(make_ctx(dict(hparams or {}), parent=parent, steps=2,
+                   should_stop=lambda: alive.append(loaded[0]() is not None) or False))
+    return alive == [False, False]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
 from tests.conftest import REPO
-from tests.workers.conftest import assert_same_tensors, load_state
+from tests.workers.conftest import assert_same_tensors, load_state, parent_released
 from workers import cifar, cifar_data
+from workers.torch_common import ShuffledBatches
 
 AUGMENTED = {"lr": 0.05, "crop_flip": "on", "magnitude": 0.5, "cutout": 8, "mixup": 0.4,
              "label_smoothing": 0.1}
@@ -236,3 +238,44 @@ def test_an_experiment_stopped_by_missing_data_says_to_set_the_variable_then_ret
                               "found: CIFAR_DIR is not set; set CIFAR_DIR to the folder holding data_batch_1")
     assert "fix the trainable" not in message
     assert message.endswith("; once that is fixed, run `hopt retry` on the experiment and start the workers again")
+
+
+def test_an_interval_reports_its_device_and_lets_the_parents_state_go(tiny, make_ctx, monkeypatch):
+    assert cifar.cifar10(make_ctx(steps=1))["device"] == "cpu"
+    assert parent_released(cifar.cifar10, make_ctx, monkeypatch)
+
+
+def test_data_workers_count_the_cores_this_task_may_use_not_the_machines(monkeypatch):
+    monkeypatch.delenv("HOPT_DATA_WORKERS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5})  # a SLURM task with 2 CPUs
+    assert cifar.data_workers(torch.device("cuda")) == 2
+    assert cifar.data_workers(torch.device("cpu")) == 0  # they would only take cores from the step
+
+
+def test_data_workers_are_forked_whatever_python_defaults_to(tiny, monkeypatch):
+    monkeypatch.setenv("HOPT_DATA_WORKERS", "2")
+    data = cifar_data.load("cifar10", cifar_data.data_dir(cifar_data.SPECS["cifar10"]))
+    loader = cifar.loader(data, ShuffledBatches(len(data.train_y), 16, seed=0), torch.device("cpu"))
+    assert loader.num_workers == 2 and loader.multiprocessing_context.get_start_method() == "fork"
+
+
+@pytest.mark.parametrize("free_mb, stays", [(80_000, True), (2, False)])
+def test_the_training_images_stay_on_a_gpu_with_room_for_them(tiny, monkeypatch, free_mb, stays):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_mb * 2**20, 80_000 * 2**20))
+    data = cifar_data.load("cifar10", cifar_data.data_dir(cifar_data.SPECS["cifar10"]))
+    assert cifar.fits_on_gpu(data, torch.device("cuda")) is stays
+    assert not cifar.fits_on_gpu(data, torch.device("cpu"))
+
+
+def test_batches_gathered_on_the_device_are_the_data_loaders(tiny, monkeypatch):
+    """The GPU path (images resident, gathered per batch), run on the CPU, against the DataLoader path."""
+    data = cifar_data.load("cifar10", cifar_data.data_dir(cifar_data.SPECS["cifar10"]))
+    order = lambda: ShuffledBatches(len(data.train_y), 16, seed=3, start=40)  # noqa: E731
+    monkeypatch.setattr(cifar, "fits_on_gpu", lambda data, dev: True)
+    resident = cifar.feed("cifar10", data, order(), torch.device("cpu"))
+    monkeypatch.setattr(cifar, "fits_on_gpu", lambda data, dev: False)
+    loaded = cifar.feed("cifar10", data, order(), torch.device("cpu"))
+    for _ in range(5):
+        (x, y), (x2, y2) = next(resident), next(loaded)
+        assert torch.equal(x, x2) and torch.equal(y, y2)

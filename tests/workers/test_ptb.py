@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.workers.conftest import assert_same_tensors, load_state
+from tests.workers.conftest import assert_same_tensors, load_state, parent_released
 from workers import ptb
 
 SMALL = {"bptt": 10, "lr": 10.0}
@@ -132,3 +132,8 @@ def test_unknown_size_is_a_clear_error(tiny, make_ctx, monkeypatch):
     monkeypatch.setenv("HOPT_PTB_SIZE", "huge")
     with pytest.raises(ValueError, match="HOPT_PTB_SIZE"):
         ptb.train_interval(make_ctx())
+
+
+def test_an_interval_reports_its_device_and_lets_the_parents_state_go(tiny, make_ctx, monkeypatch):
+    assert ptb.train_interval(make_ctx(SMALL, steps=1))["device"] == "cpu"
+    assert parent_released(ptb.train_interval, make_ctx, monkeypatch, SMALL)

@@ -1,14 +1,18 @@
 """workers/torch_common: the interval's hparams win over a restored optimizer's; CUDA RNG states and the
-autocast dtype follow the GPU in use (faked here: the tests run on the CPU)."""
+autocast dtype follow the GPU in use; `device: cuda` refuses the CPU saying why; the kernel choices are
+set whole every interval (CUDA faked here: the tests run on the CPU)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from workers.torch_common import amp_dtype, rng_state, save_checkpoint, set_optimizer_hparams, set_rng_state
+from hopt_cli.isolation import poisons_process
+from workers.torch_common import (CUBLAS_WORKSPACE, NoCuda, amp_dtype, device_name, rng_state, save_checkpoint,
+                                  select_kernels, set_optimizer_hparams, set_rng_state, training_device)
 
 
 def _restored_sgd(lr: float) -> tuple[torch.nn.Parameter, torch.optim.SGD]:
@@ -140,3 +144,82 @@ def test_bf16_autocast_only_from_compute_capability_8(monkeypatch, capability, d
 
 def test_the_cpu_trains_without_autocast():
     assert amp_dtype(torch.device("cpu")) is None
+
+
+@pytest.fixture
+def no_cuda_here(monkeypatch):
+    """A machine where torch finds no GPU, whatever this one has, and HOPT_DEVICE unset."""
+    monkeypatch.delenv("HOPT_DEVICE", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _driver_too_old() -> None:
+    raise RuntimeError("CUDA error: CUDA driver version is insufficient for CUDA runtime version")
+
+
+@pytest.mark.parametrize("cuda, visible, init, why", [
+    (None, None, None, r"torch \S+ is a build without CUDA; install a CUDA build of torch"),
+    ("12.4", "", None, "CUDA_VISIBLE_DEVICES is empty, which hides every GPU; give the job a GPU"),
+    ("12.4", None, _driver_too_old,
+     r"torch \S+ \(CUDA 12.4\) cannot use CUDA: CUDA driver version is insufficient for CUDA runtime version$"),
+    ("12.4", "GPU-gone", lambda: None, r"torch \S+ \(CUDA 12.4\) sees no GPU \(CUDA_VISIBLE_DEVICES='GPU-gone'\)"),
+])
+def test_device_cuda_on_the_cpu_is_an_error_saying_why(no_cuda_here, monkeypatch, cuda, visible, init, why):
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    if init is not None:
+        monkeypatch.setattr(torch.cuda, "init", init)
+    with pytest.raises(NoCuda, match="^device: cuda, but this worker would train on the CPU: " + why) as caught:
+        training_device("cuda")
+    assert "\n" not in str(caught.value)
+    assert not poisons_process(f"NoCuda: {caught.value}"), "nothing broke the process: no fresh worker needed"
+
+
+def test_device_cuda_against_hopt_device_cpu_names_the_variable(monkeypatch):
+    monkeypatch.setenv("HOPT_DEVICE", "cpu")
+    with pytest.raises(NoCuda, match="HOPT_DEVICE=cpu chooses it; unset HOPT_DEVICE"):
+        training_device("cuda")
+
+
+def test_device_auto_falls_back_to_the_cpu_and_cuda_is_taken_where_there(no_cuda_here, monkeypatch):
+    assert training_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device("cuda") == training_device("auto") == torch.device("cuda")
+    with pytest.raises(ValueError, match="device: 'gpu' is no device setting; give one of auto, cuda"):
+        training_device("gpu")
+
+
+def test_the_device_recorded_names_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"NVIDIA H100 80GB HBM3 #{index}")
+    assert device_name(torch.device("cuda")) == "cuda:1 (NVIDIA H100 80GB HBM3 #1)"
+    assert device_name(torch.device("cuda:0")) == "cuda:0 (NVIDIA H100 80GB HBM3 #0)"
+    assert device_name(torch.device("cpu")) == "cpu"
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """Leave torch's global kernel choices as the test found them."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
+
+
+def test_deterministic_mode_sets_every_switch_and_the_next_interval_resets_them(kernels):
+    gpu = torch.device("cuda")
+    select_kernels(gpu, deterministic=True, benchmark=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark, "autotuning picks kernels by timing: not repeatable"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+
+    select_kernels(gpu, deterministic=False, benchmark=True)  # CIFAR
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    select_kernels(gpu, deterministic=False)  # then PTB in the same process: no autotuning leaks into it
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    select_kernels(torch.device("cpu"), deterministic=False, benchmark=True)
+    assert not torch.backends.cudnn.benchmark
