@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from hopt_cli.errors import CorruptFile, HoptError
 from hopt_cli.policies import robust_window
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
 from hopt_cli.schedule import ScheduleStep
+from hopt_cli.settings import touched, values as setting_values
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.digest import checkpoint_digest
 from hopt_cli.store.leases import Holder
@@ -100,6 +101,9 @@ class Status:
     stale_workers: list[str]
     robust_window: int
     members: list[MemberStatus]
+    stopped: str | None = None  # why a stop rule stopped it (None: not stopped)
+    settings: dict[str, Any] = field(default_factory=dict)  # the settings `hopt set` may change, as in force
+    changed: list[str] = field(default_factory=list)  # those `hopt set` changed
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}
@@ -150,6 +154,7 @@ class Experiment:
     def status(self) -> Status:
         """Where the experiment stands now."""
         population = self.store.sync()
+        self.recipe = self.store.recipe  # with what `hopt set` changed
         infos = [info for info in self.store.lease_infos() if info.lease is not None]
         here = Holder.this_process("hopt-status")
         leases = {info.lease.member: self._lease_status(info, here) for info in infos}
@@ -160,13 +165,14 @@ class Experiment:
         live = sorted({s.worker for s in leases.values() if not s.silent and not s.stale})
         silent = sorted({s.worker for s in leases.values() if s.silent and not s.stale} - set(live))
         stale = sorted({s.worker for s in leases.values() if s.stale} - set(live) - set(silent))
-        eta = 0.0 if population.complete else self._eta(population) if live else None
+        eta = 0.0 if population.complete else self._eta(population) if live and not population.stopped else None
         r = self.recipe
         return Status(
             r.name, r.policy.name, r.objective.metric, r.objective.mode, population.size, population.intervals,
             population.intervals_done, population.budget, population.complete, population.failed,
             None if top is None else BestStatus(top.member, top.interval, top.score),
-            started, self._elapsed(started, working=bool(live or silent)), eta, live, silent, stale, window, members)
+            started, self._elapsed(started, working=bool(live or silent)), eta, live, silent, stale, window, members,
+            population.stopped, setting_values(r), touched(population.settings))
 
     def _lease_status(self, info: LeaseInfo, here: Holder) -> LeaseStatus:
         holder = info.lease.holder
@@ -204,7 +210,7 @@ class Experiment:
         while True:
             report = self.status()
             yield report
-            if report.complete or report.failed:
+            if report.complete or report.failed or report.stopped:
                 return
             time.sleep(every)
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from hopt_cli import intervallog
+from hopt_cli import intervallog, stopping
 from hopt_cli.errors import ExperimentFailed, RuntimeFailure
 from hopt_cli.isolation import POISONED_EXIT, IsolatedTrainable, make_trainable, poisons_process
 from hopt_cli.planning import plan_next
+from hopt_cli.recipe import Recipe
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.decision import Decision
 from hopt_cli.store import Store
@@ -36,6 +38,7 @@ class NoClaim(enum.Enum):
     COMPLETE = "done"  # nothing is left to train: stop
     BUSY = "busy"  # every unfinished member is being trained: wait, then try again
     AGAIN = "again"  # an adoption, or a claim made on a stale view: try again at once
+    STOPPED = "stopped"  # a stop rule of the recipe was reached (stopping.py): stop
 
 
 class ProcessPoisoned(RuntimeFailure):
@@ -75,13 +78,13 @@ class WorkerReport:
     fenced: int = 0
     stopped: bool = False
     complete: bool = False
+    stop_rule: str | None = None  # why a stop rule stopped the experiment, if one did
 
 
 class Worker:
     def __init__(self, store: Store, name: str, stop: StopRequest | None = None,
                  trainable: Callable[[Context], Any] | None = None) -> None:
         self.store = store
-        self.recipe = store.recipe
         self.holder = Holder.this_process(name)
         self.stop = stop or NeverStop()
         self.trainable = trainable or make_trainable(self.recipe)
@@ -90,6 +93,11 @@ class Worker:
         self._dropped: set[str] = set()
         self._warned_empty = False
         self._poisoned: str | None = None  # why this process must not train again
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe in force: `hopt set` may change its operational settings between two claims."""
+        return self.store.recipe
 
     def run(self) -> WorkerReport:
         """Train intervals until the experiment is complete or a stop is requested.
@@ -109,6 +117,7 @@ class Worker:
             raise ExperimentFailed(failed) if failed else ProcessPoisoned(self._poisoned)
         self.report.stopped = self.stop.requested
         self.report.complete = self.store.population.complete
+        self.report.stop_rule = self.store.population.stopped
         return self.report
 
     def close(self) -> None:
@@ -123,9 +132,10 @@ class Worker:
             started = time.perf_counter()
             claim = self._try_claim()
             self._log_timing(claim.value if isinstance(claim, NoClaim) else "claim", started)
-            if claim is NoClaim.COMPLETE:
+            if claim in (NoClaim.COMPLETE, NoClaim.STOPPED):
                 return None
             if isinstance(claim, Claim):
+                self._take_up_timeout()
                 return claim
             if claim is NoClaim.BUSY:
                 time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
@@ -137,6 +147,9 @@ class Worker:
             if population.failed:
                 raise ExperimentFailed(population.failed)
             complete = population.complete
+            if not complete and stopping.stops(self.recipe.stop, population, time.time(),
+                                               lambda why: self.store.stop(why, self.holder.worker)):
+                return NoClaim.STOPPED
             if complete:  # leave nothing behind: the leases and checkpoints of workers that died
                 self.store.collect_garbage(self.store.reclaim(self.holder))
                 self.store.drop_leftovers()
@@ -159,6 +172,15 @@ class Worker:
             self.store.empty_trash()
             return NoClaim.COMPLETE
         return Claim(lease, plan.decision, plan.hparams)
+
+    def _take_up_timeout(self) -> None:
+        """An interval_timeout changed by `hopt set`: a command or a trainable in a child process keeps to it from
+        now on; one running in this process (no interval_timeout when the worker started) only once restarted."""
+        timeout = self.recipe.interval_timeout
+        if isinstance(self.trainable, CommandTrainable) and self.trainable.timeout != timeout:
+            self.trainable = replace(self.trainable, timeout=timeout)
+        elif isinstance(self.trainable, IsolatedTrainable):
+            self.trainable.timeout = math.inf if timeout is None else timeout
 
     def train_and_commit(self, claim: Claim) -> None:
         staging = self.store.paths.staging_dir(claim.lease.token)

@@ -24,9 +24,10 @@ import yaml
 from hopt_cli import events
 from hopt_cli.decision import Decision
 from hopt_cli.errors import CorruptFile, FilesystemError, HoptError, LockNotExclusive, RecipeError, command
-from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Reclaim, Release, Retry
+from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Reclaim, Release, Retry, Set, Stop
 from hopt_cli.population import MemberState, Population
 from hopt_cli.recipe import FORMAT, Recipe
+from hopt_cli.settings import SECTIONS, SETTABLE, overlay
 from hopt_cli.store import snapshot
 from hopt_cli.store.fsio import (RETRIES, create_exclusive, fsync_dir, is_temporary, patience, read_bytes, retrying,
                                 touch, unless_gone, write_atomic, write_json_atomic)
@@ -40,6 +41,7 @@ from hopt_cli.store.snapshot import events_in
 NOT_A_LEASE = "not a valid lease file"
 RETRY_WORKER = "hopt-retry"  # who a retry event names: the user, through `hopt retry`
 EXTEND_WORKER = "hopt-extend"  # and an extend event: the user, through `hopt extend`
+SET_WORKER = "hopt-set"  # and a set event: the user, through `hopt set`
 CATCH_UP_BYTES = 1 << 16  # a journal tail longer than this is read before taking the lock
 CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
@@ -58,7 +60,9 @@ class Store:
 
     def __init__(self, root: Path, recipe: Recipe, format: int = FORMAT) -> None:
         self.paths = ExperimentPaths(root)
-        self.recipe = recipe
+        self.recipe = recipe  # in force: experiment.yaml's, with what `hopt set` changed as of the last sync
+        self.created = recipe  # experiment.yaml's
+        self._settings: dict[str, Any] = {}  # the population's settings self.recipe holds
         self.format = format  # of experiment.yaml: one older than FORMAT is read, never written
         self.journal = Journal(self.paths.journal)
         self.lock = make_lock(recipe.lock, self.paths)
@@ -104,7 +108,9 @@ class Store:
             raise HoptError(f"{root} was created to run its trainable in {self.recipe.project}, not the "
                             f"recipe's project {recipe.project}; drop project from the recipe, or use another --dir")
         grow = (f"; to grow it, run `{command('hopt', 'extend', '--dir', root, f'--{key}', 'N')}`"
-                if key in ("population", "intervals") else "")
+                if key in ("population", "intervals") else
+                f"; to change it, run `{command('hopt', 'set', '--dir', root, f'{key}=VALUE')}`"
+                if key in SETTABLE or key in SECTIONS else "")
         raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}){grow}; "
                         "use another --dir, or the recipe it was created with")
 
@@ -163,6 +169,9 @@ class Store:
             self._load_snapshot()
             self._loaded = True
         self.cursor = self.journal.replay(self.cursor, self._visit)
+        if self.population.settings != self._settings:  # `hopt set` changed some: in force from here on
+            self._settings = dict(self.population.settings)
+            self.recipe = overlay(self.created, self._settings)
         return self.population
 
     def _visit(self, data: dict[str, Any], line: bytes, valid: bool) -> None:
@@ -575,8 +584,8 @@ class Store:
 
     def extend(self, population: int | None = None, intervals: int | None = None) -> bool:
         """Grow the budget to `population` members and `intervals` intervals each (None: as it is now);
-        False if it is that already. Running workers see it at their next claim; finished ones do not
-        come back by themselves."""
+        False if it is that already and not stopped (an extend resumes a stopped one). Running workers see it at
+        their next claim; finished ones do not come back by themselves."""
         with self.transaction() as current:
             size = current.size if population is None else population
             length = current.intervals if intervals is None else intervals
@@ -585,7 +594,19 @@ class Store:
                                 f"{current.intervals} intervals, not fewer; to run a smaller one, use a new --dir")
             event = Extend(population=size, intervals=length, worker=EXTEND_WORKER)
             return self._append_while(event, lambda: current.size <= size and current.intervals <= length
-                                      and (current.size, current.intervals) != (size, length))
+                                      and ((current.size, current.intervals) != (size, length) or current.stopped))
+
+    def stop(self, reason: str, worker: str) -> bool:
+        """Record that a stop rule was reached (call inside `transaction()`); False if already stopped."""
+        return self._append_while(Stop(reason=reason, worker=worker), lambda: self.population.stopped is None)
+
+    def change_settings(self, settings: dict[str, Any]) -> bool:
+        """Put `settings` (dotted recipe keys, checked by settings.parse) in force for every worker from its next
+        claim on; False if they are already. RecipeError if they make the recipe invalid (nothing is written)."""
+        with self.transaction():
+            if overlay(self.recipe, settings).to_dict() == self.recipe.to_dict():
+                return False
+            return self._append_while(Set(settings=settings, worker=SET_WORKER), lambda: True)
 
     def heartbeat(self, lease: Lease) -> bool:
         """Refresh our lease's age without the lock; False once the lease is no longer ours."""
