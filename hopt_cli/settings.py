@@ -17,6 +17,7 @@ from hopt_cli.recipe import Recipe, RecipeLoader
 SETTABLE = ("max_failures", "interval_timeout", "lease.timeout", "lease.heartbeat", "keep_best",
             "stop.metric", "stop.at_least", "stop.at_most", "stop.hours")
 SECTIONS = ("stop",)  # set whole too: stop=null drops the stop rules, stop='{hours: 24}' replaces them
+NULLABLE = ("interval_timeout", "stop")  # a recipe may leave these out, and so the keys under them
 _DECIDED = "every decision made so far, and a replay of the best schedule, depends on it"
 FIXED = {  # why a recipe key cannot change on a running experiment, and what to do instead
     "name": "it names the experiment; it cannot change",
@@ -50,9 +51,12 @@ def parse(assignments: Sequence[str]) -> dict[str, Any]:
             raise HoptError(f"{key} cannot be changed on an existing experiment: {why} "
                             f"(settable: {', '.join(SETTABLE)})")
         try:
-            settings[key] = RecipeLoader.read(text) if text else None
+            value = RecipeLoader.read(text) if text else None
         except yaml.YAMLError:
             raise HoptError(f"{assignment!r}: the value is not valid YAML; write e.g. {key}=5") from None
+        if value is None and key.split(".")[0] not in NULLABLE:
+            raise HoptError(f"{key} needs a value (only {' and '.join(NULLABLE)} may be null); write e.g. {key}=5")
+        settings[key] = value
     return settings
 
 
