@@ -19,6 +19,7 @@ from hopt_cli import schedule, table
 from hopt_cli.errors import CorruptFile, HoptError
 from hopt_cli.policies import robust_window
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
+from hopt_cli.recipe import Recipe
 from hopt_cli.schedule import ScheduleStep
 from hopt_cli.settings import touched, values as setting_values
 from hopt_cli.store import LeaseInfo, Store
@@ -143,9 +144,13 @@ class Experiment:
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store.open(path)
-        self.recipe = self.store.recipe
         self._timeline = Timeline()
         self._cursor = Cursor()
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe in force, as of the last read of the journal (`hopt set` changes some settings)."""
+        return self.store.recipe
 
     def population(self) -> Population:
         """The population as the journal has it now: its size and intervals include every `hopt extend`."""
@@ -154,7 +159,6 @@ class Experiment:
     def status(self) -> Status:
         """Where the experiment stands now."""
         population = self.store.sync()
-        self.recipe = self.store.recipe  # with what `hopt set` changed
         infos = [info for info in self.store.lease_infos() if info.lease is not None]
         here = Holder.this_process("hopt-status")
         leases = {info.lease.member: self._lease_status(info, here) for info in infos}
@@ -222,10 +226,10 @@ class Experiment:
         """The `k` best intervals ever committed, best first (at most `keep_best` are kept)."""
         if k < 1:
             raise HoptError(f"ask for at least 1 best interval (got {k})")
+        population = self.store.sync()
         if k > self.recipe.keep_best:
             raise HoptError(f"only the {self.recipe.keep_best} best intervals are kept (keep_best in the recipe); "
                             f"ask for {self.recipe.keep_best} or fewer")
-        population = self.store.sync()
         if not population.best:
             raise HoptError(f"{self.store.paths.root}: no interval has been committed yet; "
                             "run workers first (`hopt worker` or `hopt run`)")

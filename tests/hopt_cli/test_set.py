@@ -114,6 +114,7 @@ def test_a_running_worker_takes_the_settings_up_at_its_next_claim(root: Path):
     assert len(population.best) == 1 and population.best[0].score == max(population.members[m].lineage.scores[-1]
                                                                          for m in range(4))
     worker.train_and_commit(claim)
+    assert invoke("best", "--dir", str(root), "--top", "2").exit_code == 2  # only the one best is kept now
     failing = Worker(Store.open(root), "failing", trainable=lambda ctx: math.nan)
     failing.train_and_commit(failing.claim())
     assert failing.store.sync().failed.startswith("member")  # max_failures 1: the first failure fails it
@@ -146,3 +147,17 @@ def test_the_recipe_it_was_created_with_still_opens_it_and_a_changed_one_names_h
     assert refused.output.strip() == (f"hopt: error: {root} already holds a different experiment (recipe differs at "
                                       f"keep_best); to change it, run `hopt set --dir {root} keep_best=VALUE`; use "
                                       "another --dir, or the recipe it was created with")
+
+
+def test_a_larger_keep_best_lets_hopt_best_export_more(root: Path):
+    worker = Worker(Store.open(root), "w")
+    for _ in range(8):
+        worker.train_and_commit(worker.claim())
+    assert invoke("best", "--dir", str(root), "--top", "5").exit_code == 2
+
+    assert invoke("set", "--dir", str(root), "keep_best=5").exit_code == 0
+    for _ in range(4):
+        worker.train_and_commit(worker.claim())
+
+    top = json.loads(invoke("best", "--dir", str(root), "--top", "5", "--json").output)
+    assert len(top["top"]) == 5

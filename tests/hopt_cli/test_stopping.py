@@ -114,3 +114,5 @@ def test_hopt_run_ends_at_the_target_with_exit_status_0_and_says_why(tmp_path: P
     population = Store.open(root).sync()
     assert population.stopped and not population.complete
     assert max(c.metrics["true_score"] for c in Experiment(root).history()) >= 0.5
+    logs = [path.read_text() for path in Store.open(root).paths.logs.glob("*.log")]
+    assert len(logs) == 2 and all(f"stopped ({population.stopped})" in log for log in logs)  # each worker's last line
