@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,10 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
 from tests.commands import invoke
-from tests.conftest import toy_recipe
+from tests.conftest import REPO, toy_recipe
+from tests.slurm_cluster import wait_for
+
+DEADLINE = 120.0
 
 
 @pytest.fixture
@@ -161,3 +167,32 @@ def test_a_larger_keep_best_lets_hopt_best_export_more(root: Path):
 
     top = json.loads(invoke("best", "--dir", str(root), "--top", "5", "--json").output)
     assert len(top["top"]) == 5
+
+
+def test_a_worker_process_in_an_interval_stops_at_its_next_claim_by_a_stop_rule_set_meanwhile(tmp_path: Path):
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text(yaml.safe_dump(toy_recipe(population=2, intervals=4,
+                                                worker="tests.hopt_cli.trainables:waits_for_go")))
+    root, markers, go = tmp_path / "exp", tmp_path / "markers", tmp_path / "go"
+    markers.mkdir()
+    env = {**os.environ, "HOPT_TEST_MARKER": str(markers), "HOPT_TEST_GO": str(go)}
+    worker = subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--recipe", str(recipe)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(not p.name.startswith(".") for p in markers.iterdir()) or worker.poll() is not None,
+                 DEADLINE, "the worker inside its first interval", poll=0.02)
+        assert worker.poll() is None, worker.communicate()
+
+        changed = invoke("set", "--dir", str(root), "stop={metric: score, at_least: -100}")
+        go.touch()
+        _, stderr = worker.communicate(timeout=DEADLINE)
+    finally:
+        worker.kill()
+        worker.wait()
+
+    assert changed.exit_code == 0, changed.output
+    assert worker.returncode == 0, stderr
+    population = Store.open(root).sync()
+    assert population.intervals_done == 1  # the interval in flight was committed, and nothing claimed after it
+    assert population.stopped.startswith("stop target score >= -100 reached: member 0 interval 0")
+    assert f"stopped ({population.stopped})" in stderr
