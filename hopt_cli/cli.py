@@ -16,7 +16,7 @@ from typing import Any
 import click
 import cloudpickle
 
-from hopt_cli import intervallog, launch, schedule, table, tensorboard, timeline, tracking
+from hopt_cli import intervallog, launch, schedule, settings, table, tensorboard, timeline, tracking
 from hopt_cli.doctor import diagnose
 from hopt_cli.errors import HoptError, Interrupted, command
 from hopt_cli.experiment import SCHEMA, Best, Experiment, IntervalLog, MemberStatus, Status, refuse_inside_experiment
@@ -99,7 +99,8 @@ def worker(root: Path, recipe: Path | None, name: str | None, requeue_: bool, pr
         raise
     finally:
         signals.restore()
-    how = f"stopped by {signals.signal_name}" if report.stopped else "experiment complete"
+    how = f"stopped by {signals.signal_name}" if report.stopped else \
+        f"stopped ({report.stop_rule})" if report.stop_rule and not report.complete else "experiment complete"
     log.info("%s: %s committed, %d failed, %d discarded", how, counted(report.commits, "interval"), report.failures,
              report.fenced)
     if requeue_:
@@ -114,7 +115,8 @@ def _worker_group(store: Store, name: str, count: int, preemption: signal.Signal
     if result.interrupted:
         how = f"stopped by {result.interrupted.name}"
     else:
-        how = "experiment complete" if result.complete else "workers ended"
+        how = "experiment complete" if result.complete else f"stopped ({result.stopped})" if result.stopped else \
+            "workers ended"
     log.info("%s: %s", how, ", ".join(f"{n} exit {c}" for n, c in result.exit_codes.items()))
     launch.check_ended(store, result)
     if requeue_:
@@ -178,6 +180,9 @@ def run(recipe: Path, root: Path, workers: int, gpus: str | None) -> None:
         line.say(str(err))
         sys.exit(err.exit_code)
     best = experiment.best()
+    stopped = experiment.population().stopped
+    if stopped and not experiment.population().complete:
+        click.echo(f"stopped: {stopped}; `{command('hopt', 'extend', '--dir', root)}` resumes it")
     click.echo(f"done: best {experiment.recipe.objective.metric} {best.score:.6g} (member {best.member}, "
                f"interval {best.interval}); export it with `{command('hopt', 'best', '--dir', root, '--out', 'DIR')}`")
 
@@ -217,6 +222,10 @@ def _status_table(s: Status, every_member: bool = False) -> str:
     timing = (f"elapsed {_duration(s.elapsed)}{eta}, workers: {len(s.live_workers)} live{silent}, "
               f"{len(s.stale_workers)} stale")
     lines = [head, timing] + ([f"FAILED: {s.failed}"] if s.failed else [])
+    if s.stopped:
+        lines.append(f"STOPPED: {s.stopped}; `hopt extend` resumes it")
+    if s.changed:
+        lines.append("set by `hopt set`: " + " ".join(f"{k}={_setting(s.settings[k])}" for k in s.changed))
     names = list(s.members[0].hparams) if s.members and s.members[0].hparams else []
     shown = s.members if every_member or len(s.members) <= SUMMARY_ROWS else _best_members(s)
     devices = any(m.device is not None for m in shown)  # a column only where the trainable says
@@ -439,15 +448,34 @@ def retry(root: Path) -> None:
 @click.option("--intervals", type=click.IntRange(min=1), help="Intervals per member from now on (more than now).")
 @click.option("--population", type=click.IntRange(min=1), help="Members from now on (more than now).")
 def extend(root: Path, intervals: int | None, population: int | None) -> None:
-    """Grow the experiment: train every member longer, or add members drawn as the first ones were."""
-    if intervals is None and population is None:
-        raise click.UsageError("say how to grow it: --intervals N, --population M, or both")
+    """Grow the experiment: train every member longer, or add members drawn as the first ones were; after a stop
+    rule stopped it, resume it (with no option: at the budget it has)."""
     store = Store.open(root)
+    stopped = store.sync().stopped
+    if intervals is None and population is None and not stopped:
+        raise click.UsageError("say how to grow it: --intervals N, --population M, or both")
     grown = store.extend(population, intervals)
     now = store.population
+    how = "resumed after its stop" if stopped else "grown"
     click.echo(f"{root}: {now.size} members x {now.intervals} intervals"
-               + (" (grown); running workers take it up at their next claim, finished ones must be started "
-                  "again" if grown else " already; nothing to do"))
+               + (f" ({how}); running workers take it up at their next claim, finished ones must be started again"
+                  if grown else " already; nothing to do"))
+
+
+@cli.command("set")
+@DIR
+@click.argument("assignments", nargs=-1, metavar="KEY=VALUE...")
+def set_(root: Path, assignments: tuple[str, ...]) -> None:
+    """Change operational settings of a running experiment (max_failures, interval_timeout, lease.timeout,
+    lease.heartbeat, keep_best, stop.*): journaled, taken up by every worker at its next claim."""
+    changes = settings.parse(assignments)
+    changed = Store.open(root).change_settings(changes)
+    click.echo(f"{root}: " + ", ".join(f"{k}={_setting(v)}" for k, v in changes.items())
+               + ("; running workers take it up at their next claim" if changed else " already; nothing to do"))
+
+
+def _setting(value: Any) -> str:
+    return "null" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @cli.command()

@@ -128,8 +128,26 @@ class Extend(JournalEvent):
     intervals: int
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Stop(JournalEvent):
+    """A stop rule of the recipe was reached (`reason` says which, and how): workers stop at their next
+    claim, until a `hopt extend` resumes the experiment."""
+
+    kind: ClassVar[str] = "stop"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Set(JournalEvent):
+    """The user changed operational settings (`hopt set`): dotted recipe keys and their new values,
+    in force from this event on; experiment.yaml keeps the values it was created with."""
+
+    kind: ClassVar[str] = "set"
+    settings: dict[str, Any]
+
+
 KINDS: dict[str, type[JournalEvent]] = {k.kind: k for k in (Claim, Commit, Adopt, Fail, Release, Reclaim, Retry,
-                                                             Extend)}
+                                                             Extend, Stop, Set)}
 _KEYS = {kind: tuple(f.name for f in fields(kind)) for kind in KINDS.values()}
 _FORMAT_1_KEYS = {Fail: {"error": "reason"}, Reclaim: {"by": "worker"}}
 

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from hopt_cli import schedule, table
 from hopt_cli.errors import CorruptFile, HoptError
 from hopt_cli.policies import robust_window
 from hopt_cli.population import Lineage, MemberState, Population, robust_score
+from hopt_cli.recipe import Recipe
 from hopt_cli.schedule import ScheduleStep
+from hopt_cli.settings import touched, values as setting_values
 from hopt_cli.store import LeaseInfo, Store
 from hopt_cli.store.digest import checkpoint_digest
 from hopt_cli.store.leases import Holder
@@ -101,6 +103,9 @@ class Status:
     stale_workers: list[str]
     robust_window: int
     members: list[MemberStatus]
+    stopped: str | None = None  # why a stop rule stopped it (None: not stopped)
+    settings: dict[str, Any] = field(default_factory=dict)  # the settings `hopt set` may change, as in force
+    changed: list[str] = field(default_factory=list)  # those `hopt set` changed
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}
@@ -140,9 +145,13 @@ class Experiment:
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store.open(path)
-        self.recipe = self.store.recipe
         self._timeline = Timeline()
         self._cursor = Cursor()
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe in force, as of the last read of the journal (`hopt set` changes some settings)."""
+        return self.store.recipe
 
     def population(self) -> Population:
         """The population as the journal has it now: its size and intervals include every `hopt extend`."""
@@ -161,13 +170,14 @@ class Experiment:
         live = sorted({s.worker for s in leases.values() if not s.silent and not s.stale})
         silent = sorted({s.worker for s in leases.values() if s.silent and not s.stale} - set(live))
         stale = sorted({s.worker for s in leases.values() if s.stale} - set(live) - set(silent))
-        eta = 0.0 if population.complete else self._eta(population) if live else None
+        eta = 0.0 if population.complete else self._eta(population) if live and not population.stopped else None
         r = self.recipe
         return Status(
             r.name, r.policy.name, r.objective.metric, r.objective.mode, population.size, population.intervals,
             population.intervals_done, population.budget, population.complete, population.failed,
             None if top is None else BestStatus(top.member, top.interval, top.score),
-            started, self._elapsed(started, working=bool(live or silent)), eta, live, silent, stale, window, members)
+            started, self._elapsed(started, working=bool(live or silent)), eta, live, silent, stale, window, members,
+            population.stopped, setting_values(r), touched(population.settings))
 
     def _lease_status(self, info: LeaseInfo, population: Population, here: Holder) -> LeaseStatus:
         """The lease `info` as status shows it, stale as the lease table judges it for the next claim."""
@@ -207,7 +217,7 @@ class Experiment:
         while True:
             report = self.status()
             yield report
-            if report.complete or report.failed:
+            if report.complete or report.failed or report.stopped:
                 return
             time.sleep(every)
 
@@ -219,10 +229,10 @@ class Experiment:
         """The `k` best intervals ever committed, best first (at most `keep_best` are kept)."""
         if k < 1:
             raise HoptError(f"ask for at least 1 best interval (got {k})")
+        population = self.store.sync()
         if k > self.recipe.keep_best:
             raise HoptError(f"only the {self.recipe.keep_best} best intervals are kept (keep_best in the recipe); "
                             f"ask for {self.recipe.keep_best} or fewer")
-        population = self.store.sync()
         if not population.best:
             raise HoptError(f"{self.store.paths.root}: no interval has been committed yet; "
                             "run workers first (`hopt worker` or `hopt run`)")

@@ -105,7 +105,7 @@ def check_ended(store: Store, result: RunResult) -> None:
         raise ExperimentFailed(result.failed)
     if result.died:
         raise ExperimentFailed(result.died)
-    if not result.complete and not result.interrupted:
+    if not result.complete and not result.interrupted and not result.stopped:
         bad = ", ".join(f"{n} (status {c}, see {store.paths.log(n)})" for n, c in result.exit_codes.items() if c)
         raise ExperimentFailed(f"workers stopped before the experiment was complete: {bad or 'none failed'}")
 

@@ -87,7 +87,7 @@ class _Exporter:
             self._log(runs[member], [p for p in new if p.member == member])
         best = self._best(parent, runs, population)
         self.client.set_tag(parent.info.run_id, CURSOR, str(len(commits)))
-        ended = population.complete or population.failed is not None
+        ended = population.complete or population.failed is not None or population.stopped is not None
         if ended:
             end = _ms(commits[-1].time) if commits else None
             for run_id in [*runs.values(), parent.info.run_id]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hopt_cli.decision import Decision
-from hopt_cli.events import Adopt, Claim, Commit, Extend, Fail, JournalEvent, LeaseEnd, Reclaim, Release, Retry
+from hopt_cli.events import (Adopt, Claim, Commit, Extend, Fail, JournalEvent, LeaseEnd, Reclaim, Release, Retry, Set,
+                             Stop)
 
 PROGRESS_WINDOW = 2  # commits per member of recent progress the population keeps for the ETA
 
@@ -114,6 +115,7 @@ class MemberState:
     claim_parent: str | None = None  # the checkpoint the open claim resumes from
     claim_time: float | None = None  # when its writer made the latest claim (its clock)
     claim_holder: Claimer | None = None  # who made it
+    committed: int = -1  # the number of the event that committed its latest interval (-1: none)
 
 
 @dataclass
@@ -147,6 +149,10 @@ class Population:
     intervals_done: int = 0
     started: float | None = None  # time of the first event
     progress: list[tuple[float, int]] = field(default_factory=list)  # (time, intervals done), recent only
+    stopped: str | None = None  # why a stop rule stopped the experiment (None: it runs)
+    resumed: float | None = None  # time of the `hopt extend` that resumed it after a stop: the rules count from it
+    resumed_event: int = 0  # that extend's event number: a metric rule looks at commits after it only
+    settings: dict[str, Any] = field(default_factory=dict)  # what `hopt set` changed: dotted recipe key -> value
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -276,6 +282,7 @@ class Population:
         member.failures = member.claims = 0
         member.last_error = None
         member.claim_open, member.claim_parent = False, None
+        member.committed = self.events
         self._views.pop(member.member, None)
         self._view = None
         self._record_best(member)
@@ -286,7 +293,8 @@ class Population:
         member = self.members[event.member]
         parent = self.members[int(event.decision.parent)]
         self.intervals_done += min(parent.interval, self.intervals) - min(member.interval, self.intervals)
-        for name in ("interval", "checkpoint", "digest", "coords", "hparams", "sigma", "last_change", "metrics"):
+        for name in ("interval", "checkpoint", "digest", "coords", "hparams", "sigma", "last_change", "metrics",
+                     "committed"):
             setattr(member, name, getattr(parent, name))
         member.lineage = parent.lineage.copy()
         member.token = event.token
@@ -325,6 +333,24 @@ class Population:
         self.members.extend(MemberState(m) for m in range(self.size, event.population))
         self.size, self.intervals = event.population, event.intervals
         self._view = None
+        if self.stopped is not None:  # the extend resumes a stopped experiment; its stop rules count from here
+            self.stopped, self.resumed, self.resumed_event = None, event.time, self.events
+
+    def _on_stop(self, event: Stop) -> None:
+        """A stop rule was reached: no more claims until an extend resumes (the first reason stands)."""
+        if self.stopped is None:
+            self.stopped = event.reason
+
+    def _on_set(self, event: Set) -> None:
+        """`hopt set`: the settings from now on; the ones the population itself applies take effect here."""
+        for key, value in event.settings.items():  # later changes apply after earlier ones; a whole section
+            for old in [k for k in self.settings if k == key or k.startswith(f"{key}.")]:  # replaces its keys
+                del self.settings[old]
+            self.settings[key] = value
+        self.max_failures = int(event.settings.get("max_failures", self.max_failures))
+        if "keep_best" in event.settings:
+            self.keep_best = int(event.settings["keep_best"])
+            del self.best[self.keep_best:]  # the dropped entries' checkpoints are collected as garbage
 
     def _on_end_of_lease(self, event: LeaseEnd) -> None:
         member = self._current(event)
@@ -351,6 +377,8 @@ _HANDLERS = {
     Reclaim: Population._on_end_of_lease,
     Retry: Population._on_retry,
     Extend: Population._on_extend,
+    Stop: Population._on_stop,
+    Set: Population._on_set,
 }
 
 

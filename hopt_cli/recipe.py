@@ -6,7 +6,7 @@ import os
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ _WRITTEN_SWITCHES = ("wait", "equal_time", "robust", "rank_select", "adapt", "de
 MAX_POPULATION = 100_000  # measured: hopt status at 100,000 members takes 1.3 s and 165 MB
 MAX_INTERVALS = 1_000_000
 _TOP_KEYS = {"name", "seed", "objective", "population", "intervals", "steps", "policy", "worker", "command",
-             "space", "lease", "keep_best", "max_failures", "interval_timeout", "lock", "project", "format"}
+             "space", "lease", "keep_best", "max_failures", "interval_timeout", "lock", "project", "format", "stop"}
 _BOOL = "tag:yaml.org,2002:bool"
 
 
@@ -76,6 +76,33 @@ class LeaseSettings:
 
 
 @dataclass(frozen=True)
+class StopRule:
+    """When the experiment stops before its budget: a metric reaching a target (`at_least` or `at_most`), or
+    `hours` of wall time since the first claim; with both, whichever comes first."""
+
+    metric: str | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    hours: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def reached(self, value: float) -> bool:
+        """Whether a value of `metric` meets the target."""
+        if self.at_least is not None:
+            return value >= self.at_least
+        return self.at_most is not None and value <= self.at_most
+
+    @property
+    def target(self) -> str:
+        """The target in words, e.g. "val_acc >= 0.99"."""
+        if self.at_least is not None:
+            return f"{self.metric} >= {self.at_least:g}"
+        return f"{self.metric} <= {self.at_most:g}"
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """The recipe's policy as plain data: its name and every setting, defaults included. The policy itself
     is built where decisions are made (the worker, the simulator): the store reads a recipe without it."""
@@ -110,6 +137,7 @@ class Recipe:
     interval_timeout: float | None = None  # seconds; a longer interval is killed and fails
     lock: str = "flock"
     project: str | None = None  # absolute: where the trainable is imported from and runs; set by `hopt init`
+    stop: StopRule | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -131,6 +159,8 @@ class Recipe:
         data["lock"] = self.lock
         if self.project is not None:
             data["project"] = self.project
+        if self.stop is not None:
+            data["stop"] = self.stop.to_dict()
         return data
 
     def in_project(self, cwd: str) -> Recipe:
@@ -189,6 +219,7 @@ class Recipe:
             interval_timeout=_interval_timeout(data.get("interval_timeout")),
             lock=_lock(data.get("lock", "flock")),
             project=_project(data.get("project")),
+            stop=_stop(data.get("stop")),
         )
 
 
@@ -282,6 +313,36 @@ def _interval_timeout(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise RecipeError("interval_timeout", f"must be a number of seconds > 0, or left out (got {value!r})")
     return float(value)
+
+
+def _stop(value: Any) -> StopRule | None:
+    """A metric target (exactly one of at_least, at_most, with its metric), a deadline in hours, or both."""
+    if value is None:
+        return None
+    spec = _mapping("stop", value, {"metric", "at_least", "at_most", "hours"})
+    numbers = {}
+    for key in ("at_least", "at_most", "hours"):
+        number = spec.get(key)
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
+                                   or not math.isfinite(number)):
+            raise RecipeError(f"stop.{key}", f"must be a number (got {number!r})")
+        numbers[key] = None if number is None else float(number)
+    if numbers["hours"] is not None and numbers["hours"] <= 0:
+        raise RecipeError("stop.hours", f"must be a number of hours > 0 (got {spec['hours']!r})")
+    metric = spec.get("metric")
+    targets = [key for key in ("at_least", "at_most") if numbers[key] is not None]
+    if metric is not None and (not isinstance(metric, str) or not metric):
+        raise RecipeError("stop.metric", f"must be the name of a metric the trainable returns (got {metric!r})")
+    if metric is not None and len(targets) != 1:
+        raise RecipeError("stop", f"give exactly one of at_least or at_most with metric {metric} (got "
+                                  f"{' and '.join(targets) or 'neither'})")
+    if metric is None and targets:
+        raise RecipeError("stop.metric", f"is required with {targets[0]}: the metric that must reach it, "
+                                         "e.g. stop: {metric: val_acc, at_least: 0.99}")
+    if metric is None and numbers["hours"] is None:
+        raise RecipeError("stop", "give a target, e.g. stop: {metric: val_acc, at_least: 0.99}, a deadline, "
+                                  "stop: {hours: 12}, or both")
+    return StopRule(metric, numbers["at_least"], numbers["at_most"], numbers["hours"])
 
 
 def _lock(value: Any) -> str:

@@ -39,6 +39,7 @@ class RunResult:
     failed: str | None
     exit_codes: dict[str, int]  # of every worker the run started, replacements included
     died: str | None = None  # why the run stopped early: a worker died with no restart left
+    stopped: str | None = None  # why a stop rule of the recipe stopped the experiment
 
 
 @dataclass
@@ -185,7 +186,7 @@ def run_local(store: Store, workers: int, progress: Callable[[int, int, str], No
     population = store.sync()
     _report(store, population.intervals_done, progress)
     return RunResult(population.complete, signals.first, population.failed,
-                     {name: p.returncode for name, p in started.items()}, died)
+                     {name: p.returncode for name, p in started.items()}, died, population.stopped)
 
 
 def _start(store: Store, name: str, payload: bytes | None, environment: dict[str, str]) -> subprocess.Popen:

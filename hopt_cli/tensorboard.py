@@ -212,7 +212,8 @@ class _Runs:
         """The checkpoint `trained` made, at its interval of the member's run."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in tracking.values(trained, self.choices).items()]
+        values = [Summary.Value(tag=tag, simple_value=value)
+                  for tag, value in tracking.values(trained, self.choices).items()]
         self._event(member, trained.interval, values, wall_time)
         self.points += 1
 

@@ -57,7 +57,7 @@ class Event:
     `kind` is an event kind of hopt_cli/events.py (docs/json-schemas.md lists them); `worker` wrote the
     event, except for a reclaim: there it is the worker whose lease was dropped, and `by` the one that
     dropped it; `changes` lists an exploit's mutation (claims and commits); `reason` holds a failure's
-    error or why a lease was released or reclaimed.
+    error, why a lease was released or reclaimed, or which stop rule stopped the experiment.
     """
 
     time: float
@@ -74,6 +74,7 @@ class Event:
     by: str | None = None
     population: int | None = None  # an extend's new budget: members,
     intervals: int | None = None  # and intervals per member
+    settings: dict[str, Any] | None = None  # what a `hopt set` changed: dotted recipe key -> value
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +114,7 @@ class Timeline:
         self._made: dict[str, TrainedInterval] = {}  # checkpoint -> the commit that made it
         self._claims: dict[tuple[int, int], list[events.Claim]] = {}  # (member, interval) -> its claims
         self._ends: dict[str | None, events.Commit | events.LeaseEnd] = {}  # claim token -> how that claim ended
+        self._stopped = False  # a stop rule stopped the experiment, and no extend resumed it yet
 
     def extend(self, found: Iterable[JournalEvent]) -> None:
         """Read the events that follow the ones read so far."""
@@ -176,8 +178,17 @@ class Timeline:
         return Replayed(e, Event(float(e.time or 0.0), e.kind, None, None, e.worker))
 
     def _extend(self, e: events.Extend) -> Replayed:
+        resumed, self._stopped = self._stopped, False
         return Replayed(e, Event(float(e.time or 0.0), e.kind, None, None, e.worker, population=e.population,
-                                 intervals=e.intervals))
+                                 intervals=e.intervals, reason="resumed after a stop" if resumed else None))
+
+
+    def _stop(self, e: events.Stop) -> Replayed:
+        self._stopped = True
+        return Replayed(e, Event(float(e.time or 0.0), e.kind, None, None, e.worker, reason=e.reason))
+
+    def _set(self, e: events.Set) -> Replayed:
+        return Replayed(e, Event(float(e.time or 0.0), e.kind, None, None, e.worker, settings=dict(e.settings)))
 
 
 def describe(e: Event) -> str:
@@ -219,7 +230,18 @@ def _retry_text(e: Event) -> str:
 
 
 def _extend_text(e: Event) -> str:
+    if e.reason:
+        return f"resumed after its stop by `hopt extend`, at {e.population} members x {e.intervals} intervals"
     return f"grown by `hopt extend` to {e.population} members x {e.intervals} intervals"
+
+
+def _stop_text(e: Event) -> str:
+    return f"stopped: {e.reason}; `hopt extend` resumes it"
+
+
+def _set_text(e: Event) -> str:
+    return "changed by `hopt set`: " + " ".join(f"{k}={'null' if v is None else _fmt(v)}"
+                                                for k, v in (e.settings or {}).items())
 
 
 def _where(e: Event) -> str:
@@ -255,4 +277,6 @@ READERS: dict[type[JournalEvent], Reader] = {
     events.Reclaim: Reader(Timeline._reclaim, _reclaim_text),
     events.Retry: Reader(Timeline._retry, _retry_text),
     events.Extend: Reader(Timeline._extend, _extend_text),
+    events.Stop: Reader(Timeline._stop, _stop_text),
+    events.Set: Reader(Timeline._set, _set_text),
 }

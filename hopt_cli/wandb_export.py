@@ -75,7 +75,7 @@ class _Exporter:
         for member in members:
             self._log(member, starts[member], [p for p in new if p.member == member])
         best = self._best(population, state["projects"].get(self.project, {}).get("best"))
-        ended = population.complete or population.failed is not None
+        ended = population.complete or population.failed is not None or population.stopped is not None
         if new or best is not None:
             self._population(population, len(commits))
         uploaded = best.checkpoint.name if best is not None else state["projects"].get(self.project, {}).get("best")

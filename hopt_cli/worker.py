@@ -6,11 +6,12 @@ at any moment; everything it leaves behind is valid, and its lease expires or is
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from hopt_cli import intervallog
@@ -18,6 +19,7 @@ from hopt_cli.errors import ExperimentFailed, RuntimeFailure
 from hopt_cli.isolation import POISONED_EXIT, IsolatedTrainable, make_trainable, poisons_process
 from hopt_cli.planning import Plan, plan_next
 from hopt_cli.population import Population
+from hopt_cli.recipe import Recipe
 from hopt_cli.seeds import trainable_seed
 from hopt_cli.store import Claimed, NoClaim, Store
 from hopt_cli.store.leases import Holder, Lease
@@ -53,13 +55,13 @@ class WorkerReport:
     fenced: int = 0
     stopped: bool = False
     complete: bool = False
+    stop_rule: str | None = None  # why a stop rule stopped the experiment, if one did
 
 
 class Worker:
     def __init__(self, store: Store, name: str, stop: StopRequest | None = None,
                  trainable: Callable[[Context], Any] | None = None) -> None:
         self.store = store
-        self.recipe = store.recipe
         self.holder = Holder.this_process(name)
         self.stop = stop or NeverStop()
         self.trainable = trainable or make_trainable(self.recipe)
@@ -68,6 +70,11 @@ class Worker:
         self._dropped: set[str] = set()
         self._warned_empty = False
         self._poisoned: str | None = None  # why this process must not train again
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe in force: `hopt set` may change its operational settings between two claims."""
+        return self.store.recipe
 
     def run(self) -> WorkerReport:
         """Train intervals until the experiment is complete or a stop is requested.
@@ -87,6 +94,7 @@ class Worker:
             raise ExperimentFailed(failed) if failed else ProcessPoisoned(self._poisoned)
         self.report.stopped = self.stop.requested
         self.report.complete = self.store.population.complete
+        self.report.stop_rule = self.store.population.stopped
         return self.report
 
     def close(self) -> None:
@@ -101,9 +109,10 @@ class Worker:
             started = time.perf_counter()
             claim = self._try_claim()
             self._log_timing(claim.value if isinstance(claim, NoClaim) else "claim", started)
-            if claim is NoClaim.COMPLETE:
+            if claim in (NoClaim.COMPLETE, NoClaim.STOPPED):
                 return None
             if isinstance(claim, Claimed):
+                self._take_up_timeout()
                 return claim
             if claim is NoClaim.BUSY:
                 time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
@@ -115,6 +124,15 @@ class Worker:
 
     def _plan(self, population: Population, leased: set[int]) -> Plan | None:
         return plan_next(population, leased, self.policy, self.recipe.space, self.recipe.seed)
+
+    def _take_up_timeout(self) -> None:
+        """An interval_timeout changed by `hopt set`: a command or a trainable in a child process keeps to it from
+        now on; one running in this process (no interval_timeout when the worker started) only once restarted."""
+        timeout = self.recipe.interval_timeout
+        if isinstance(self.trainable, CommandTrainable) and self.trainable.timeout != timeout:
+            self.trainable = replace(self.trainable, timeout=timeout)
+        elif isinstance(self.trainable, IsolatedTrainable):
+            self.trainable.timeout = math.inf if timeout is None else timeout
 
     def train_and_commit(self, claim: Claimed) -> None:
         staging = self.store.staging.make(claim.lease)

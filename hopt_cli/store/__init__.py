@@ -22,12 +22,13 @@ from typing import Any, Protocol
 
 import yaml
 
-from hopt_cli import events
+from hopt_cli import events, stopping
 from hopt_cli.decision import Decision
 from hopt_cli.errors import CorruptFile, ExperimentFailed, HoptError, LockNotExclusive, RecipeError, command
-from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Release, Retry
+from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Release, Retry, Set, Stop
 from hopt_cli.population import Population
 from hopt_cli.recipe import FORMAT, Recipe
+from hopt_cli.settings import SECTIONS, SETTABLE, overlay
 from hopt_cli.store.collector import Collector
 from hopt_cli.store.fsio import create_exclusive, fsync_dir, touch, write_atomic
 from hopt_cli.store.journal import Cursor, Journal
@@ -42,6 +43,7 @@ __all__ = ["Claimed", "LeaseInfo", "NoClaim", "Store"]
 
 RETRY_WORKER = "hopt-retry"  # who a retry event names: the user, through `hopt retry`
 EXTEND_WORKER = "hopt-extend"  # and an extend event: the user, through `hopt extend`
+SET_WORKER = "hopt-set"  # and a set event: the user, through `hopt set`
 CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
 log = logging.getLogger("hopt")
@@ -53,6 +55,7 @@ class NoClaim(enum.Enum):
     COMPLETE = "done"  # nothing is left to train: stop
     BUSY = "busy"  # every unfinished member is being trained: wait, then try again
     AGAIN = "again"  # an adoption, or a claim made on a stale view: try again at once
+    STOPPED = "stopped"  # a stop rule of the recipe was reached (stopping.py): stop
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,9 @@ class Store:
 
     def __init__(self, root: Path, recipe: Recipe, format: int = FORMAT) -> None:
         self.paths = ExperimentPaths(root)
-        self.recipe = recipe
+        self.recipe = recipe  # in force: experiment.yaml's, with what `hopt set` changed as of the last sync
+        self.created = recipe  # experiment.yaml's
+        self._settings: dict[str, Any] = {}  # the population's settings self.recipe holds
         self.format = format  # of experiment.yaml: one older than FORMAT is read, never written
         self.journal = Journal(self.paths.journal)
         self.lock = make_lock(recipe.lock, self.paths)
@@ -139,7 +144,9 @@ class Store:
             raise HoptError(f"{root} was created to run its trainable in {self.recipe.project}, not the "
                             f"recipe's project {recipe.project}; drop project from the recipe, or use another --dir")
         grow = (f"; to grow it, run `{command('hopt', 'extend', '--dir', root, f'--{key}', 'N')}`"
-                if key in ("population", "intervals") else "")
+                if key in ("population", "intervals") else
+                f"; to change it, run `{command('hopt', 'set', '--dir', root, f'{key}=VALUE')}`"
+                if key in SETTABLE or key in SECTIONS else "")
         raise HoptError(f"{root} already holds a different experiment (recipe differs at {key}){grow}; "
                         "use another --dir, or the recipe it was created with")
 
@@ -187,8 +194,13 @@ class Store:
                             "read it as it is)")
 
     def sync(self) -> Population:
-        """Catch the population up with the journal."""
-        return self.replica.sync()
+        """Catch the population up with the journal; the recipe in force follows what `hopt set` changed."""
+        population = self.replica.sync()
+        if population.settings != self._settings:  # `hopt set` changed some: in force from here on
+            self._settings = dict(population.settings)
+            self.recipe = overlay(self.created, self._settings)
+            self.leases.settings = self.collector.settings = self.recipe.lease
+        return population
 
     def read_events(self, cursor: Cursor = Cursor()) -> tuple[list[JournalEvent], Cursor]:
         """The journal's valid events after `cursor`, typed, and the cursor past them."""
@@ -267,13 +279,16 @@ class Store:
         """Claim the next member to train, as `plan` decides on the current population and the members
         leased now (stale leases reclaimed first), in one transaction; or say why there is none.
 
-        An exploit of a finished member is recorded as an adoption (nothing to train: AGAIN). Once the
-        experiment is complete, the leases and checkpoints of workers that died are swept: nothing is
-        left behind. Raises ExperimentFailed once a member failed too often."""
+        An exploit of a finished member is recorded as an adoption (nothing to train: AGAIN). A stop rule
+        reached now is journaled (STOPPED). Once the experiment is complete, the leases and checkpoints of
+        workers that died are swept: nothing is left behind. Raises ExperimentFailed once a member failed too
+        often."""
         with self.transaction() as population:
             if population.failed:
                 raise ExperimentFailed(population.failed)
             if not population.complete:
+                if stopping.stops(self.recipe.stop, population, time.time(), lambda why: self.stop(why, holder.worker)):
+                    return NoClaim.STOPPED
                 return self._record_choice(plan(population, self.leases.leased(holder)), holder)
             self.collector.sweep(self.leases.reclaim(holder))
         self.collector.empty_trash()
@@ -388,8 +403,8 @@ class Store:
 
     def extend(self, population: int | None = None, intervals: int | None = None) -> bool:
         """Grow the budget to `population` members and `intervals` intervals each (None: as it is now);
-        False if it is that already. Running workers see it at their next claim; finished ones do not
-        come back by themselves."""
+        False if it is that already and not stopped (an extend resumes a stopped one). Running workers see it at
+        their next claim; finished ones do not come back by themselves."""
         with self.transaction() as current:
             size = current.size if population is None else population
             length = current.intervals if intervals is None else intervals
@@ -398,7 +413,19 @@ class Store:
                                 f"{current.intervals} intervals, not fewer; to run a smaller one, use a new --dir")
             event = Extend(population=size, intervals=length, worker=EXTEND_WORKER)
             return self.append_while(event, lambda: current.size <= size and current.intervals <= length
-                                      and (current.size, current.intervals) != (size, length))
+                                     and ((current.size, current.intervals) != (size, length) or current.stopped))
+
+    def stop(self, reason: str, worker: str) -> bool:
+        """Record that a stop rule was reached (call inside `transaction()`); False if already stopped."""
+        return self.append_while(Stop(reason=reason, worker=worker), lambda: self.population.stopped is None)
+
+    def change_settings(self, settings: dict[str, Any]) -> bool:
+        """Put `settings` (dotted recipe keys, checked by settings.parse) in force for every worker from its next
+        claim on; False if they are already. RecipeError if they make the recipe invalid (nothing is written)."""
+        with self.transaction():
+            if overlay(self.recipe, settings).to_dict() == self.recipe.to_dict():
+                return False
+            return self.append_while(Set(settings=settings, worker=SET_WORKER), lambda: True)
 
 def _empty_population(recipe: Recipe) -> Population:
     return Population(recipe.population, recipe.intervals, recipe.objective.maximize, recipe.keep_best,

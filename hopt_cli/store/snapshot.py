@@ -22,7 +22,8 @@ from hopt_cli.population import BestEntry, Claimer, Lineage, MemberState, Popula
 from hopt_cli.store.fsio import retrying
 from hopt_cli.store.journal import Cursor
 
-FORMAT = 5  # 3: segments as a tree, scores as float64 bytes, claim tokens; 4: recent progress; 5: the cursor
+FORMAT = 6  # 3: segments as a tree, scores as float64 bytes, claim tokens; 4: recent progress; 5: the cursor;
+# 6: stop rules and `hopt set` (members' commit numbers, the stop, the settings)
 _LISTS = ("members", "pending", "best")
 _HEAD = re.compile(rb'\{"format":(\d+),"offset":\d+,"events":(\d+),')  # as write_json_atomic writes it
 

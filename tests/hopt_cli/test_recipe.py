@@ -186,6 +186,19 @@ BAD = [
     ("policy not a mapping", {"policy": 3}, "policy"),
     ("keep_best 0", {"keep_best": 0}, "keep_best"),
     ("max_failures 0", {"max_failures": 0}, "max_failures"),
+    ("stop empty", {"stop": {}}, "stop"),
+    ("stop not a mapping", {"stop": 12}, "stop"),
+    ("unknown stop key", {"stop": {"hours": 1, "minutes": 5}}, "stop.minutes"),
+    ("stop hours 0", {"stop": {"hours": 0}}, "stop.hours"),
+    ("stop hours negative", {"stop": {"hours": -2}}, "stop.hours"),
+    ("stop hours a string", {"stop": {"hours": "12"}}, "stop.hours"),
+    ("stop hours infinite", {"stop": {"hours": math.inf}}, "stop.hours"),
+    ("stop target without a metric", {"stop": {"at_least": 0.9}}, "stop.metric"),
+    ("stop metric without a target", {"stop": {"metric": "acc"}}, "stop"),
+    ("stop metric with both targets", {"stop": {"metric": "acc", "at_least": 0.9, "at_most": 0.95}}, "stop"),
+    ("stop metric not a string", {"stop": {"metric": 3, "at_least": 0.9}}, "stop.metric"),
+    ("stop target a boolean", {"stop": {"metric": "acc", "at_least": True}}, "stop.at_least"),
+    ("stop target NaN", {"stop": {"metric": "loss", "at_most": math.nan}}, "stop.at_most"),
 ]
 
 
@@ -345,3 +358,28 @@ def test_a_stored_recipe_drops_the_switches_an_earlier_hopt_wrote_and_equals_its
 
     assert recipe.policy.settings == {**Recipe.from_dict(copy.deepcopy(MINIMAL)).policy.settings, "sigma0": 0.3}
     Store.create(root, Recipe.from_dict(with_changes(MINIMAL, policy={"name": "romul", "sigma0": 0.3})))  # the same
+
+
+@pytest.mark.parametrize("stop", [{"metric": "val_acc", "at_least": 0.99}, {"metric": "loss", "at_most": 1},
+                                  {"hours": 12}, {"metric": "val_acc", "at_least": 0.99, "hours": 0.5}])
+def test_stop_rules_round_trip_through_the_resolved_form(stop):
+    recipe = Recipe.from_dict(with_changes(MINIMAL, stop=stop))
+
+    assert recipe.stop.to_dict() == {k: float(v) if not isinstance(v, str) else v for k, v in stop.items()}
+    assert Recipe.from_dict(recipe.to_dict(), stored=True) == recipe
+
+
+def test_a_recipe_without_stop_resolves_as_before():
+    assert "stop" not in Recipe.from_dict(MINIMAL).to_dict() and Recipe.from_dict(MINIMAL).stop is None
+
+
+def test_a_bad_stop_at_init_is_one_line_exit_2_and_creates_nothing(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(with_changes(MINIMAL, stop={"metric": "val_acc"})))
+
+    result = invoke("init", str(path), "--dir", str(tmp_path / "exp"))
+
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"hopt: error: {path}: stop: give exactly one of at_least or at_most with metric val_acc (got neither)"]
+    assert not (tmp_path / "exp" / "experiment.yaml").exists()

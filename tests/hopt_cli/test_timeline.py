@@ -6,7 +6,7 @@ import re
 
 from hopt_cli import events
 from hopt_cli.decision import Decision
-from hopt_cli.events import Adopt, Claim, Commit, Extend, Fail, Reclaim, Release, Retry
+from hopt_cli.events import Adopt, Claim, Commit, Extend, Fail, Reclaim, Release, Retry, Set, Stop
 from hopt_cli.population import Population
 from hopt_cli.timeline import READERS, Change, Timeline, describe
 from tests.conftest import REPO
@@ -32,10 +32,12 @@ JOURNAL = [  # member 1 trains interval 0; member 0 copies it, fails, is reclaim
     Claim(member=0, token="t1", decision=COPY, hparams={"lr": 0.25, "opt": "sgd"}, attempt=1, worker="w", time=5.0),
     Reclaim(member=0, interval=1, token="t1", reason="no heartbeat", holder="w", worker="v", time=6.0),
     Retry(worker="hopt-retry", time=7.0),
+    Set(settings={"max_failures": 5, "stop": None}, worker="hopt-set", time=7.5),
     *trained(0, 1, "t2", {"lr": 0.25, "opt": "adam"}, 0.95, COPY),
     Adopt(member=2, token="a", decision=decision("exploit", 0, "m00000-i00001-t2", 2), hparams={"lr": 0.25},
           checkpoint="m00000-i00001-t2", score=0.95, worker="v", time=9.0),
     Extend(population=4, intervals=3, worker="hopt-extend", time=10.0),
+    Stop(reason="stop.hours: 1.00 h since the first claim (the limit is 1 h)", worker="v", time=10.5),
     Claim(member=3, token="t3", decision=START, hparams={"lr": 0.1, "opt": "sgd"}, worker="v", time=11.0),
     Release(member=3, interval=0, token="t3", reason="stop requested", worker="v", time=12.0),
 ]
@@ -112,9 +114,18 @@ def test_a_reclaim_names_the_dropped_worker_and_who_dropped_it():
 
     assert (reclaim.worker, reclaim.by, reclaim.reason) == ("w", "v", "no heartbeat")
     assert describe(reclaim) == "member 0 interval 1: lease of w dropped by v: no heartbeat"
-    assert [describe(next(e for e in entries if e.kind == kind)) for kind in ("retry", "extend")] == [
+    assert [describe(next(e for e in entries if e.kind == kind)) for kind in ("retry", "extend", "set", "stop")] == [
         "failure counts cleared by `hopt retry`: every member may fail max_failures times again",
-        "grown by `hopt extend` to 4 members x 3 intervals"]
+        "grown by `hopt extend` to 4 members x 3 intervals",
+        "changed by `hopt set`: max_failures=5 stop=null",
+        "stopped: stop.hours: 1.00 h since the first claim (the limit is 1 h); `hopt extend` resumes it"]
+
+
+def test_an_extend_after_a_stop_reads_as_the_resume():
+    entries = replayed([*JOURNAL, Extend(population=4, intervals=3, worker="hopt-extend", time=13.0)]).entries
+
+    assert describe(entries[-1]) == "resumed after its stop by `hopt extend`, at 4 members x 3 intervals"
+    assert entries[-1].reason == "resumed after a stop"
 
 
 def test_reading_the_journal_in_parts_gives_the_records_of_one_reading():
