@@ -13,6 +13,7 @@ from typing import Any
 
 from hopt_cli import events
 from hopt_cli.events import JournalEvent
+from hopt_cli.text import shown
 
 
 @dataclass(frozen=True)
@@ -198,19 +199,19 @@ def describe(e: Event) -> str:
 
 def _claim_text(e: Event) -> str:
     if e.action == "exploit":
-        changes = ", ".join(f"{c.name} {_fmt(c.old)} \u2192 {_fmt(c.new)}" for c in e.changes) or "no change"
+        changes = ", ".join(f"{c.name} {shown(c.old)} \u2192 {shown(c.new)}" for c in e.changes) or "no change"
         return f"member {e.member} \u2190 member {e.parent} (interval {e.interval}): {changes}"
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in e.hparams.items())
+    params = " ".join(f"{k}={shown(v)}" for k, v in e.hparams.items())
     return f"{_where(e)}: {e.action}" + (f" {params}" if e.action == "start" else "")
 
 
 def _commit_text(e: Event) -> str:
     copied = f" (exploit of member {e.parent})" if e.action == "exploit" else ""
-    return f"{_where(e)}: score {_fmt(e.score)}{copied}"
+    return f"{_where(e)}: score {shown(e.score)}{copied}"
 
 
 def _adopt_text(e: Event) -> str:
-    return f"member {e.member} takes over member {e.parent}'s finished lineage (score {_fmt(e.score)})"
+    return f"member {e.member} takes over member {e.parent}'s finished lineage (score {shown(e.score)})"
 
 
 def _fail_text(e: Event) -> str:
@@ -240,16 +241,13 @@ def _stop_text(e: Event) -> str:
 
 
 def _set_text(e: Event) -> str:
-    return "changed by `hopt set`: " + " ".join(f"{k}={'null' if v is None else _fmt(v)}"
+    return "changed by `hopt set`: " + " ".join(f"{k}={'null' if v is None else shown(v)}"
                                                 for k, v in (e.settings or {}).items())
 
 
 def _where(e: Event) -> str:
     return f"member {e.member} interval {e.interval}"
 
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _changes(old: dict[str, Any] | None, new: dict[str, Any]) -> tuple[Change, ...]:

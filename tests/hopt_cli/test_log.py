@@ -6,7 +6,8 @@ import re
 
 from click.testing import CliRunner
 
-from hopt_cli.cli import _fmt, cli
+from hopt_cli.cli import cli
+from hopt_cli.text import shown as _fmt
 from hopt_cli.worker import Worker
 from tests.hopt_cli.conftest import mid_run, reclaimed_and_failed
 
