@@ -25,15 +25,13 @@ from hopt_cli import mlflow_export
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Commit
 from hopt_cli.experiment import Experiment
-from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.worker import Worker
 from tests.commands import hopt
-from tests.conftest import REPO, toy_recipe
+from tests.conftest import REPO
+from tests.hopt_cli.tracked import OPTIMIZERS, finish, in_process, listing
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
                                 reason="mlflow is not installed (pip install -e '.[mlflow]')")
-OPTIMIZERS = ["sgd", "adam", "lamb"]  # a choice hyperparameter the toy ignores: logged as its index
 Runs = dict[str, dict[str, list[tuple[int, float]]]]  # run name -> metric -> (step, value) in step order
 
 
@@ -58,23 +56,6 @@ def expected(root: Path) -> tuple[Runs, dict[str, dict[str, str]], dict[str, dic
         for key, value in values.items():
             runs.setdefault(run, {}).setdefault(key, []).append((c.interval, float(value)))
     return {r: {k: sorted(v) for k, v in m.items()} for r, m in runs.items()}, params, exploits
-
-
-def in_process(root: Path, population: int = 4, intervals: int = 6) -> Worker:
-    """A worker of a fresh T1 experiment, with a choice hyperparameter besides h0 and h1."""
-    space = {**toy_recipe()["space"], "optimizer": {"type": "choice", "values": OPTIMIZERS}}
-    store = Store.create(root, Recipe.from_dict(toy_recipe(population=population, intervals=intervals, space=space)))
-    return Worker(store, "pytest-worker")
-
-
-def finish(worker: Worker) -> None:
-    while (claim := worker.claim()) is not None:
-        worker.train_and_commit(claim)
-
-
-def listing(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under `root` with its size and modification time: what an export must leave as it was."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 def read_back(client: Any, experiment_id: str) -> tuple[Any, dict[str, Any]]:

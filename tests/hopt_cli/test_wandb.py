@@ -19,15 +19,13 @@ from hopt_cli import wandb_export
 from hopt_cli.errors import HoptError
 from hopt_cli.events import Commit
 from hopt_cli.experiment import Experiment
-from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.worker import Worker
 from tests.commands import hopt
-from tests.conftest import REPO, toy_recipe
+from tests.conftest import REPO
+from tests.hopt_cli.tracked import OPTIMIZERS, finish, in_process, listing
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
                                 reason="wandb is not installed (pip install -e '.[wandb]')")
-OPTIMIZERS = ["sgd", "adam", "lamb"]  # a choice hyperparameter the toy ignores: logged as its index
 BLOCK, HEADER, FILE_HEADER = 32768, 7, 7  # LevelDB log framing; the file starts with ":W&B", magic, version
 Rows = dict[str, list[dict[str, Any]]]  # run name -> its history rows (without W&B's own _keys), by interval
 
@@ -116,22 +114,6 @@ def expected(root: Path) -> tuple[Rows, dict[str, dict[str, Any]], dict[str, set
             exploits.setdefault(run, set()).add(c.interval)
         rows.setdefault(run, []).append(row)
     return {n: sorted(r, key=lambda row: row["interval"]) for n, r in rows.items()}, config, exploits
-
-
-def in_process(root: Path, population: int = 4, intervals: int = 6) -> Worker:
-    """A worker of a fresh T1 experiment, with a choice hyperparameter besides h0 and h1."""
-    space = {**toy_recipe()["space"], "optimizer": {"type": "choice", "values": OPTIMIZERS}}
-    store = Store.create(root, Recipe.from_dict(toy_recipe(population=population, intervals=intervals, space=space)))
-    return Worker(store, "pytest-worker")
-
-
-def finish(worker: Worker) -> None:
-    while (claim := worker.claim()) is not None:
-        worker.train_and_commit(claim)
-
-
-def listing(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 def without_texts(rows: Rows) -> Rows:
