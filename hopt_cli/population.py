@@ -218,7 +218,9 @@ class Population:
         if self.started is None and event.time is not None:
             self.started = event.time
             self.progress.append((self.started, 0))
-        _HANDLERS[type(event)](self, event)
+        handler = _HANDLERS.get(type(event))  # none for a kind that changes no state, only what readers see
+        if handler is not None:
+            handler(self, event)
         self.events += 1
 
     def _record_progress(self, event: Commit | Adopt) -> None:

@@ -50,8 +50,9 @@ def replayed(found: list) -> Timeline:
 
 
 def test_every_event_kind_has_its_readers_and_a_documented_row():
-    """Adding a kind to hopt_cli/events.py means a reader in timeline.py, its effect on the workers' state
-    in population.py, a row in the docs and an event of it in JOURNAL above: this fails until all are there."""
+    """Adding a kind to hopt_cli/events.py means a reader in timeline.py, a row in the docs and an event of it
+    in JOURNAL above (and a handler in population.py if it changes the workers' state): this fails until all
+    are there."""
     schemas = (REPO / "docs" / "json-schemas.md").read_text()
     row = next(line for line in schemas[schemas.index("### log.events[]"):].splitlines()
                if line.startswith("| `kind` |"))
