@@ -61,10 +61,11 @@ render_conf() {
 }
 
 node_init() { # node_init NODE: the pid (here) of the node's init, if the node runs
-    local unshare_pid
+    local unshare_pid init
     alive "$RUN/node-$1.pid" unshare || return 1
     unshare_pid=$(cat "$RUN/node-$1.pid")
-    awk '{print $1}' "/proc/$unshare_pid/task/$unshare_pid/children"
+    init=$(awk '{print $1}' "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null)
+    [[ -n $init ]] && echo "$init"
 }
 
 in_node() { # in_node NODE COMMAND...: run COMMAND inside the node (its hostname, pids, mounts)
@@ -117,7 +118,13 @@ start_node() { # start_node NODE: the node's namespaces and slurmd; only its slu
     fi
     setsid unshare --uts --pid --mount --mount-proc --fork --kill-child -- "$HERE/node.sh" "$node" \
         >>"$LOG/node-$node.log" 2>&1 </dev/null &
-    echo $! >"$RUN/node-$node.pid"
+    local pid=$! deadline=$((SECONDS + TIMEOUT))
+    echo "$pid" >"$RUN/node-$node.pid"
+    until node_init "$node" >/dev/null; do # until unshare has exec'd and forked the node's init
+        kill -0 "$pid" 2>/dev/null || die_with_logs "node $node did not start (see $LOG/node-$node.log)"
+        ((SECONDS < deadline)) || die_with_logs "node $node did not start after ${TIMEOUT}s"
+        sleep 0.1
+    done
 }
 
 wait_nodes_ready() {
