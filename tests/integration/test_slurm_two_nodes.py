@@ -144,7 +144,9 @@ def test_a_worker_array_on_two_nodes_survives_cancel_preemption_kills_and_a_slur
     logs = "".join(path.read_text() for path in (root / "logs").rglob("*") if path.is_file())
     assert "Traceback" not in logs
     assert "stopped by SIGTERM" in logs and "stopped by SIGUSR1" in logs
-    assert "preempted with work left: requeueing" in logs
+    preempted = store.paths.log(f"slurm-{job}_1").read_text()  # it requeued itself, came back and ended
+    assert f"preempted with work left: requeueing SLURM job {job}_1" in preempted
+    assert preempted.rstrip().splitlines()[-1].endswith(" committed, 0 failed, 0 discarded"), preempted
 
     best = hopt("best", "--dir", str(root), "--out", str(shared / "best"), cwd=cwd, environ=environ)
     assert best.returncode == 0, best.stderr
