@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.netfs_cluster import START_SCRIPT, make_shared_dir, mount_problems, netfs, shared_dir  # noqa: F401
+from tests.slurm2_cluster import cluster2_problem, two_nodes  # noqa: F401 - the fixture of the tests marked two_nodes
 from tests.slurm_cluster import cluster, cluster_problem  # noqa: F401 - the fixture of every test marked slurm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,8 +27,18 @@ def _slurm_problem() -> str | None:
     return f"{problem}; run tests/slurm/start-cluster.sh as root" if problem else None
 
 
+def _two_nodes_problem() -> str | None:
+    problem = cluster2_problem()
+    return f"{problem}; run tests/slurm2/start-cluster.sh as root" if problem else None
+
+
 # The marker of the tests that need a service, and why the service is not usable here (None: it is).
-NEEDS_SERVICES = {"slurm": _slurm_problem, "netfs": _netfs_problem}
+NEEDS_SERVICES = {"slurm": _slurm_problem, "netfs": _netfs_problem, "two_nodes": _two_nodes_problem}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The marker of the two-node cluster's tests (beside setup.cfg's slurm and netfs)."""
+    config.addinivalue_line("markers", "two_nodes: needs the two-node SLURM cluster (tests/slurm2/start-cluster.sh)")
 MISSING = pytest.StashKey[list[str]]()
 
 
