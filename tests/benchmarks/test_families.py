@@ -133,8 +133,8 @@ def test_a_peer_that_beats_romul_on_every_instance_is_a_missed_target_and_gets_i
     report = render_report(rows, [])
 
     # 8 pairs all one way: the exact two-sided p is 2 / 2**8 = 0.0078
-    assert "- Significantly behind Ray Tune's PBT or PB2: 1 of 1 cell-peer pairs (target: none) — MISSED:" in report
-    assert "## Ray Tune's PBT and PB2 beside them (populations 8)" in report
+    assert "- Significantly behind a published peer (ray-pbt): 1 of 1 cell-peer pairs (target: none) — MISSED:" in report
+    assert "## Published peers beside them (populations 8)" in report
     assert "| ray-pbt | 1.00 |" in report and "| romul | 2.00 |" in report
     assert "ray-pbt 0/0/1" in report and "## Ablations" not in report
 
