@@ -43,6 +43,16 @@ DESCRIPTIONS = {
                    "optimum 0",
     "far_start": "dims 2-4, log over six decades, population started in the lowest decade, optimum at 0.7-0.95 "
                  "of the log range, condition 1-100; optimum 0",
+    "deceptive": "the deceptive schedule of \"To Be Greedy, or Not to Be\" (TMLR 2025), re-implemented from its "
+                 "description: h in [0, 1]; the best schedule lowers h linearly from h0 (0.6-0.9) to 0, dropping it "
+                 "at once wins every short comparison (train-loss decay exponent 4-8 over training at h = 0) but "
+                 "builds a debt (1-3 over training per unit below the schedule) that the score reveals over 10-30% "
+                 "of training",
+    "interacting": "1-2 pairs of one log and one linear coordinate, each pair's axes turned by 30-60 degrees, "
+                   "condition 1e2-1e3 per pair; weights move 0.3 of the way per interval; optimum 0",
+    "late_reg": "a regulariser (log, [1e-5, 1]) that only slows the train loss until an onset at 60-85% of training, "
+                "after which too little of it opens a gap (2-4 per unit below e* 0.4-0.8); its effect follows the "
+                "hyperparameter over 20-40% of training; plus one quadratic coordinate",
 }
 
 
