@@ -126,39 +126,24 @@ class FirePbt:
         return common.exploit(me, parent, self.explore.perturb(parent, space, rng), parent.sigma)
 
     def fitness(self, members: list[MemberView], t: int) -> dict[int, float]:
-        """Pairwise wins (faster over a common range, else higher), with the score at `t` as a fraction to break
-        ties: a key for common.ranked, higher is better."""
-        curves = {p.member: p.scores[max(0, min(t, len(p.scores)) - self.span - 1):min(t, len(p.scores))]
-                  for p in members}
-        wins = {p.member: 0.0 for p in members}
-        for i, a in enumerate(members):
-            for b in members[i + 1:]:
-                first = _faster(curves[a.member], curves[b.member])
-                if first is None:
-                    first = curves[a.member][-1] > curves[b.member][-1]
-                    if curves[a.member][-1] == curves[b.member][-1]:
-                        continue
-                wins[a.member if first else b.member] += 1
-        latest = {p.member: curves[p.member][-1] for p in members}
-        low, high = min(latest.values()), max(latest.values())
-        return {m: wins[m] + 0.5 * ((latest[m] - low) / (high - low) if high > low else 0.0) for m in wins}
+        """Pairwise wins (faster over a common range, else higher), plus the score at `t` scaled into [0, 0.5] to
+        break ties: a key for common.ranked, higher is better. Vectorised over pairs: it runs at every decision."""
+        curves = [p.scores[max(0, min(t, len(p.scores)) - self.span - 1):min(t, len(p.scores))] for p in members]
+        length = max(len(c) for c in curves)
+        padded = np.array([c + (c[-1],) * (length - len(c)) for c in curves])  # at the end: no first crossing moves
+        first, last = padded[:, 0], padded[:, -1]
+        low, high = np.maximum.outer(first, first), np.minimum.outer(last, last)
+        took = _reached(padded, high) - _reached(padded, low)  # [i, j]: curve i's intervals over i and j's range
+        paced = (high > low) & (took != took.T)
+        wins = np.where(paced, took < took.T, last[:, None] > last[None, :]).sum(axis=1)
+        spread = last.max() - last.min()
+        scaled = 0.5 * (last - last.min()) / spread if spread > 0 else np.zeros(len(members))
+        return {p.member: float(w + x) for p, w, x in zip(members, wins, scaled)}
 
 
-def _faster(a: tuple[float, ...], b: tuple[float, ...]) -> bool | None:
-    """Whether curve `a` crossed the score range both curves crossed in fewer intervals than `b`;
-    None when they share no range or took as long."""
-    low, high = max(a[0], b[0]), min(a[-1], b[-1])
-    if not high > low:
-        return None
-    took_a, took_b = _crossing(a, low, high), _crossing(b, low, high)
-    return None if took_a == took_b else took_a < took_b
-
-
-def _crossing(curve: tuple[float, ...], low: float, high: float) -> int:
-    """Intervals from the curve's first score >= low to its first score >= high."""
-    start = next(i for i, s in enumerate(curve) if s >= low)
-    end = next(i for i, s in enumerate(curve) if s >= high)
-    return max(0, end - start)
+def _reached(curves: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """[i, j]: the index of curve i's first score >= levels[i, j] (0 where it never gets there)."""
+    return np.argmax(curves[:, None, :] >= levels[:, :, None], axis=2)
 
 
 PEERS = {"mf-pbt": MfPbt(), "fire-pbt": FirePbt()}
