@@ -186,6 +186,19 @@ def test_a_peer_that_beats_romul_on_every_instance_is_a_missed_target_and_gets_i
     assert "ray-pbt 0/0/1" in report and "## Ablations" not in report
 
 
+def test_the_targets_of_issue_24_name_each_cell_that_misses_them():
+    """Deceptive, population 8: ROMUL level with random (a miss); population 4 is below the target's floor."""
+    finals = {"romul": 0.0, "pbt": -1.0, "de": -2.0, "random": 0.0}
+    rows = [Row("report", "deceptive", population, 20, policy, "", seed, "none", final + seed, 0.1)
+            for population in (4, 8) for policy, final in finals.items() for seed in range(1, 17, 2)]
+
+    report = render_report(rows, [])
+
+    assert ("- deceptive schedule: significantly ahead of random in 0 of 1 cells at populations >= 8 (target: every "
+            "one) — MISSED:\n  - deceptive, population 8, budget 20 vs random: tie, p=1") in report
+    assert "- ROMUL best (median) or statistically tied with the best: 2 of 2 cells (target: every cell) — met." in report
+
+
 def test_a_tiny_run_of_both_halves_renders_the_report_from_the_report_half_only(tmp_path):
     small = ["--quick", "--families", "ellipsoid,short_long", "--processes", "1", "--out", str(tmp_path)]
 
