@@ -180,7 +180,8 @@ def test_a_peer_that_beats_romul_on_every_instance_is_a_missed_target_and_gets_i
     report = render_report(rows, [])
 
     # 8 pairs all one way: the exact two-sided p is 2 / 2**8 = 0.0078
-    assert "- Significantly behind a published peer (ray-pbt): 1 of 1 cell-peer pairs (target: none) — MISSED:" in report
+    assert ("- Significantly behind a published peer (ray-pbt): 1 of 1 cell-peer pairs (target: none) — MISSED:"
+            in report)
     assert "## Published peers beside them (populations 8)" in report
     assert "| ray-pbt | 1.00 |" in report and "| romul | 2.00 |" in report
     assert "ray-pbt 0/0/1" in report and "## Ablations" not in report
@@ -196,7 +197,8 @@ def test_the_targets_of_issue_24_name_each_cell_that_misses_them():
 
     assert ("- deceptive schedule: significantly ahead of random in 0 of 1 cells at populations >= 8 (target: every "
             "one) — MISSED:\n  - deceptive, population 8, budget 20 vs random: tie, p=1") in report
-    assert "- ROMUL best (median) or statistically tied with the best: 2 of 2 cells (target: every cell) — met." in report
+    assert ("- ROMUL best (median) or statistically tied with the best: 2 of 2 cells (target: every cell) — met."
+            in report)
 
 
 def test_a_tiny_run_of_both_halves_renders_the_report_from_the_report_half_only(tmp_path):
