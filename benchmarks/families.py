@@ -107,6 +107,8 @@ def suite_parser(description: str, policies: Iterable[str], default: str, popula
     parser.add_argument("--policies", default=default, help=f"comma-separated, of {', '.join(policies)}")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     parser.add_argument("--instances", type=int, default=20, help="instances per cell (the first seeds of the half)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first N of those seeds (already run: a larger report in chunks)")
     parser.add_argument("--populations", default=populations)
     parser.add_argument("--budgets", default="20,60", help="intervals per member")
     parser.add_argument("--processes", type=int, default=processes, help="local processes running the simulations")
@@ -149,9 +151,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     started = time.perf_counter()
+    seeds = instance_seeds(args.half, args.instances)[args.skip:]
     jobs = [Job(args.half, family, policy, args.variant if policy == "romul" or policy in ABLATIONS else "",
                 seed, population, budget)
-            for family in args.families for policy in args.policies for seed in instance_seeds(args.half, args.instances)
+            for family in args.families for policy in args.policies for seed in seeds
             for population in args.populations for budget in args.budgets]
     rows = run_all(jobs, args.processes)
     command = "python -m benchmarks.families " + shlex.join(argv if argv is not None else sys.argv[1:])

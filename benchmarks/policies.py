@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from benchmarks.common import REPO, SCRATCH, toy_recipe
+from benchmarks.peers import PEERS
 from benchmarks.machine import cpu_summary
 from benchmarks.report import LABELS, TOYS, Invocation, Run, best_curve, merge
 from hopt_cli.errors import RecipeError
@@ -41,13 +42,13 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def registry(romul_settings: dict[str, Any] | None = None) -> dict[str, Policy]:
-    """Every benchmarked hopt policy; `romul_settings` override ROMUL's defaults in romul and its ablations
+    """Every benchmarked policy simulated in hopt (its own, MF-PBT and FIRE-PBT); `romul_settings` override ROMUL's defaults in romul and its ablations
     (its settings, and its ablation switches, which only the constructor takes)."""
     settings = dict(romul_settings or {})
     switches = {key: settings.pop(key) for key in list(settings) if key in SWITCHES}
     romul = dataclasses.replace(make_policy("romul", settings), **switches)
     baselines = {name: make_policy(name) for name in ("pbt", "de", "random")}
-    return {"romul": romul, **baselines,
+    return {"romul": romul, **baselines, **PEERS,
             **{name: dataclasses.replace(romul, **change) for name, change in ABLATIONS.items()}}
 
 

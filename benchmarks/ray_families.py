@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     command = "python -m benchmarks.ray_families " + shlex.join(argv if argv is not None else sys.argv[1:])
     have = set() if args.redo else {r.key for r in read_rows(args.out / RUNS)}
-    seeds = instance_seeds(args.half, args.instances)
+    seeds = instance_seeds(args.half, args.instances)[args.skip:]
     groups = []  # one per (policy, population, budget, family), merged as soon as it is done
     for policy in args.policies:
         for population in args.populations:

@@ -27,6 +27,8 @@ LABELS = {
     "de": "de",
     "random": "random",
     "ray-pbt": "Ray Tune PBT",
+    "mf-pbt": "MF-PBT (benchmarks/peers.py)",
+    "fire-pbt": "FIRE-style PBT (benchmarks/peers.py)",
     "romul-no-ready": "romul, step 2 removed (no waiting after a change)",
     "romul-no-equal-time": "romul, step 3 -> latest scores (not equal-time)",
     "romul-last-score": "romul, step 4 -> last score (not the mean of `ready`)",

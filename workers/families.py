@@ -193,6 +193,81 @@ def _short_long(rng: np.random.Generator, intervals: int) -> dict[str, Any]:
             "gamma": total_gap / max(1, intervals - round(onset * intervals))}
 
 
+def _rate(rng: np.random.Generator, intervals: int, low: float, high: float, share: float) -> float:
+    """A per-interval rate at which a state covers `share` of its way in a drawn `low`-`high` fraction of training."""
+    return 1.0 - (1.0 - share) ** (1.0 / max(1.0, rng.uniform(low, high) * intervals))
+
+
+def _interacting(rng: np.random.Generator, intervals: int) -> dict[str, Any]:
+    """1-2 pairs of one log and one linear coordinate, each pair's axes turned by 30-60 degrees (strongly coupled),
+    curvatures 1 and 1e2-1e3 per pair; weights respond as slowly as in the ellipsoids (RATE per interval)."""
+    pairs = int(rng.integers(1, 3))
+    space: dict[str, dict[str, Any]] = {}
+    for i in range(pairs):
+        space[f"x{2 * i}"] = {"type": "log", "low": LOG_LOW, "high": 1.0}
+        space[f"x{2 * i + 1}"] = {"type": "float", "low": 0.0, "high": 1.0}
+    dim = 2 * pairs
+    condition = 10 ** rng.uniform(2.0, 3.0)
+    A = np.zeros((dim, dim))
+    for i in range(pairs):
+        angle = np.radians(rng.uniform(30.0, 60.0)) * rng.choice([-1.0, 1.0])
+        turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        A[2 * i:2 * i + 2, 2 * i:2 * i + 2] = turn.T @ np.diag(rng.permutation([1.0, condition])) @ turn
+    A /= np.trace(A)
+    return {"space": space, "condition": condition, "u_star": rng.uniform(0.15, 0.85, dim).tolist(), "A": A.tolist(),
+            "w0": [0.5] * dim}
+
+
+def _deceptive_step(params: dict[str, Any], hparams: dict[str, Any], state: dict[str, Any] | None,
+                    interval: int) -> tuple[dict[str, Any], float]:
+    """Train loss a decays faster at low h; running below the linear schedule h* builds a debt the score
+    shows only slowly (the gap g follows the debt at the instance's reveal rate)."""
+    h = float(hparams["h"])
+    a, debt, g = (state["a"], state["debt"], state["g"]) if state else (1.0, 0.0, 0.0)
+    a *= math.exp(-params["kappa"] * (1.0 - h))
+    debt += params["gamma"] * max(0.0, params["h0"] * (1.0 - interval / params["intervals"]) - h)
+    g += params["reveal"] * (debt - g)
+    return {"a": a, "debt": debt, "g": g}, -(a + g)
+
+
+def _deceptive(rng: np.random.Generator, intervals: int) -> dict[str, Any]:
+    """The deceptive schedule of "To Be Greedy, or Not to Be" (TMLR 2025), re-implemented from its description:
+    h in [0, 1]; the best schedule lowers h linearly from h0 (0.6-0.9) to 0 over training, while dropping it at
+    once wins every short comparison (decay exponent 4-8 over training at h = 0) and builds a debt (1-3 over
+    training per unit below the schedule) that the score reveals over 10-30% of training."""
+    return {"space": {"h": {"type": "float", "low": 0.0, "high": 1.0}}, "h0": float(rng.uniform(0.6, 0.9)),
+            "intervals": intervals, "kappa": float(rng.uniform(4.0, 8.0)) / intervals,
+            "gamma": float(rng.uniform(1.0, 3.0)) / intervals, "reveal": _rate(rng, intervals, 0.1, 0.3, 0.63)}
+
+
+def _late_regularizer_step(params: dict[str, Any], hparams: dict[str, Any], state: dict[str, Any] | None,
+                           interval: int) -> tuple[dict[str, Any], float]:
+    """The effective regularisation e follows the hyperparameter slowly and slows the train loss a; only after
+    the late onset does too little of it open a gap; x is a plain quadratic coordinate."""
+    u_reg, u_x = _unit(params["space"], hparams, ["reg", "x"])
+    a, g, e, w = (state["a"], state["g"], state["e"], state["w"]) if state else (1.0, 0.0, 0.0, 0.5)
+    e += params["follow"] * (u_reg - e)
+    a *= math.exp(-params["kappa"] * (1.0 - 0.5 * e))
+    if interval >= params["onset"]:
+        g += params["gamma"] * max(0.0, params["e_star"] - e)
+    w += RATE * (u_x - w)
+    return {"a": a, "g": g, "e": e, "w": w}, -(a + g + params["c"] * (w - params["x_star"]) ** 2)
+
+
+def _late_regularizer(rng: np.random.Generator, intervals: int) -> dict[str, Any]:
+    """A regulariser (log, [1e-5, 1]) whose benefit appears only after an onset at 60-85% of training: before it,
+    regularising only slows the train loss (decay exponent 4-8 over training, halved at full strength); after it,
+    a gap grows (2-4 over the rest of training per unit of e* - e, e* 0.4-0.8 in unit coordinates); the effective
+    regularisation takes 20-40% of training to follow the hyperparameter 90% of the way. Plus one quadratic
+    coordinate x (curvature 0.05-0.2)."""
+    onset = round(rng.uniform(0.6, 0.85) * intervals)
+    space = {"reg": {"type": "log", "low": 1e-5, "high": 1.0}, "x": {"type": "float", "low": 0.0, "high": 1.0}}
+    return {"space": space, "onset": onset, "kappa": float(rng.uniform(4.0, 8.0)) / intervals,
+            "gamma": float(rng.uniform(2.0, 4.0)) / max(1, intervals - onset), "e_star": float(rng.uniform(0.4, 0.8)),
+            "follow": _rate(rng, intervals, 0.2, 0.4, 0.9), "c": float(rng.uniform(0.05, 0.2)),
+            "x_star": float(rng.uniform(0.15, 0.85))}
+
+
 @dataclass(frozen=True)
 class Family:
     """How a family draws its instances, trains them, and what noise std each noise level means."""
@@ -218,6 +293,12 @@ FAMILIES = {
     "categorical": Family("categorical", "categorical x numeric", _categorical, _categorical_step,
                           _QUADRATIC_NOISE, 0.0),
     "far_start": Family("far_start", "far start", _far_start, _quadratic_step, _QUADRATIC_NOISE, 0.0),
+    "deceptive": Family("deceptive", "deceptive schedule", _deceptive, _deceptive_step,
+                        {"none": 0.0, "moderate": 2e-3, "high": 1e-2}, None),
+    "interacting": Family("interacting", "interacting log x linear", _interacting, _quadratic_step,
+                          _QUADRATIC_NOISE, 0.0),
+    "late_reg": Family("late_reg", "late regulariser", _late_regularizer, _late_regularizer_step,
+                       {"none": 0.0, "moderate": 2e-3, "high": 1e-2}, None),
 }
 
 

@@ -1,4 +1,4 @@
-"""The four toy benchmarks of ROMUL.md (T1-T4) as trainables; each interval costs microseconds.
+"""The four toy benchmarks of ROMUL.md (T1-T4), and T5 for adoption, as trainables; each interval costs microseconds.
 
 Each resumes from `state.json` in `ctx.parent` (fresh when None) and writes `state.json` into `ctx.out`.
 """
@@ -28,6 +28,8 @@ W0 = 0.5
 U_STAR = np.array([0.2, 0.8, 0.35, 0.65, 0.25, 0.7, 0.55, 0.1])
 C = (10.0 ** np.linspace(-1.5, 1.5, 8))[[0, 2, 4, 6, 1, 3, 5, 7]]
 NOISE_STD = 0.01
+# T5: a run peaks after PEAK intervals and then loses DECAY per interval; H_STAR is the best h.
+PEAK, DECAY, H_STAR = 3, 0.15, 0.6
 
 
 def _load(parent: Path | None, fresh: dict[str, Any]) -> dict[str, Any]:
@@ -91,3 +93,12 @@ def ellipsoid(ctx: Context) -> dict[str, float]:
     true_score = float(-np.sum(C * (w - U_STAR) ** 2))
     noise = float(np.random.default_rng(ctx.seed).normal(0.0, NOISE_STD))
     return {"score": true_score + noise, "true_score": true_score}
+
+
+def peak_then_decay(ctx: Context) -> dict[str, float]:
+    """T5, a run that peaks and then degrades (overfitting): a finished lineage ends worse than it was midway."""
+    h = float(ctx.hparams["h"])
+    trained = int(_load(ctx.parent, {"n": 0})["n"]) + 1
+    _save(ctx.out, {"n": trained})
+    score = 1.0 - (h - H_STAR) ** 2 - DECAY * abs(trained - PEAK)
+    return {"score": score, "true_score": score}

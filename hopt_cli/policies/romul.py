@@ -42,6 +42,11 @@ class Romul:
     adapt: bool = True  # step 6: rescale the inherited sigma (off: sigma stays sigma0)
     de_move: bool = True  # step 7 (off: PBT's x0.8 / x1.2 perturbation or resampling)
 
+    @property
+    def window(self) -> int:
+        """Intervals the robust score averages (step 4); planning compares finished lineages with it too."""
+        return self.ready if self.robust else 1
+
     def explorer_count(self, size: int) -> int:
         return round(self.explorers * size)
 
@@ -68,7 +73,7 @@ class Romul:
     def _score(self, peer: MemberView, t: int) -> float:
         """Steps 3-4: the lineage's mean over the last `ready` intervals, at training time `t`."""
         at = t if self.equal_time else len(peer.scores)
-        return peer.robust_at(at, self.ready if self.robust else 1)
+        return peer.robust_at(at, self.window)
 
     def _select(self, me: MemberView, found: list[MemberView], score: dict[int, float],
                 rng: np.random.Generator) -> MemberView | None:

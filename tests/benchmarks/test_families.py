@@ -60,7 +60,7 @@ def test_the_true_score_is_noise_free_and_the_score_carries_the_instance_noise(f
             assert 0.1 * instance.noise_std < spread < 5 * instance.noise_std
 
 
-@pytest.mark.parametrize("family", ["ellipsoid", "rotated", "far_start", "categorical"])
+@pytest.mark.parametrize("family", ["ellipsoid", "rotated", "far_start", "categorical", "interacting"])
 def test_the_known_optimum_is_reached_at_the_optimal_point_and_nowhere_beaten(family, tmp_path):
     instance = draw(family, 5, 20)
     p = instance.params
@@ -81,6 +81,53 @@ def test_the_known_optimum_is_reached_at_the_optimal_point_and_nowhere_beaten(fa
                     for n, s in instance.space.items()}
         _, score = instance.step(p, anywhere, None, 0)
         assert score <= 0.0
+
+
+def _final(instance: Instance, schedule, intervals: int) -> float:
+    """The true score after `intervals` intervals of one member trained with `schedule(t)`'s hyperparameters."""
+    state, score = None, None
+    for t in range(intervals):
+        state, score = instance.step(instance.params, schedule(t), state, t)
+    return score
+
+
+@pytest.mark.parametrize("budget", [20, 60])
+def test_the_deceptive_schedule_rewards_a_linear_decrease_and_the_greedy_drop_wins_early(budget):
+    for seed in range(1, 11, 2):
+        instance = draw("deceptive", seed, budget)
+        h0 = instance.params["h0"]
+        linear = _final(instance, lambda t: {"h": h0 * (1 - t / budget)}, budget)
+        constant = max(_final(instance, lambda t, h=h: {"h": h}, budget) for h in np.linspace(0, 1, 21))
+        dropped = _final(instance, lambda t: {"h": 0.0}, budget)
+        assert linear > constant > dropped
+        early = budget // 5
+        assert _final(instance, lambda t: {"h": 0.0}, early) > _final(instance, lambda t: {"h": h0 * (1 - t / budget)},
+                                                                       early)
+
+
+@pytest.mark.parametrize("budget", [20, 60])
+def test_the_late_regulariser_pays_off_only_after_most_of_the_budget(budget):
+    for seed in range(1, 11, 2):
+        instance = draw("late_reg", seed, budget)
+        p = instance.params
+        good = {"reg": _value(instance.space["reg"], p["e_star"]), "x": p["x_star"]}
+        none = {"reg": 1e-5, "x": p["x_star"]}
+        assert _final(instance, lambda t: good, budget) > _final(instance, lambda t: none, budget) + 0.5
+        assert _final(instance, lambda t: none, budget // 2) > _final(instance, lambda t: good, budget // 2)
+        assert p["onset"] >= 0.6 * budget - 1
+
+
+def test_the_interacting_family_couples_each_log_coordinate_with_a_linear_one():
+    for seed in range(1, 11, 2):
+        instance = draw("interacting", seed, 20)
+        A = np.array(instance.params["A"])
+        kinds = [instance.space[n]["type"] for n in instance.space]
+        assert kinds[::2] == ["log"] * (len(kinds) // 2) and kinds[1::2] == ["float"] * (len(kinds) // 2)
+        for i in range(0, len(kinds), 2):
+            block = A[i:i + 2, i:i + 2]
+            eigen = np.linalg.eigvalsh(block)
+            assert 99 < eigen[1] / eigen[0] < 1001  # condition 1e2-1e3
+            assert abs(block[0, 1]) > 0.2 * max(block[0, 0], block[1, 1])  # axes turned 30-60 degrees: coupled
 
 
 def test_times_are_fractions_of_training_scaled_to_the_budget():
@@ -133,10 +180,25 @@ def test_a_peer_that_beats_romul_on_every_instance_is_a_missed_target_and_gets_i
     report = render_report(rows, [])
 
     # 8 pairs all one way: the exact two-sided p is 2 / 2**8 = 0.0078
-    assert "- Significantly behind Ray Tune's PBT or PB2: 1 of 1 cell-peer pairs (target: none) — MISSED:" in report
-    assert "## Ray Tune's PBT and PB2 beside them (populations 8)" in report
+    assert ("- Significantly behind a published peer (ray-pbt): 1 of 1 cell-peer pairs (target: none) — MISSED:"
+            in report)
+    assert "## Published peers beside them (populations 8)" in report
     assert "| ray-pbt | 1.00 |" in report and "| romul | 2.00 |" in report
     assert "ray-pbt 0/0/1" in report and "## Ablations" not in report
+
+
+def test_the_targets_of_issue_24_name_each_cell_that_misses_them():
+    """Deceptive, population 8: ROMUL level with random (a miss); population 4 is below the target's floor."""
+    finals = {"romul": 0.0, "pbt": -1.0, "de": -2.0, "random": 0.0}
+    rows = [Row("report", "deceptive", population, 20, policy, "", seed, "none", final + seed, 0.1)
+            for population in (4, 8) for policy, final in finals.items() for seed in range(1, 17, 2)]
+
+    report = render_report(rows, [])
+
+    assert ("- deceptive schedule: significantly ahead of random in 0 of 1 cells at populations >= 8 (target: every "
+            "one) — MISSED:\n  - deceptive, population 8, budget 20 vs random: tie, p=1") in report
+    assert ("- ROMUL best (median) or statistically tied with the best: 2 of 2 cells (target: every cell) — met."
+            in report)
 
 
 def test_a_tiny_run_of_both_halves_renders_the_report_from_the_report_half_only(tmp_path):
