@@ -98,32 +98,10 @@ class MfPbt:
 
 
 @dataclass(frozen=True)
-class FirePbt:
+class FirePbt(Pbt):
     """pbt ranked FIRE-style, by the pace at which members crossed a common score range."""
 
-    ready: int = 2
-    quantile: float = 0.2
     span: int = 4
-    explore: Pbt = field(default_factory=Pbt)
-
-    def decide(self, view: PopulationView, member: int, space: SearchSpace, rng: np.random.Generator) -> Decision:
-        me = view.members[member]
-        if me.checkpoint is None:
-            return common.start(space, rng)
-        if me.interval - me.last_change < self.ready:
-            return common.keep(me)
-        found = common.peers(view, me)
-        if not common.enough_peers(view, found):
-            return common.keep(me)
-        everyone = [me, *found]
-        fitness = self.fitness(everyone, me.interval)
-        if not common.in_bottom(me, everyone, fitness, self.quantile):
-            return common.keep(me)
-        candidates = common.top(everyone, fitness, self.quantile, me)
-        if not candidates:
-            return common.keep(me)
-        parent = candidates[rng.integers(len(candidates))]
-        return common.exploit(me, parent, self.explore.perturb(parent, space, rng), parent.sigma)
 
     def fitness(self, members: list[MemberView], t: int) -> dict[int, float]:
         """Pairwise wins (faster over a common range, else higher), plus the score at `t` scaled into [0, 0.5] to

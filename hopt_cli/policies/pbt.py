@@ -30,14 +30,19 @@ class Pbt:
         found = common.peers(view, me)
         if not common.enough_peers(view, found):
             return common.keep(me)
-        latest = {p.member: p.score_at(me.interval) for p in [me, *found]}
-        if not common.in_bottom(me, [me, *found], latest, self.quantile):
+        everyone = [me, *found]
+        fitness = self.fitness(everyone, me.interval)
+        if not common.in_bottom(me, everyone, fitness, self.quantile):
             return common.keep(me)
-        candidates = common.top([me, *found], latest, self.quantile, me)
+        candidates = common.top(everyone, fitness, self.quantile, me)
         if not candidates:
             return common.keep(me)
         parent = candidates[rng.integers(len(candidates))]
         return common.exploit(me, parent, self.perturb(parent, space, rng), parent.sigma)
+
+    def fitness(self, members: list[MemberView], t: int) -> dict[int, float]:
+        """What truncation selection ranks by, higher is better: each member's score at interval `t`."""
+        return {p.member: p.score_at(t) for p in members}
 
     def perturb(self, parent: MemberView, space: SearchSpace, rng: np.random.Generator) -> np.ndarray:
         """PBT's explore step on the parent's hyperparameters, as unit-cube coordinates."""
