@@ -1,10 +1,12 @@
 """Experiments the result commands read: finished toy runs made by `hopt run`, and one caught mid-run."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,12 @@ import yaml
 
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
-from hopt_cli.store.leases import Holder
 from hopt_cli.store import Claimed
+from hopt_cli.store.leases import Holder
 from hopt_cli.worker import Worker
 from tests.commands import hopt
 from tests.conftest import REPO, toy_recipe
+from tests.slurm_cluster import wait_for
 
 
 def run_to_completion(root: Path, recipe: dict[str, Any]) -> Path:
@@ -78,3 +81,24 @@ def hopt_onto_a_full_disk(tmp_path: Path, command: str, experiment: Path, out: s
     return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(disk), str(experiment), sys.executable,
                            command, out], cwd=REPO, capture_output=True, text=True, timeout=120)
 
+
+@contextlib.contextmanager
+def worker_in_its_first_interval(tmp_path: Path, recipe: dict[str, Any],
+                                 timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
+    """A real `hopt worker` process held inside its first interval by `recipe`'s trainable
+    (tests.hopt_cli.trainables:waits_for_go) until the test creates `go`: (the process, the experiment
+    directory, `go`). The process is killed on the way out if it still runs."""
+    path, root, markers, go = tmp_path / "exp.yaml", tmp_path / "exp", tmp_path / "markers", tmp_path / "go"
+    path.write_text(yaml.safe_dump(recipe))
+    markers.mkdir()
+    env = {**os.environ, "HOPT_TEST_MARKER": str(markers), "HOPT_TEST_GO": str(go)}
+    worker = subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--recipe", str(path)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(not p.name.startswith(".") for p in markers.iterdir()) or worker.poll() is not None,
+                 timeout, "the worker inside its first interval", poll=0.02)
+        assert worker.poll() is None, worker.communicate()
+        yield worker, root, go
+    finally:
+        worker.kill()
+        worker.wait()

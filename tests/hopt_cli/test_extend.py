@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +12,9 @@ from hopt_cli.experiment import Experiment
 from hopt_cli.recipe import Recipe
 from hopt_cli.simulator import simulate
 from hopt_cli.store import Store
-from tests.conftest import REPO, toy_recipe
-from tests.hopt_cli.conftest import hopt, run_to_completion
+from tests.conftest import toy_recipe
+from tests.hopt_cli.conftest import hopt, run_to_completion, worker_in_its_first_interval
 from tests.invariants import check_finished_experiment
-from tests.slurm_cluster import wait_for
 
 DEADLINE = 120.0
 
@@ -84,24 +80,11 @@ def test_new_members_start_as_members_of_a_population_that_size_would(finished: 
 
 @pytest.mark.slow
 def test_a_running_worker_takes_up_the_new_budget_at_its_next_claim(tmp_path: Path):
-    recipe = tmp_path / "exp.yaml"
-    recipe.write_text(yaml.safe_dump(toy_recipe(population=2, intervals=2, worker="tests.hopt_cli.trainables:waits_for_go")))
-    root, markers, go = tmp_path / "exp", tmp_path / "markers", tmp_path / "go"
-    markers.mkdir()
-    env = {**os.environ, "HOPT_TEST_MARKER": str(markers), "HOPT_TEST_GO": str(go)}
-    worker = subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--recipe", str(recipe)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: any(not p.name.startswith(".") for p in markers.iterdir()) or worker.poll() is not None,
-                 DEADLINE, "the worker inside its first interval", poll=0.02)
-        assert worker.poll() is None, worker.communicate()
-
+    recipe = toy_recipe(population=2, intervals=2, worker="tests.hopt_cli.trainables:waits_for_go")
+    with worker_in_its_first_interval(tmp_path, recipe, DEADLINE) as (worker, root, go):
         grown = hopt("extend", "--dir", str(root), "--population", "3", "--intervals", "4")
         go.touch()
         _, stderr = worker.communicate(timeout=DEADLINE)
-    finally:
-        worker.kill()
-        worker.wait()
 
     assert grown.returncode == 0, grown.stderr
     assert worker.returncode == 0, stderr

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,8 @@ from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.worker import Worker
 from tests.commands import invoke
-from tests.conftest import REPO, toy_recipe
-from tests.slurm_cluster import wait_for
+from tests.conftest import toy_recipe
+from tests.hopt_cli.conftest import worker_in_its_first_interval
 
 DEADLINE = 120.0
 
@@ -170,25 +167,11 @@ def test_a_larger_keep_best_lets_hopt_best_export_more(root: Path):
 
 
 def test_a_worker_process_in_an_interval_stops_at_its_next_claim_by_a_stop_rule_set_meanwhile(tmp_path: Path):
-    recipe = tmp_path / "exp.yaml"
-    recipe.write_text(yaml.safe_dump(toy_recipe(population=2, intervals=4,
-                                                worker="tests.hopt_cli.trainables:waits_for_go")))
-    root, markers, go = tmp_path / "exp", tmp_path / "markers", tmp_path / "go"
-    markers.mkdir()
-    env = {**os.environ, "HOPT_TEST_MARKER": str(markers), "HOPT_TEST_GO": str(go)}
-    worker = subprocess.Popen([sys.executable, "-m", "hopt_cli", "worker", "--dir", str(root), "--recipe", str(recipe)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: any(not p.name.startswith(".") for p in markers.iterdir()) or worker.poll() is not None,
-                 DEADLINE, "the worker inside its first interval", poll=0.02)
-        assert worker.poll() is None, worker.communicate()
-
+    recipe = toy_recipe(population=2, intervals=4, worker="tests.hopt_cli.trainables:waits_for_go")
+    with worker_in_its_first_interval(tmp_path, recipe, DEADLINE) as (worker, root, go):
         changed = invoke("set", "--dir", str(root), "stop={metric: score, at_least: -100}")
         go.touch()
         _, stderr = worker.communicate(timeout=DEADLINE)
-    finally:
-        worker.kill()
-        worker.wait()
 
     assert changed.exit_code == 0, changed.output
     assert worker.returncode == 0, stderr
