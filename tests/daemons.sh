@@ -1,4 +1,4 @@
-# Shell functions shared by the test scripts that start and stop daemons (tests/slurm, tests/netfs).
+# Shell functions shared by the test scripts that start and stop daemons (tests/slurm, tests/slurm2, tests/netfs).
 # Source it; the sourcing script defines die().
 
 alive() { # alive PIDFILE NAME: the pid file names a live (not zombie) process called NAME
@@ -16,6 +16,14 @@ stop() { # stop PIDFILE NAME: SIGTERM, then SIGKILL after 10 s; the pid file goe
     for _ in $(seq 50); do alive "$1" "$2" || { rm -f "$1"; return 0; }; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null
     rm -f "$1"
+}
+
+cancel_jobs() { # cancel_jobs: cancel every job of the cluster SLURM_CONF names, then wait up to 10 s for none
+    local jobs
+    mapfile -t jobs < <(squeue -h -o %F 2>/dev/null | sort -u)
+    ((${#jobs[@]})) || return 0
+    scancel "${jobs[@]}"
+    for _ in $(seq 50); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.2; done
 }
 
 apt_install() { # apt_install PACKAGE...: install from Debian without letting dpkg start daemons

@@ -8,11 +8,7 @@ RUN=/run/slurm-hopt
 . "$(dirname "${BASH_SOURCE[0]}")/../daemons.sh"
 
 if alive "$RUN/slurmctld.pid" slurmctld; then
-    mapfile -t jobs < <(squeue -h -o %F 2>/dev/null | sort -u)
-    if ((${#jobs[@]})); then
-        scancel "${jobs[@]}"
-        for _ in $(seq 50); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.2; done
-    fi
+    cancel_jobs
     scontrol shutdown >/dev/null 2>&1
 fi
 for _ in $(seq 50); do

@@ -11,11 +11,7 @@ RUN=/run/slurm-hopt2
 . "$(dirname "${BASH_SOURCE[0]}")/../daemons.sh"
 
 if alive "$RUN/slurmctld.pid" slurmctld; then
-    mapfile -t jobs < <(squeue -h -o %F 2>/dev/null | sort -u)
-    if ((${#jobs[@]})); then
-        scancel "${jobs[@]}"
-        for _ in $(seq 50); do [[ -z $(squeue -h 2>/dev/null) ]] && break; sleep 0.2; done
-    fi
+    cancel_jobs
 fi
 for node in n1 n2; do stop "$RUN/node-$node.pid" unshare; done
 stop "$RUN/slurmctld.pid" slurmctld
