@@ -1,4 +1,5 @@
-# Shell functions shared by the test scripts that start and stop daemons (tests/slurm, tests/slurm2, tests/netfs).
+# Shell functions shared by the test scripts that start and stop daemons and mounts (tests/slurm, tests/slurm2,
+# tests/netfs).
 # Source it; the sourcing script defines die().
 
 alive() { # alive PIDFILE NAME: the pid file names a live (not zombie) process called NAME
@@ -39,4 +40,20 @@ apt_install() { # apt_install PACKAGE...: install from Debian without letting dp
     [[ -n $added ]] && rm -f "$policy"
     [[ -n $ok ]] || { tail -n 20 "$out" >&2; rm -f "$out"; die "apt-get install $* failed"; }
     rm -f "$out"
+}
+
+fstype_of() { # fstype_of MOUNTPOINT: the type /proc/mounts gives it (last entry wins), or nothing
+    awk -v mp="$1" '$2 == mp {t = $3} END {if (t) print t}' /proc/mounts
+}
+
+answers() { # answers MOUNTPOINT FSTYPE: mounted with that type and a stat of its root returns in time
+    [[ $(fstype_of "$1") == "$2" ]] && timeout 5 stat -t "$1" >/dev/null 2>&1
+}
+
+unmount() { # unmount MOUNTPOINT: every mount stacked there; lazily when busy or dead
+    local _
+    for _ in 1 2 3 4; do
+        [[ -n $(fstype_of "$1") ]] || return 0
+        timeout 10 umount "$1" 2>/dev/null || umount -l "$1" 2>/dev/null || true
+    done
 }

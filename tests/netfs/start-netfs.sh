@@ -58,22 +58,6 @@ install_packages() {
     apt_install "${missing[@]}"
 }
 
-fstype_of() { # fstype_of MOUNTPOINT: the type /proc/mounts gives it (last entry wins), or nothing
-    awk -v mp="$1" '$2 == mp {t = $3} END {if (t) print t}' /proc/mounts
-}
-
-answers() { # answers MOUNTPOINT FSTYPE: mounted with that type and a stat of its root returns in time
-    [[ $(fstype_of "$1") == "$2" ]] && timeout 5 stat -t "$1" >/dev/null 2>&1
-}
-
-unmount() { # unmount MOUNTPOINT: every mount stacked there; lazily when busy or dead
-    local _
-    for _ in 1 2 3 4; do
-        [[ -n $(fstype_of "$1") ]] || return 0
-        timeout 10 umount "$1" 2>/dev/null || umount -l "$1" 2>/dev/null || true
-    done
-}
-
 ensure_hosts_entry() {
     grep -Eq "^[[:space:]]*127\.0\.0\.1([[:space:]].*)?[[:space:]]$GLUSTER_HOST([[:space:]]|\$)" /etc/hosts \
         || echo "127.0.0.1 $GLUSTER_HOST # hopt-netfs (tests/netfs/start-netfs.sh)" >>/etc/hosts

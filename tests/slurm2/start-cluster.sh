@@ -51,8 +51,6 @@ munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 \
 grep -q '^127\.0\.0\.1.*hopt-gluster' /etc/hosts && [[ -s $SSH_KEY ]] \
     || die "the netfs services are not set up: run tests/netfs/start-netfs.sh first"
 
-fstype_of() { awk -v mp="$1" '$2 == mp {t = $3} END {if (t) print t}' /proc/mounts; }
-
 render_conf() {
     local mem_mb
     mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.4)}' /proc/meminfo)
@@ -95,15 +93,19 @@ update_conf() {
     echo "start-cluster2: wrote $SLURM_CONF" >&2
 }
 
-mount_submit_host() { # the submit host (this machine) sees the shared directories at the nodes' paths
-    mkdir -p "$HOPT2_GLUSTER" "$HOPT2_SSHFS"
-    if [[ $(fstype_of "$HOPT2_GLUSTER") != fuse.glusterfs ]] || ! timeout 5 stat -t "$HOPT2_GLUSTER" >/dev/null; then
-        umount -l "$HOPT2_GLUSTER" 2>/dev/null || true
+# The submit host (this machine) sees the shared directories at the nodes' paths. A mount that does not answer is
+# cleared first: a FUSE mount whose daemon died (as a machine stopped with the cluster up leaves it) fails even
+# mkdir -p with ENOTCONN.
+mount_submit_host() {
+    if ! answers "$HOPT2_GLUSTER" fuse.glusterfs; then
+        unmount "$HOPT2_GLUSTER"
+        mkdir -p "$HOPT2_GLUSTER"
         mount -t glusterfs -o "log-file=$LOG/mount-gluster-$HOST.log" hopt-gluster:/hopt "$HOPT2_GLUSTER" \
             || die_with_logs "mount -t glusterfs hopt-gluster:/hopt $HOPT2_GLUSTER failed"
     fi
-    if [[ $(fstype_of "$HOPT2_SSHFS") != fuse.sshfs ]] || ! timeout 5 stat -t "$HOPT2_SSHFS" >/dev/null; then
-        umount -l "$HOPT2_SSHFS" 2>/dev/null || true
+    if ! answers "$HOPT2_SSHFS" fuse.sshfs; then
+        unmount "$HOPT2_SSHFS"
+        mkdir -p "$HOPT2_SSHFS"
         timeout 30 sshfs "$HOPT2_SSHFS_EXPORT" "$HOPT2_SSHFS" -o "$HOPT2_SSHFS_OPTS" >>"$LOG/sshfs-$HOST.log" 2>&1 \
             || die_with_logs "sshfs mount of $HOPT2_SSHFS failed"
     fi

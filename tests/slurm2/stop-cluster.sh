@@ -15,9 +15,5 @@ if alive "$RUN/slurmctld.pid" slurmctld; then
 fi
 for node in n1 n2; do stop "$RUN/node-$node.pid" unshare; done
 stop "$RUN/slurmctld.pid" slurmctld
-for mp in /mnt/hopt2-gluster /mnt/hopt2-sshfs; do
-    if awk -v mp="$mp" '$2 == mp {found = 1} END {exit !found}' /proc/mounts; then
-        timeout 10 umount "$mp" 2>/dev/null || umount -l "$mp"
-    fi
-done
+for mp in /mnt/hopt2-gluster /mnt/hopt2-sshfs; do unmount "$mp"; done
 echo "slurm2 stopped"
