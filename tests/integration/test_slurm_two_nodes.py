@@ -5,8 +5,12 @@ node's slurmd stopped and started again; the experiment completes with every inv
 `srun -N2 hopt doctor --peer` across the two nodes."""
 from __future__ import annotations
 
+import errno
+import os
 import re
+import select
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -83,8 +87,8 @@ def job_finished(job: str) -> bool:
     return shown.returncode != 0 or all(state in FINAL_STATES for state in states)
 
 
-@pytest.mark.parametrize(("shared", "trainable"), [("glusterfs", "python"), ("sshfs", "command")],
-                         indirect=["shared"])
+@pytest.mark.parametrize("trainable", ["python", "command"])
+@pytest.mark.parametrize("shared", ["glusterfs", "sshfs"], indirect=True)
 def test_a_worker_array_on_two_nodes_survives_cancel_preemption_kills_and_a_slurmd_restart(shared, trainable):
     project = shared / "project"
     project.mkdir()
@@ -175,3 +179,36 @@ def test_doctor_peer_under_srun_names_the_lock_kind_on_both_nodes(kind, verdict)
     else:  # sshfs: flock does not exclude across the nodes, which doctor reports as a failed check
         assert "FAIL  lock exclusion across nodes (flock)" in done.stdout and done.returncode != 0
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def _submit_host_daemon(mountpoint: Path) -> int:
+    """The pid of the FUSE daemon serving `mountpoint` in this mount namespace (the nodes run their own)."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if str(mountpoint).encode() in argv and os.readlink(proc / "ns" / "mnt") == ours:
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError(f"no FUSE daemon serves {mountpoint} here")
+
+
+def test_the_start_script_replaces_the_submit_hosts_dead_mounts():
+    # A machine stopped with the cluster up keeps FUSE mounts whose daemons are gone: every stat of them fails
+    # with ENOTCONN, even `mkdir -p`. Starting the cluster again must clear and remount them.
+    for path in SHARED.values():
+        daemon = os.pidfd_open(_submit_host_daemon(path))
+        signal.pidfd_send_signal(daemon, signal.SIGKILL)
+        assert select.select([daemon], [], [], 30)[0], f"the FUSE daemon of {path} did not exit"
+        os.close(daemon)
+        with pytest.raises(OSError) as dead:
+            os.stat(path)
+        assert dead.value.errno == errno.ENOTCONN
+    start_slurmd("n1")  # the start script, which starts what is not running
+    for kind, path in SHARED.items():
+        probe = path / f"probe-{uuid.uuid4().hex[:8]}"
+        probe.write_text(kind)
+        seen = in_node("n2", "cat", str(probe))
+        probe.unlink()
+        assert seen.stdout == kind, seen.stderr
