@@ -1,6 +1,6 @@
 """The recipe's stop rules judged on the population: whether one is reached, and why, in words.
 
-Pure: the store asks at each claim (`Store.claim_next`, inside the claim's transaction), on the journal's
+Pure: the store asks at each claim (`Store.claim_within`, inside the claim's transaction), on the journal's
 clock, and journals the reason (a `stop` event) the first time one is reached. After a `hopt extend` resumed a stopped experiment, the rules count from
 that extend: the hours from its time, the metric target in the intervals committed after it.
 """

@@ -1,4 +1,5 @@
-"""The worker loop: claim a member under the lock, train one interval without it, commit under it.
+"""The worker loop: claim a member under the lock, train one interval without it, commit under it and claim
+the next interval in that same critical section.
 
 This is the only module that joins the store, the policies and the trainable. A worker may be killed
 at any moment; everything it leaves behind is valid, and its lease expires or is reclaimed.
@@ -82,11 +83,13 @@ class Worker:
         Raises ProcessPoisoned after an interval of ours failed with a CUDA error that breaks every later
         CUDA call of this process: its member is failed once (journaled), and a fresh process takes over."""
         try:
-            while not self.stop.requested and self._poisoned is None:
-                claim = self.claim()
+            following: Claimed | NoClaim | None = None
+            # A claim made with the last commit is trained (or, on a stop, released) before the loop ends.
+            while isinstance(following, Claimed) or (not self.stop.requested and self._poisoned is None):
+                claim = self.claim(following)
                 if claim is None:
                     break
-                self.train_and_commit(claim)
+                following = self._interval(claim, claim_next=True)
         finally:
             self.close()
         if self._poisoned is not None:
@@ -103,12 +106,17 @@ class Worker:
         if isinstance(self.trainable, IsolatedTrainable):
             self.trainable.close()
 
-    def claim(self) -> Claimed | None:
-        """The next member to train and its decision; None when the experiment is complete or we stop."""
-        while not self.stop.requested:
-            started = time.perf_counter()
-            claim = self._try_claim()
-            self._log_timing(claim.value if isinstance(claim, NoClaim) else "claim", started)
+    def claim(self, first: Claimed | NoClaim | None = None) -> Claimed | None:
+        """The next member to train and its decision; None when the experiment is complete or we stop.
+
+        `first` is the answer the last commit's transaction already gave, if it claimed; a Claimed one is ours
+        to train or release even when a stop was requested since."""
+        claim = first
+        while isinstance(claim, Claimed) or not self.stop.requested:
+            if claim is None:
+                started = time.perf_counter()
+                claim = self._try_claim()
+                self._log_timing(claim.value if isinstance(claim, NoClaim) else "claim", started)
             if claim in (NoClaim.COMPLETE, NoClaim.STOPPED):
                 return None
             if isinstance(claim, Claimed):
@@ -116,6 +124,7 @@ class Worker:
                 return claim
             if claim is NoClaim.BUSY:
                 time.sleep(random.uniform(*WAIT_SECONDS))  # every unfinished member is being trained: wait
+            claim = None
         return None
 
     def _try_claim(self) -> Claimed | NoClaim:
@@ -135,6 +144,13 @@ class Worker:
             self.trainable.timeout = math.inf if timeout is None else timeout
 
     def train_and_commit(self, claim: Claimed) -> None:
+        """Train the claimed interval and commit it (or journal its failure or release), and claim nothing."""
+        self._interval(claim, claim_next=False)
+
+    def _interval(self, claim: Claimed, claim_next: bool) -> Claimed | NoClaim | None:
+        """Train the claimed interval and commit it (or journal its failure or release); with `claim_next`, claim
+        the next one in the same critical section: one lock and one journal read per interval. Returns that
+        claim, or None when none was made (a stop, a poisoned process, a failed experiment)."""
         staging = self.store.staging.make(claim.lease)
         started = time.monotonic()
         if self.stop.requested:
@@ -152,6 +168,14 @@ class Worker:
                         "continues or copies one starts from scratch (said once per worker)")
         ready = outcome.error is None and not self.stop.requested
         digest = staging_area.digest(staging) if ready else None
+        in_process = not isinstance(self.trainable, (IsolatedTrainable, CommandTrainable))
+        if in_process and outcome.error is not None and poisons_process(outcome.error):
+            self._poisoned = (f"member {claim.member} interval {claim.decision.interval} failed with a CUDA error "
+                              f"({outcome.error.splitlines()[0]}), after which every CUDA call of this process "
+                              "fails: this worker stops so that a fresh process takes over (hopt run and hopt worker "
+                              "--workers start one; a lone worker's task must be started again: set interval_timeout "
+                              "to train in a child process that is replaced instead)")
+        following = None
         with self.store.transaction() as population:
             if self.stop.requested:
                 self.store.release(claim.lease, "stop requested", staging)
@@ -173,17 +197,13 @@ class Worker:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
             done, budget = population.intervals_done, population.budget
-        in_process = not isinstance(self.trainable, (IsolatedTrainable, CommandTrainable))
-        if in_process and outcome.error is not None and poisons_process(outcome.error):
-            self._poisoned = (f"member {claim.member} interval {claim.decision.interval} failed with a CUDA error "
-                              f"({outcome.error.splitlines()[0]}), after which every CUDA call of this process "
-                              "fails: this worker stops so that a fresh process takes over (hopt run and hopt worker "
-                              "--workers start one; a lone worker's task must be started again: set interval_timeout "
-                              "to train in a child process that is replaced instead)")
+            if claim_next and not self.stop.requested and self._poisoned is None and not self.store.population.failed:
+                following = self.store.claim_within(self.holder, self._plan)
         self._log_timing("commit", committing)
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
                  claim.decision.interval, result, time.monotonic() - started, done, budget,
                  " [lease lost while training]" if fenced else "")
+        return following
 
     def _log_timing(self, step: str, started: float) -> None:
         """One DEBUG line with the lock wait and hold of the step that just ended (see hopt_cli/timing.py)."""

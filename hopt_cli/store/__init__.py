@@ -276,23 +276,32 @@ class Store:
         return holding
 
     def claim_next(self, holder: Holder, plan: Planner) -> Claimed | NoClaim:
+        """Claim the next member to train in a transaction of its own (see `claim_within`); or say why there is
+        none. Once the experiment is complete, what the sweep trashed is deleted too."""
+        with self.transaction():
+            claim = self.claim_within(holder, plan)
+        if claim is NoClaim.COMPLETE:
+            self.collector.empty_trash()
+        return claim
+
+    def claim_within(self, holder: Holder, plan: Planner) -> Claimed | NoClaim:
         """Claim the next member to train, as `plan` decides on the current population and the members
-        leased now (stale leases reclaimed first), in one transaction; or say why there is none.
+        leased now (stale leases reclaimed first); or say why there is none. Call inside `transaction()`: a
+        worker that has just committed claims its next interval in the commit's critical section.
 
         An exploit of a finished member is recorded as an adoption (nothing to train: AGAIN). A stop rule
         reached now is journaled (STOPPED). Once the experiment is complete, the leases and checkpoints of
         workers that died are swept: nothing is left behind. Raises ExperimentFailed once a member failed too
         often."""
-        with self.transaction() as population:
-            if population.failed:
-                raise ExperimentFailed(population.failed)
-            if not population.complete:
-                if stopping.stops(self.recipe.stop, population, time.time(), lambda why: self.stop(why, holder.worker)):
-                    return NoClaim.STOPPED
-                return self._record_choice(plan(population, self.leases.leased(holder)), holder)
+        population = self.population
+        if population.failed:
+            raise ExperimentFailed(population.failed)
+        if population.complete:
             self.collector.sweep(self.leases.reclaim(holder))
-        self.collector.empty_trash()
-        return NoClaim.COMPLETE
+            return NoClaim.COMPLETE
+        if stopping.stops(self.recipe.stop, population, time.time(), lambda why: self.stop(why, holder.worker)):
+            return NoClaim.STOPPED
+        return self._record_choice(plan(population, self.leases.leased(holder)), holder)
 
     def _record_choice(self, choice: Choice | None, holder: Holder) -> Claimed | NoClaim:
         """The claim (or adoption) `choice` stands for, journaled; inside the transaction."""
@@ -354,14 +363,11 @@ class Store:
         before = self.population.referenced_checkpoints()
         if not self.append_while(event, self._holding(lease)):
             return None  # another claim of the member came first: our checkpoint is unreferenced garbage
-        self._after_lock.append(lambda: self._tidy_after_commit(lease, before))
-        return name
-
-    def _tidy_after_commit(self, lease: Lease, before: set[str]) -> None:
-        """Drop the committed lease and trash what the commit released, after the lock: both are the
-        journal's garbage now, which a crash before this leaves to the reclaim and the sweep."""
+        # Under the lock: once it is released another claim of the member may write the member's lease file.
         self.leases.drop(lease)
-        self.collector.collect_released(before)
+        # What the commit released is the journal's garbage: a crash before this leaves it to the sweep.
+        self._after_lock.append(lambda: self.collector.collect_released(before))
+        return name
 
     def keep_interval_log(self, lease: Lease, output: bytes) -> None:
         """Keep what `lease`'s interval wrote, under its checkpoint's name, before its commit or failure
