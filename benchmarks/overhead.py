@@ -29,7 +29,7 @@ from benchmarks.disk import SLACK, DiskWatch
 from benchmarks.common import REPO
 from benchmarks.machine import Machine, load_average
 from benchmarks.processes import hopt_command, start, wait
-from benchmarks.scale import percentile
+from benchmarks.scale import per_interval, percentile
 from hopt_cli.recipe import Recipe
 from hopt_cli.store import Store
 from hopt_cli.store.fsio import append_line, fsync_dir, touch, write_atomic
@@ -77,13 +77,22 @@ class Runs:
         runs = []
         for workers in self.timings:
             since = max(w[0].at for w in workers if w) if steady else 0.0
-            values = [value(t) for w in workers for t in w if t.step in steps and t.at > since]
-            if values:
-                runs.append(values)
-        if not runs:
-            return "-"
-        p50, p99 = (statistics.median(percentile(values, q) for values in runs) for q in (50, 99))
-        return f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f}"
+            runs.append([value(t) for w in workers for t in w if t.step in steps and t.at > since])
+        return _p50_p99(runs)
+
+    def interval_holds(self) -> str:
+        """p50 / p99 in ms of the lock hold each committed interval cost, per run, then the median over runs."""
+        return _p50_p99([[held for w in workers for held in per_interval(w, lambda t: t.held)]
+                         for workers in self.timings])
+
+
+def _p50_p99(runs: list[list[float]]) -> str:
+    """'p50 / p99' in ms: each percentile per run, then the median over the runs that have values."""
+    runs = [values for values in runs if values]
+    if not runs:
+        return "-"
+    p50, p99 = (statistics.median(percentile(values, q) for values in runs) for q in (50, 99))
+    return f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f}"
 
 
 def run_hopt(population: int, intervals: int, workers: int, runs: Runs, scratch: Path | None = None,
@@ -148,7 +157,7 @@ def hopt_row(workers: int, runs: Runs) -> str:
             f"| {runs.rate():.0f} | {runs.steady_rate():.0f} | {runs.percentiles(lambda t: t.total, ('claim',))} "
             f"| {runs.percentiles(lambda t: t.total, ('commit',))} | {runs.percentiles(lambda t: t.waited)} "
             f"| {runs.percentiles(lambda t: t.held)} | {runs.percentiles(lambda t: t.held, steady=True)} "
-            f"| {max(runs.disk_excess):+d} |")
+            f"| {runs.interval_holds()} | {max(runs.disk_excess):+d} |")
 
 
 def report(population: int, intervals: int, workers: list[int], repeats: int, ray_python: str | None,
@@ -158,8 +167,8 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
              "| system | workers | intervals trained | wall | intervals/s (with start-up) | intervals/s (steady) "
              "| claim p50 / p99 (ms) | commit p50 / p99 (ms) | lock wait p50 / p99 (ms) "
              "| lock hold p50 / p99 (ms) | lock hold p50 / p99, all workers started (ms) "
-             "| checkpoints beyond the bound |",
-             "|---" * 12 + "|"]
+             "| lock hold per interval p50 / p99 (ms) | checkpoints beyond the bound |",
+             "|---" * 13 + "|"]
     loads = []
     results = {}
     for count in workers:
@@ -173,7 +182,7 @@ def report(population: int, intervals: int, workers: list[int], repeats: int, ra
         loads.append(f"Ray Tune: {load_average()}")
         ray = run_ray(ray_python, population, intervals)
         lines.append(f"| Ray Tune {ray.version} PBT | 1 trial per CPU | {ray.intervals} | {ray.wall:.1f} s "
-                     f"| {ray.rate:.2f} | {ray.steady_rate:.2f} | | | | | | |")
+                     f"| {ray.rate:.2f} | {ray.steady_rate:.2f} | | | | | | | |")
         lines += ["", "| hopt / Ray Tune | with start-up | steady |", "|---|---|---|"]
         lines += [f"| {count} workers | {runs.rate() / ray.rate:.0f}x | {runs.steady_rate() / ray.steady_rate:.0f}x |"
                   for count, runs in results.items()]

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +32,11 @@ REPEATS = 3
 
 @dataclass(frozen=True)
 class WorkerRun:
-    """A worker on the large experiment: its start-up, its claims and commits, its peak memory."""
+    """A worker on the large experiment: its start-up, what each interval cost it under the lock, its peak memory."""
 
     startup: float  # spawn to the end of its first claim (open, snapshot, tail replay, first decision)
-    claims: list[float]
-    commits: list[float]
-    held: list[float]  # lock hold of each of those claims and commits
+    steps: list[float]  # per interval: its commit (which claims the next) and every step since the last commit
+    held: list[float]  # the lock hold of those
     measured: Measured
 
 
@@ -48,21 +48,29 @@ def measure_worker(root: Path, intervals: int) -> WorkerRun:
     started = time.perf_counter()
     process = start(hopt_command("worker", "--dir", str(root), "--name", "scale", "--verbose"),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    startup, claims, commits, held = 0.0, [], [], []
+    startup, timings = 0.0, []
     for line in process.stderr:
         timing = StepTiming.parse(line)
-        if timing is None or len(commits) >= intervals:
+        if timing is None or sum(t.step == "commit" for t in timings) >= intervals:
             continue
-        if timing.step == "claim":
-            startup = startup or time.perf_counter() - started
-            claims.append(timing.total)
-            held.append(timing.held)
-        elif timing.step == "commit":
-            commits.append(timing.total)
-            held.append(timing.held)
-            if len(commits) == intervals:
-                process.send_signal(signal.SIGTERM)
-    return WorkerRun(startup, claims[:intervals], commits, held[:2 * intervals], wait(process, started))
+        startup = startup or time.perf_counter() - started
+        timings.append(timing)
+        if sum(t.step == "commit" for t in timings) == intervals:
+            process.send_signal(signal.SIGTERM)
+    return WorkerRun(startup, per_interval(timings, lambda t: t.total), per_interval(timings, lambda t: t.held),
+                     wait(process, started))
+
+
+def per_interval(timings: list[StepTiming], value: Callable[[StepTiming], float]) -> list[float]:
+    """`value` summed per interval one worker committed: over its commit and every step since its last one (the
+    first claim, claims tried again, waits for a free member); a commit claims the next interval itself."""
+    sums, pending = [], 0.0
+    for timing in timings:
+        pending += value(timing)
+        if timing.step == "commit":
+            sums.append(pending)
+            pending = 0.0
+    return sums
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,17 +102,16 @@ def report(population: int, commits: int, intervals: int, root: Path) -> str:
         wall, peak = _repeat(hopt_command(*args, "--dir", str(root)))
         rows.append(f"| `{name}` | {wall:.3f} s | {peak:.0f} MB |")
     worker = measure_worker(root, intervals)
-    both = [c + m for c, m in zip(worker.claims, worker.commits)]
     lines = [
         f"population {population}, {commits:,} commits ({2 * commits:,} journal events): generated in "
         f"{generated:.0f} s; journal {journal_mb:,.0f} MB, snapshot {state_mb:.1f} MB",
         f"load average before: {load_before}; after: {load_average()}",
         "", "| command | wall (median of 3) | peak memory |", "|---|---|---|", *rows,
-        "", f"`hopt worker` on it, {len(both)} no-op intervals (worker exit status {worker.measured.returncode}):",
+        "", f"`hopt worker` on it, {len(worker.steps)} no-op intervals (worker exit status "
+            f"{worker.measured.returncode}); per interval, its claim and commit (a commit claims the next interval):",
         "", "| | p50 | p99 | max |", "|---|---|---|---|",
         *(f"| {name} | {percentile(v, 50) * 1e3:.1f} ms | {percentile(v, 99) * 1e3:.1f} ms | {max(v) * 1e3:.1f} ms |"
-          for name, v in (("claim", worker.claims), ("commit", worker.commits), ("claim + commit", both),
-                          ("lock hold (claims and commits)", worker.held))),
+          for name, v in (("claim + commit", worker.steps), ("lock hold", worker.held))),
         "", f"worker start-up to its first claim: {worker.startup:.2f} s; worker peak memory "
             f"{worker.measured.peak_mb:.0f} MB",
     ]
