@@ -86,7 +86,7 @@ class TrainingEnvs:
                 self._reset(i)
             return
         for i, env in enumerate(self.envs):
-            env.reset(seed=0)
+            env.reset(seed=0)  # sets the environment's other fields; its episode is the saved one
             env.state = saved["state"][i].numpy().copy()
         self.obs[:] = saved["obs"].numpy()
         self.elapsed[:] = saved["elapsed"].numpy()
