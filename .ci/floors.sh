@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI, once per change of setup.cfg's requirements: the oldest versions setup.cfg allows, in a venv of their
 # own, run the torch trainables' tests (tests/workers). Every `name>=X` of install_requires and of the
-# extras the trainables need (digits, lightning; pytest from test) is installed as `name==X`, so a floor
+# extras the trainables need (digits, lightning, rl; pytest from test) is installed as `name==X`, so a floor
 # too low for the code fails here, not on a user's cluster. FLOORS_VENV names the venv's folder.
 # About 10 minutes, measured 2026-12-06 on 2 busy shared cores with no pip cache: the install (5.2 GB
 # installed: torch 2.3.0 and its nvidia-* CUDA wheels) and the fast tests 8 min 27 s, Lightning's slow
@@ -18,7 +18,7 @@ config = configparser.ConfigParser()
 config.read("setup.cfg")
 wanted = [config["options"]["install_requires"]]
 extras = config["options.extras_require"]
-wanted += [extras["digits"], extras["lightning"]]
+wanted += [extras["digits"], extras["lightning"], extras["rl"]]
 wanted += [line for line in extras["test"].splitlines() if line.strip().startswith("pytest")]
 pins = {}
 for line in "\n".join(wanted).splitlines():
@@ -36,7 +36,7 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --upgrade pip
 "$venv/bin/pip" install --quiet $floors
 "$venv/bin/pip" list --format=freeze \
-    | grep -iE '^(torch|numpy|lightning|click|cloudpickle|pyyaml|scikit-learn|pytest)=='
+    | grep -iE '^(torch|numpy|lightning|click|cloudpickle|pyyaml|scikit-learn|gymnasium|pytest)=='
 echo "== tests/workers at the floors (the fast ones, and Lightning's, which are all slow)"
 PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -p no:cacheprovider -q tests/workers
 PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -p no:cacheprovider -q -m slow tests/workers/test_lightning_digits.py
