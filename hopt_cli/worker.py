@@ -173,8 +173,9 @@ class Worker:
             self._poisoned = (f"member {claim.member} interval {claim.decision.interval} failed with a CUDA error "
                               f"({outcome.error.splitlines()[0]}), after which every CUDA call of this process "
                               "fails: this worker stops so that a fresh process takes over (hopt run and hopt worker "
-                              "--workers start one; a lone worker's task must be started again: set interval_timeout "
-                              "to train in a child process that is replaced instead)")
+                              "--workers start one, a lone worker with --requeue requeues its SLURM task, any other "
+                              "must be started again; with interval_timeout only the trainable's child process is "
+                              "replaced)")
         following = None
         with self.store.transaction() as population:
             if self.stop.requested:
