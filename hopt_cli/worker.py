@@ -168,14 +168,7 @@ class Worker:
                         "continues or copies one starts from scratch (said once per worker)")
         ready = outcome.error is None and not self.stop.requested
         digest = staging_area.digest(staging) if ready else None
-        in_process = not isinstance(self.trainable, (IsolatedTrainable, CommandTrainable))
-        if in_process and outcome.error is not None and poisons_process(outcome.error):
-            self._poisoned = (f"member {claim.member} interval {claim.decision.interval} failed with a CUDA error "
-                              f"({outcome.error.splitlines()[0]}), after which every CUDA call of this process "
-                              "fails: this worker stops so that a fresh process takes over (hopt run and hopt worker "
-                              "--workers start one, a lone worker with --requeue requeues its SLURM task, any other "
-                              "must be started again; with interval_timeout only the trainable's child process is "
-                              "replaced)")
+        self._poisoned = self._poisoned or self._why_poisoned(claim, outcome)
         following = None
         with self.store.transaction() as population:
             if self.stop.requested:
@@ -205,6 +198,17 @@ class Worker:
                  claim.decision.interval, result, time.monotonic() - started, done, budget,
                  " [lease lost while training]" if fenced else "")
         return following
+
+    def _why_poisoned(self, claim: Claimed, outcome: Outcome) -> str | None:
+        """Why this process must train no more, when the interval failed with a CUDA error in this process."""
+        in_process = not isinstance(self.trainable, (IsolatedTrainable, CommandTrainable))
+        if not in_process or outcome.error is None or not poisons_process(outcome.error):
+            return None
+        return (f"member {claim.member} interval {claim.decision.interval} failed with a CUDA error "
+                f"({outcome.error.splitlines()[0]}), after which every CUDA call of this process fails: this worker "
+                "stops so that a fresh process takes over (hopt run and hopt worker --workers start one, a lone "
+                "worker with --requeue requeues its SLURM task, any other must be started again; with "
+                "interval_timeout only the trainable's child process is replaced)")
 
     def _log_timing(self, step: str, started: float) -> None:
         """One DEBUG line with the lock wait and hold of the step that just ended (see hopt_cli/timing.py)."""
