@@ -48,14 +48,15 @@ def measure_worker(root: Path, intervals: int) -> WorkerRun:
     started = time.perf_counter()
     process = start(hopt_command("worker", "--dir", str(root), "--name", "scale", "--verbose"),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    startup, timings = 0.0, []
+    startup, timings, commits = 0.0, [], 0
     for line in process.stderr:
         timing = StepTiming.parse(line)
-        if timing is None or sum(t.step == "commit" for t in timings) >= intervals:
+        if timing is None or commits >= intervals:
             continue
         startup = startup or time.perf_counter() - started
         timings.append(timing)
-        if sum(t.step == "commit" for t in timings) == intervals:
+        commits += timing.step == "commit"
+        if commits == intervals:
             process.send_signal(signal.SIGTERM)
     return WorkerRun(startup, per_interval(timings, lambda t: t.total), per_interval(timings, lambda t: t.held),
                      wait(process, started))
