@@ -88,8 +88,9 @@ def stop_slurmd(node: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def start_slurmd(node: str) -> None:
-    """Start a node's slurmd again (start-cluster.sh starts what is not running and waits for both nodes)."""
+def start_cluster() -> None:
+    """Run start-cluster.sh, which starts what of the cluster is not running (a stopped slurmd, a dead mount)
+    and waits for both nodes."""
     done = subprocess.run(["bash", START_SCRIPT], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr

@@ -25,7 +25,7 @@ from hopt_cli.store import Store
 from tests.conftest import REPO, toy_recipe
 from tests.guards import Stall
 from tests.invariants import check_finished_experiment
-from tests.slurm2_cluster import NODES, SHARED, env, in_node, slurm, start_slurmd, stop_slurmd
+from tests.slurm2_cluster import NODES, SHARED, env, in_node, slurm, start_cluster, stop_slurmd
 from tests.slurm_cluster import FINAL_STATES
 
 pytestmark = [pytest.mark.slow, pytest.mark.two_nodes, pytest.mark.usefixtures("two_nodes")]
@@ -131,7 +131,7 @@ def test_a_worker_array_on_two_nodes_survives_cancel_preemption_kills_and_a_slur
             assert killed.stdout.strip(), (victim, killed.stderr)
         seen["acted"] = time.monotonic() - started
         stop_slurmd("n2")
-        start_slurmd("n2")
+        start_cluster()  # starts n2's slurmd again
         seen["slurmd n2 back"] = time.monotonic() - started
         wait(lambda: store.sync().complete, store, "the experiment to complete", guard)
         seen["complete"] = time.monotonic() - started
@@ -181,31 +181,35 @@ def test_doctor_peer_under_srun_names_the_lock_kind_on_both_nodes(kind, verdict)
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def _submit_host_daemon(mountpoint: Path) -> int:
-    """The pid of the FUSE daemon serving `mountpoint` in this mount namespace (the nodes run their own)."""
+def _submit_host_daemons(mountpoint: Path) -> list[int]:
+    """The pids of the FUSE daemons of `mountpoint` in this mount namespace (the nodes run their own): the one
+    serving it, and any whose mount was lazily unmounted while busy and still lives on."""
     ours = os.readlink("/proc/self/ns/mnt")
+    found = []
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             if str(mountpoint).encode() in argv and os.readlink(proc / "ns" / "mnt") == ours:
-                return int(proc.name)
+                found.append(int(proc.name))
         except (OSError, ValueError):
             continue
-    raise AssertionError(f"no FUSE daemon serves {mountpoint} here")
+    assert found, f"no FUSE daemon serves {mountpoint} here"
+    return found
 
 
 def test_the_start_script_replaces_the_submit_hosts_dead_mounts():
     # A machine stopped with the cluster up keeps FUSE mounts whose daemons are gone: every stat of them fails
     # with ENOTCONN, even `mkdir -p`. Starting the cluster again must clear and remount them.
     for path in SHARED.values():
-        daemon = os.pidfd_open(_submit_host_daemon(path))
-        signal.pidfd_send_signal(daemon, signal.SIGKILL)
-        assert select.select([daemon], [], [], 30)[0], f"the FUSE daemon of {path} did not exit"
-        os.close(daemon)
+        for pid in _submit_host_daemons(path):
+            daemon = os.pidfd_open(pid)
+            signal.pidfd_send_signal(daemon, signal.SIGKILL)
+            assert select.select([daemon], [], [], 30)[0], f"the FUSE daemon {pid} of {path} did not exit"
+            os.close(daemon)
         with pytest.raises(OSError) as dead:
             os.stat(path)
         assert dead.value.errno == errno.ENOTCONN
-    start_slurmd("n1")  # the start script, which starts what is not running
+    start_cluster()
     for kind, path in SHARED.items():
         probe = path / f"probe-{uuid.uuid4().hex[:8]}"
         probe.write_text(kind)
