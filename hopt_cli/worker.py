@@ -168,28 +168,31 @@ class Worker:
                         "continues or copies one starts from scratch (said once per worker)")
         ready = outcome.error is None and not self.stop.requested
         digest = staging_area.digest(staging) if ready else None
+        checkpoint = self.store.publish(claim.lease, staging) if ready else None
         self._poisoned = self._poisoned or self._why_poisoned(claim, outcome)
         following = None
         with self.store.transaction() as population:
-            if self.stop.requested:
-                self.store.release(claim.lease, "stop requested", staging)
-                result = "released at once (stop requested)"
-            elif outcome.error is not None:
-                if self.store.fail(claim.lease, outcome.error, staging):
-                    self.report.failures += 1
-                    result = f"FAILED: {outcome.error}"
-                else:
-                    self.report.fenced += 1
-                    result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
-            else:
-                name = self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score,
-                                         outcome.metrics, staging, thread_settings(), digest)
-                if name is None:
-                    self.report.fenced += 1
-                    result = "discarded: our lease was reclaimed (presumed dead), another worker owns it"
-                else:
+            if checkpoint is not None:
+                if self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score, outcome.metrics,
+                                     checkpoint, thread_settings(), digest):
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
+                else:
+                    self.report.fenced += 1
+                    result = "discarded: our lease was reclaimed (presumed dead), another worker owns it"
+            elif self.stop.requested:
+                self.store.release(claim.lease, "stop requested", staging)
+                result = "released at once (stop requested)"
+            elif outcome.error is None:  # its staging folder was collected while it trained: not ours any more
+                self.store.release(claim.lease, "its staging folder was collected while it trained", staging)
+                self.report.fenced += 1
+                result = "discarded: its staging folder was collected while it trained"
+            elif self.store.fail(claim.lease, outcome.error, staging):
+                self.report.failures += 1
+                result = f"FAILED: {outcome.error}"
+            else:
+                self.report.fenced += 1
+                result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
             done, budget = population.intervals_done, population.budget
             if claim_next and not self.stop.requested and self._poisoned is None and not self.store.population.failed:
                 following = self.store.claim_within(self.holder, self._plan)

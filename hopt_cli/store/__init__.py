@@ -318,15 +318,17 @@ class Store:
 
     def claim(self, member: int, decision: Decision, hparams: dict[str, Any], holder: Holder) -> Lease | None:
         """Record a claim and hand out a lease with a fresh fencing token; None if the claim read back
-        void (the decision was made on a stale view). Call inside `transaction()`."""
-        lease = Lease(member, decision.interval, secrets.token_hex(8), holder, touch(self.paths.clock),
+        void (the decision was made on a stale view). Call inside `transaction()`: the lease file is written
+        once the lock is released (three round trips less under it on a network filesystem)."""
+        lease = Lease(member, decision.interval, secrets.token_hex(8), holder, round(time.time(), 3),
                       decision.checkpoint)
         claim = Claim(member=member, token=lease.token, decision=decision, hparams=hparams,
                       attempt=self.population.members[member].claims, worker=holder.worker, host=holder.host,
                       pid=holder.pid, pidns=holder.pidns)
         if not self._append(claim):
             return None  # decided on a stale view: plan again on the current one
-        self.leases.write(lease)
+        # After the lock: the journal's open claim counts as leased until the file is there (LeaseTable.leased).
+        self._after_lock.append(lambda: self.leases.write(lease))
         return lease
 
     def adopt(self, member: int, decision: Decision, holder: Holder) -> bool:
@@ -338,36 +340,42 @@ class Store:
                                   checkpoint=str(parent.checkpoint), score=parent.lineage.scores[-1],
                                   worker=holder.worker))
 
-    def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
-               metrics: dict[str, Any], staging: Path, threads: dict[str, str] | None = None,
-               digest: str | None = None) -> str | None:
-        """Publish the checkpoint and record the interval (trained with these thread settings, its
-        checkpoint's content `digest` taken before the lock); None if our token was fenced off.
+    def publish(self, lease: Lease, staging: Path) -> str | None:
+        """Rename the interval's staging folder into checkpoints/ under its final name, durably, before the
+        commit takes the lock; None when the folder was collected while it trained (our claim was ended).
 
-        Call inside `transaction()`. The rename is made durable before the event that names it. Whether
-        the lease is still ours is the journal's to say (a lease file read back may be a cached copy).
-        """
-        if not self._holding(lease)():
-            self.collector.discard(staging)
-            return None
+        Until its commit names it, the checkpoint is kept by every sweep (its member has not moved past its
+        interval); a commit that finds its token fenced off trashes it."""
         name = checkpoint_name(lease.member, lease.interval, lease.token)
         try:
             os.rename(staging, self.paths.checkpoint(name))
         except FileNotFoundError:  # collected as an orphan (a lock that did not exclude, a stale listing)
             log.warning("%s was collected while its interval trained; the interval is discarded", staging)
-            self.release(lease, "its staging folder was collected while it trained", staging)
             return None
         fsync_dir(self.paths.checkpoints)
-        event = Commit(member=lease.member, token=lease.token, decision=decision, hparams=hparams, checkpoint=name,
-                       score=score, metrics=metrics, threads=threads, digest=digest, worker=lease.holder.worker)
+        return name
+
+    def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
+               metrics: dict[str, Any], checkpoint: str, threads: dict[str, str] | None = None,
+               digest: str | None = None) -> bool:
+        """Record the interval whose checkpoint `publish` renamed in (trained with these thread settings, its
+        content `digest` taken before the lock); False if our token was fenced off, and the checkpoint goes.
+
+        Call inside `transaction()`. Whether the lease is still ours is the journal's to say (a lease file
+        read back may be a cached copy).
+        """
+        event = Commit(member=lease.member, token=lease.token, decision=decision, hparams=hparams,
+                       checkpoint=checkpoint, score=score, metrics=metrics, threads=threads, digest=digest,
+                       worker=lease.holder.worker)
         before = self.population.referenced_checkpoints()
         if not self.append_while(event, self._holding(lease)):
-            return None  # another claim of the member came first: our checkpoint is unreferenced garbage
+            self._after_lock.append(lambda: self.collector.discard(self.paths.checkpoint(checkpoint)))
+            return False
         # Under the lock: once it is released another claim of the member may write the member's lease file.
         self.leases.drop(lease)
         # What the commit released is the journal's garbage: a crash before this leaves it to the sweep.
         self._after_lock.append(lambda: self.collector.collect_released(before))
-        return name
+        return True
 
     def keep_interval_log(self, lease: Lease, output: bytes) -> None:
         """Keep what `lease`'s interval wrote, under its checkpoint's name, before its commit or failure

@@ -128,9 +128,9 @@ class Collector:
     def _drop_leftovers(self) -> None:
         """Delete temporary files and hard-lock claims that crashed writers left behind.
 
-        Temp files of leases, written under the lock, cannot be in flight; others (of state.json,
-        experiment.yaml, the sbatch script) are dropped once older than the lease timeout, as are claims
-        of hard-link lockers that died waiting.
+        A temporary file (of a lease, state.json, experiment.yaml, the sbatch script) may be in flight, written
+        outside the lock: it is dropped once older than the lease timeout, as are claims of hard-link lockers
+        that died waiting.
         """
         now = touch(self.paths.clock)
         old = self.settings.timeout
@@ -140,7 +140,7 @@ class Collector:
                     if not is_temporary(entry.name):
                         continue
                     with unless_gone():
-                        if folder == self.paths.leases or now - entry.stat().st_mtime > old:
+                        if now - entry.stat().st_mtime > old:
                             os.unlink(entry.path)
         for claim in abandoned_claims(self.paths, Holder.this_process("gc"), now, self.lock_timeout):
             claim.unlink(missing_ok=True)

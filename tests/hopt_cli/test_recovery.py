@@ -88,6 +88,7 @@ def test_leftover_temporary_files_are_cleaned_up(tmp_path):
     for path in crashed:
         path.write_text("half")
     os.utime(p.root / ".state.json.tmp-123-abcd", (1, 1))  # snapshots are written outside the lock
+    os.utime(p.leases / ".00001.json.tmp-123-abcd", (1, 1))  # and leases, once their claim is journaled
     os.utime(p.root / ".experiment.yaml.tmp-123-abcd", (1, 1))  # a crashed `hopt init`, long ago
     os.utime(p.root / ".lock.link-deadbeef", (1, 1))  # a hard-link locker that died waiting
     (p.staging / "0123456789abcdef").mkdir()

@@ -58,12 +58,13 @@ class TestCollector:
         assert not left.exists()
 
 
-    def test_a_snapshot_being_written_outside_the_lock_is_left_alone(self, make_store, tmp_path):
+    def test_a_snapshot_or_lease_being_written_outside_the_lock_is_left_alone(self, make_store, tmp_path):
         store = make_store(tmp_path / "exp", population=2, intervals=2)
-        in_flight = store.paths.root / ".state.json.tmp-999-abcd"
-        in_flight.write_text("half")
+        in_flight = [store.paths.root / ".state.json.tmp-999-abcd", store.paths.leases / ".00001.json.tmp-999-abcd"]
+        for path in in_flight:
+            path.write_text("half")
 
         with store.transaction():
             store.collector.sweep(store.leases.live())
 
-        assert in_flight.exists()
+        assert all(path.exists() for path in in_flight)

@@ -87,10 +87,11 @@ class TestLeaseTable:
         claim, staging = claim_one(store, Worker(store, "a"))
         store.paths.lease(claim.member).write_text("I edited this")
 
+        name = store.publish(claim.lease, staging)
         with store.transaction():
             assert store.leases.reclaim(Holder.this_process("b")) == []
-            assert store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging) is None
-        assert not staging.exists()
+            assert not store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, name)
+        assert not store.paths.checkpoint(name).exists()
 
     def test_a_lease_whose_interval_is_committed_is_stale_for_workers_and_status_alike(self, make_store, tmp_path):
         """A crash between a commit and the removal of its lease file leaves the file: `hopt status` must not

@@ -47,10 +47,10 @@ class TestStoreProtocol:
         assert retry.member == claim.member and retry.lease.token != claim.lease.token
         size = store.paths.journal.stat().st_size
 
+        name = store.publish(claim.lease, staging)
         with store.transaction():
-            name = store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging)
+            assert not store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, name)
 
-        assert name is None
         assert store.paths.journal.stat().st_size == size
         assert not staging.exists()
         assert not any(p.name.startswith(f"m{claim.member:05d}") for p in store.paths.checkpoints.iterdir())
@@ -174,8 +174,8 @@ def test_one_call_claims_the_next_member_or_says_why_not(make_store, tmp_path):
     assert asked == [set(), {0}, {0, 1}]
 
     for claim in claims:
-        staging = store.staging.make(claim.lease)
+        name = store.publish(claim.lease, store.staging.make(claim.lease))
         with store.transaction():
-            store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, staging)
+            store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, name)
     assert other.claim_next(Holder.this_process("b"), plan) is NoClaim.COMPLETE
     assert len(asked) == 3  # nothing left to plan
