@@ -170,11 +170,12 @@ class Worker:
         digest = staging_area.digest(staging) if ready else None
         checkpoint = self.store.publish(claim.lease, staging) if ready else None
         self._poisoned = self._poisoned or self._why_poisoned(claim, outcome)
-        following = None
-        with self.store.transaction() as population:
+        following: Claimed | NoClaim | None = None
+        claims_next = claim_next and not self.stop.requested and self._poisoned is None
+        with self.store.transaction():
             if checkpoint is not None:
-                if self.store.commit(claim.lease, claim.decision, claim.hparams, outcome.score, outcome.metrics,
-                                     checkpoint, thread_settings(), digest):
+                committed, following = self._commit(claim, outcome, checkpoint, digest, claims_next)
+                if committed:
                     self.report.commits += 1
                     result = f"committed score {outcome.score:.6g}"
                 else:
@@ -193,14 +194,23 @@ class Worker:
             else:
                 self.report.fenced += 1
                 result = f"discarded ({outcome.error}): our lease was reclaimed, another worker owns it"
+            population = self.store.population  # read again if our events read back void
             done, budget = population.intervals_done, population.budget
-            if claim_next and not self.stop.requested and self._poisoned is None and not self.store.population.failed:
+            if claims_next and checkpoint is None and not population.failed:
                 following = self.store.claim_within(self.holder, self._plan)
         self._log_timing("commit", committing)
         log.info("member %d interval %d %s in %.2f s (%d/%d intervals done)%s", claim.member,
                  claim.decision.interval, result, time.monotonic() - started, done, budget,
                  " [lease lost while training]" if fenced else "")
         return following
+
+    def _commit(self, claim: Claimed, outcome: Outcome, checkpoint: str, digest: str | None,
+                claims_next: bool) -> tuple[bool, Claimed | NoClaim | None]:
+        """Commit the interval (inside the transaction) and, with `claims_next`, claim the next one with it."""
+        args = (claim.lease, claim.decision, claim.hparams, outcome.score, outcome.metrics, checkpoint)
+        if claims_next:
+            return self.store.commit_and_claim(*args, self.holder, self._plan, thread_settings(), digest)
+        return self.store.commit(*args, thread_settings(), digest), None
 
     def _why_poisoned(self, claim: Claimed, outcome: Outcome) -> str | None:
         """Why this process must train no more, when the interval failed with a CUDA error in this process."""

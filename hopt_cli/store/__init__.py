@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
 import os
 import secrets
@@ -31,7 +32,7 @@ from hopt_cli.recipe import FORMAT, Recipe
 from hopt_cli.settings import SECTIONS, SETTABLE, overlay
 from hopt_cli.store.collector import Collector
 from hopt_cli.store.fsio import create_exclusive, fsync_dir, touch, write_atomic
-from hopt_cli.store.journal import Cursor, Journal
+from hopt_cli.store.journal import Cursor, Journal, number
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.leasetable import LeaseInfo, LeaseTable
 from hopt_cli.store.locking import make_lock
@@ -104,6 +105,8 @@ class Store:
         self.staging = Staging(self.paths)
         self.conflicts = 0  # our appends in a row that read back void
         self._after_lock: list[Callable[[], None]] = []  # a transaction's filesystem work that needs no lock
+        self._ahead: list[bytes] | None = None  # inside `_one_append`: our lines applied, not written yet
+        self._once_landed: list[Callable[[], None]] = []  # and what waits until they are in the journal
 
     @property
     def population(self) -> Population:
@@ -248,18 +251,60 @@ class Store:
     def _append(self, event: JournalEvent) -> bool:
         """Append `event` and read it back, with whatever others appended before it; True if it is
         valid. A void one (our view was stale) changed nothing, and the population is current now.
+        Inside `_one_append` the event is applied at once and written with the others at its end.
 
         Past CONFLICT_LIMIT void appends in a row, someone writes while we hold the lock: stop."""
-        line = self.journal.append(events.encode(event.at(round(time.time(), 3))), self.cursor)
-        landed = self.replica.read_back(line)
+        data = events.encode(event.at(round(time.time(), 3)))
+        if self._ahead is not None:
+            line = number(data, self.cursor)
+            self.replica.speculate(line)
+            self._ahead.append(line)
+            return True
+        line = self.journal.append(data, self.cursor)
+        return self._count(self.replica.read_back(line), f"{event.kind} event is")
+
+    def _count(self, landed: bool, what: str) -> bool:
+        """Keep count of our void appends in a row; past CONFLICT_LIMIT the lock does not exclude: stop."""
         self.conflicts = 0 if landed else self.conflicts + 1
         if not landed:
-            log.warning("our %s event for member %s is void: other workers appended to the journal after we "
-                        "last read it (a stale cache, or a lock that did not exclude); read again",
-                        event.kind, getattr(event, "member", None))
+            log.warning("our %s void: other workers appended to the journal after we last read it (a stale "
+                        "cache, or a lock that did not exclude); read again", what)
         if self.conflicts >= CONFLICT_LIMIT:
             raise LockNotExclusive(self.paths.journal, self.conflicts, self.recipe.lock)
         return landed
+
+    @contextlib.contextmanager
+    def _one_append(self) -> Iterator[Callable[[], bool]]:
+        """Inside, events are applied to the population at once and written at the end in one append, read back
+        once (a round trip each on a network filesystem). Yields whether they landed, known after the block:
+        if not (our view was stale), the population is read again and what they would have done is undone but
+        for the deletions inside, which must be ones no view could regret."""
+        base, tidy = self.cursor, len(self._after_lock)
+        self._ahead, self._once_landed = [], []
+        landed = True
+        try:
+            yield lambda: landed
+        finally:
+            lines, actions, self._ahead, self._once_landed = self._ahead, self._once_landed, None, []
+            if lines:
+                self.journal.append_lines(lines)
+                kinds = " and ".join(json.loads(line)["type"] for line in lines)
+                what = f"{kinds} event" + (" is" if len(lines) == 1 else "s are")
+                landed = self._count(self.replica.confirm(base, lines), what)
+            if landed:
+                for action in actions:
+                    action()
+            else:
+                self.replica.reset()
+                self.sync()
+                del self._after_lock[tidy:]
+
+    def _when_landed(self, action: Callable[[], None]) -> None:
+        """Run `action` once the events appended so far are in the journal: now, or at the end of `_one_append`."""
+        if self._ahead is None:
+            action()
+        else:
+            self._once_landed.append(action)
 
     def append_while(self, event: JournalEvent, wanted: Callable[[], bool]) -> bool:
         """Append `event` until it lands valid, as long as `wanted()` holds for the state read back."""
@@ -372,10 +417,32 @@ class Store:
             self._after_lock.append(lambda: self.collector.discard(self.paths.checkpoint(checkpoint)))
             return False
         # Under the lock: once it is released another claim of the member may write the member's lease file.
-        self.leases.drop(lease)
+        self._when_landed(lambda: self.leases.drop(lease))
         # What the commit released is the journal's garbage: a crash before this leaves it to the sweep.
         self._after_lock.append(lambda: self.collector.collect_released(before))
         return True
+
+    def commit_and_claim(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
+                         metrics: dict[str, Any], checkpoint: str, holder: Holder, plan: Planner,
+                         threads: dict[str, str] | None = None, digest: str | None = None,
+                         ) -> tuple[bool, Claimed | NoClaim | None]:
+        """`commit`, then `claim_within` for `holder`, their events written in one append and read back once;
+        the claim is None when the experiment has failed. Call inside `transaction()`.
+
+        The two lines are numbered in sequence from our view, so they are valid or void together; if void,
+        both are made again one at a time on the current view. Once the commit completes the experiment, the
+        claim (which sweeps) waits for the commit's line to be written."""
+        commit = (lease, decision, hparams, score, metrics, checkpoint, threads, digest)
+        claim: Claimed | NoClaim | None = None
+        with self._one_append() as landed:
+            committed = self.commit(*commit)
+            if not (self.population.complete or self.population.failed):
+                claim = self.claim_within(holder, plan)
+        if not landed():
+            committed, claim = self.commit(*commit), None
+        if claim is None and not self.population.failed:
+            claim = self.claim_within(holder, plan)
+        return committed, claim
 
     def keep_interval_log(self, lease: Lease, output: bytes) -> None:
         """Keep what `lease`'s interval wrote, under its checkpoint's name, before its commit or failure

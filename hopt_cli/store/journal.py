@@ -163,7 +163,17 @@ class Journal:
     def append(self, event: dict[str, Any], cursor: Cursor) -> bytes:
         """Append one event numbered as following `cursor` (call under the lock, after repair_tail);
         returns the line written, which only reading it back can show valid."""
-        numbered = {**event, "seq": cursor.lines + 1, "prev": cursor.last}
-        line = (json.dumps(numbered, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        line = number(event, cursor)
         append_line(self.path, line)
         return line
+
+    def append_lines(self, lines: list[bytes]) -> None:
+        """Append lines numbered in sequence (`number`) with one write: a reader finds them all valid or
+        all void, since each one's number follows the one before it only where the first's does."""
+        append_line(self.path, b"".join(lines))
+
+
+def number(event: dict[str, Any], cursor: Cursor) -> bytes:
+    """The journal line of `event`, numbered as following `cursor`."""
+    numbered = {**event, "seq": cursor.lines + 1, "prev": cursor.last}
+    return (json.dumps(numbered, separators=(",", ":"), allow_nan=False) + "\n").encode()

@@ -62,6 +62,33 @@ class Replica:
         finally:
             self._mine = self._landed = None
 
+    def speculate(self, line: bytes) -> None:
+        """Apply our own `line`, numbered as following the cursor but not written yet, as if read: the
+        population runs ahead of the journal until `confirm` says the line is there, or `reset`."""
+        self.cursor, valid = self.cursor.after(line, json.loads(line))
+        if not valid:
+            raise ValueError("a speculated line must follow the cursor")
+        self._apply(json.loads(line), self.population)
+
+    def confirm(self, base: Cursor, lines: list[bytes]) -> bool:
+        """Whether the journal, read from `base`, goes on with the `lines` we speculated on; then the population
+        catches up with whatever follows them. False: others' lines came first (a stale view) and ours are
+        void, so the population is wrong: `reset` it. A network client's cached size is waited out."""
+        for _ in patience():
+            found: list[bytes] = []
+            self.journal.replay(base, lambda event, line, valid: found.append(line if valid else b""))
+            if found[:len(lines)] != lines[:len(found)]:
+                return False
+            if len(found) >= len(lines):
+                if len(found) > len(lines):  # others appended after ours (a lock that does not exclude)
+                    self.sync()
+                return True
+        raise FilesystemError(self.paths.journal, "the events just appended cannot be read back", RETRIES)
+
+    def reset(self) -> None:
+        """Forget what was read: the next sync starts again from the snapshot."""
+        self.population, self.cursor, self._loaded = self.empty(), Cursor(), False
+
     def far_behind(self) -> bool:
         """Whether catching up may take long: nothing loaded yet, or the journal (as a possibly cached stat
         says) has grown by more than CATCH_UP_BYTES. Reading a short tail under the lock saves an open,

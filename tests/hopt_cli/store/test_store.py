@@ -13,6 +13,8 @@ from hopt_cli.errors import HoptError, LockNotExclusive
 from hopt_cli.recipe import Recipe
 from hopt_cli.planning import plan_next
 from hopt_cli.store import Claimed, NoClaim, Store
+from hopt_cli.store import journal as journal_module
+from hopt_cli.store.fsio import append_line
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.worker import Worker
 from tests.conftest import toy_recipe
@@ -152,6 +154,59 @@ def test_appends_that_keep_conflicting_stop_the_worker_with_one_line(tmp_path):
                     theirs.claim(member, *_plan(theirs, member), Holder.this_process("theirs"))
                 ours.claim(member + 1, *_plan(ours, member + 1), Holder.this_process("ours"))
     assert Store.open(tmp_path / "exp").sync() == theirs.sync()
+
+
+def _planner(store: Store):
+    policy = store.recipe.policy.build()
+    return lambda population, leased: plan_next(population, leased, policy, store.recipe.space, store.recipe.seed)
+
+
+def _commit_and_claim(store: Store, claim: Claimed, staging: Path, holder: Holder):
+    name = store.publish(claim.lease, staging)
+    return store.commit_and_claim(claim.lease, claim.decision, claim.hparams, 1.0, {}, name, holder, _planner(store))
+
+
+def test_a_commit_and_the_next_claim_are_one_append_read_back_once(make_store, tmp_path, monkeypatch):
+    """Two fsynced appends and two read-backs are one each: round trips under the lock on a network filesystem."""
+    store = make_store(tmp_path / "exp", population=3, intervals=2)
+    worker = Worker(store, "w")
+    claim, staging = claim_one(store, worker)
+    appends, replays = [], []
+    monkeypatch.setattr(journal_module, "append_line",
+                        lambda path, data: appends.append(data) or append_line(path, data))
+    replay = store.journal.replay
+    monkeypatch.setattr(store.journal, "replay", lambda *args: replays.append(args) or replay(*args))
+
+    with store.transaction():
+        committed, following = _commit_and_claim(store, claim, staging, worker.holder)
+
+    assert committed and isinstance(following, Claimed) and following.member != claim.member
+    assert len(appends) == 1 and [json.loads(line)["type"] for line in appends[0].splitlines()] == ["commit", "claim"]
+    assert len(replays) == 2  # the transaction's catch-up and the read-back
+    assert Store.open(store.paths.root).rebuild() == store.population
+    assert not store.paths.lease(claim.member).exists()
+    assert store.leases.holds(following.lease)
+
+
+def test_a_commit_and_claim_on_a_stale_view_are_void_together_then_made_again(tmp_path):
+    """Another writer's claim lands between our read and our one append: both our lines are void for every
+    reader, nothing they would have done is done, and the commit and a claim on the current view follow."""
+    ours, theirs = _two_writers_whose_locks_do_not_exclude(tmp_path / "exp")
+    here = Holder.this_process("ours")
+    claim, staging = claim_one(ours, Worker(ours, "ours"))
+    with ours.transaction():
+        with theirs.transaction():
+            their_lease = theirs.claim(1, *_plan(theirs, 1), Holder.this_process("theirs"))
+        committed, following = _commit_and_claim(ours, claim, staging, here)  # would claim member 1 too
+
+    assert committed and isinstance(following, Claimed) and following.member == 2
+    lines = [json.loads(line) for line in ours.paths.journal.read_text().splitlines()]
+    assert [(line["type"], line["seq"]) for line in lines] == [
+        ("claim", 1), ("claim", 2), ("commit", 2), ("claim", 3), ("commit", 5), ("claim", 6)]  # a line's number
+    assert Store.open(tmp_path / "exp").rebuild() == ours.population == theirs.sync()
+    assert theirs.leases.holds(their_lease) and ours.leases.holds(following.lease)
+    assert ours.paths.checkpoint(ours.population.members[claim.member].checkpoint).is_dir()
+    assert ours.conflicts == 0
 
 
 def test_one_call_claims_the_next_member_or_says_why_not(make_store, tmp_path):
