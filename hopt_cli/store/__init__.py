@@ -450,8 +450,11 @@ class Store:
         the interval."""
         path = self.paths.interval_log(checkpoint_name(lease.member, lease.interval, lease.token))
         try:
-            path.parent.mkdir(exist_ok=True)
-            write_atomic(path, output, sync_dir=False, durable=False)
+            try:
+                write_atomic(path, output, sync_dir=False, durable=False)
+            except FileNotFoundError:  # the first interval log of the experiment: make its folder (once, not each time)
+                path.parent.mkdir(exist_ok=True)
+                write_atomic(path, output, sync_dir=False, durable=False)
         except OSError as err:
             log.warning("could not keep the log of member %d interval %d in %s (%s); the worker's log has its "
                         "output", lease.member, lease.interval, path, err.strerror)

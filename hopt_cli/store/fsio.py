@@ -97,9 +97,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o666, sync_dir: bool = Tr
         fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, data: Any, sync_dir: bool = True) -> None:
+def write_json_atomic(path: Path, data: Any, sync_dir: bool = True, durable: bool = True) -> None:
     write_atomic(path, (json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n").encode(),
-                 sync_dir=sync_dir)
+                 sync_dir=sync_dir, durable=durable)
 
 
 def create_exclusive(path: Path, data: bytes) -> bool:
