@@ -98,19 +98,26 @@ class KernelFlock(ExperimentLock):
         self._fd: int | None = None
 
     def _try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        """One attempt, on a descriptor a waiter keeps open between its attempts: on a network filesystem an
+        open and a close are a round trip each, and a waiter polls every millisecond while the holder works."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
             return False
         except BaseException:
-            os.close(fd)
+            self._close()
             raise
-        self._fd = fd
         return True
 
     def _release(self) -> None:
+        self._close()
+
+    def _abandon(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -130,7 +137,7 @@ class FlockLock(KernelFlock):
         if not super()._try_acquire():
             return False
         if not _names_file(self._fd, self.path):
-            super()._release()  # we locked a file that was deleted or replaced meanwhile: it guards nothing
+            self._close()  # we locked a file that was deleted or replaced meanwhile: it guards nothing
             log.warning("%s was deleted or replaced while in use (never delete it); locking the new file",
                         self.path)
             return False

@@ -140,6 +140,26 @@ def test_a_flock_file_replaced_while_locking_is_locked_again(tmp_path: Path, mon
         assert os.fstat(lock._fd).st_ino == paths.lock.stat().st_ino
 
 
+def test_a_flock_waiter_opens_the_file_once_and_closes_it_when_it_gives_up(tmp_path: Path, monkeypatch) -> None:
+    """A waiter polls every millisecond: reopening the file for each attempt cost it two more round trips per
+    attempt on a network filesystem, load that slows the holder."""
+    paths = paths_in(tmp_path)
+    opens, attempts = [], []
+    real_open, real_flock = os.open, fcntl.flock
+    monkeypatch.setattr(locking.os, "open",
+                        lambda path, *args: (Path(path) == paths.lock and opens.append(path)) or real_open(path, *args))
+    monkeypatch.setattr(locking.fcntl, "flock", lambda fd, op: attempts.append(fd) or real_flock(fd, op))
+    descriptors = len(os.listdir("/proc/self/fd"))
+
+    with make_lock("flock", paths):
+        with pytest.raises(LockTimeout):
+            with make_lock("flock", paths, timeout=0.05):
+                pass
+
+    assert len(attempts) >= 3 and len(opens) == 2  # the holder's open and the waiter's one, for every attempt
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
 def test_a_hardlink_lock_of_a_live_holder_elsewhere_is_broken_only_when_stale(tmp_path: Path) -> None:
     paths = paths_in(tmp_path)
     elsewhere = HardLinkLock(paths)
