@@ -168,7 +168,7 @@ class Worker:
                         "continues or copies one starts from scratch (said once per worker)")
         ready = outcome.error is None and not self.stop.requested
         digest = staging_area.digest(staging) if ready else None
-        checkpoint = self.store.publish(claim.lease, staging) if ready else None
+        checkpoint = staging_area.publish(claim.lease, staging) if ready else None
         self._poisoned = self._poisoned or self._why_poisoned(claim, outcome)
         following: Claimed | NoClaim | None = None
         claims_next = claim_next and not self.stop.requested and self._poisoned is None

@@ -3,15 +3,14 @@
 Claims and commits run inside `transaction()`: the lock is held, a torn journal tail is cut, and the
 in-memory population has caught up with the journal. The store never decides anything; it records
 what the worker loop decided and keeps every invariant of the directory. It keeps the transaction and
-the journaled operations; its parts own the rest: `replica` (sync, snapshot, reading events), `leases`
-(the lease table, the only judge of staleness), `collector` (every deletion) and `staging` (the
-folders intervals train into).
+the journaled operations; its parts own the rest: `replica` (sync, snapshot, reading events), `appends`
+(our events, read back), `leases` (the lease table, the only judge of staleness), `collector` (every
+deletion) and `staging` (the folders intervals train into, published as checkpoints).
 """
 from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import os
 import secrets
@@ -25,14 +24,15 @@ import yaml
 
 from hopt_cli import events, stopping
 from hopt_cli.decision import Decision
-from hopt_cli.errors import CorruptFile, ExperimentFailed, HoptError, LockNotExclusive, RecipeError, command
+from hopt_cli.errors import CorruptFile, ExperimentFailed, HoptError, RecipeError, command
 from hopt_cli.events import Adopt, Claim, Commit, Extend, JournalEvent, Release, Retry, Set, Stop
 from hopt_cli.population import Population
 from hopt_cli.recipe import FORMAT, Recipe
 from hopt_cli.settings import SECTIONS, SETTABLE, overlay
+from hopt_cli.store.appends import Appends
 from hopt_cli.store.collector import Collector
-from hopt_cli.store.fsio import create_exclusive, fsync_dir, touch, write_atomic
-from hopt_cli.store.journal import Cursor, Journal, number
+from hopt_cli.store.fsio import create_exclusive, touch, write_atomic
+from hopt_cli.store.journal import Cursor, Journal
 from hopt_cli.store.leases import Holder, Lease
 from hopt_cli.store.leasetable import LeaseInfo, LeaseTable
 from hopt_cli.store.locking import make_lock
@@ -45,7 +45,6 @@ __all__ = ["Claimed", "LeaseInfo", "NoClaim", "Store"]
 RETRY_WORKER = "hopt-retry"  # who a retry event names: the user, through `hopt retry`
 EXTEND_WORKER = "hopt-extend"  # and an extend event: the user, through `hopt extend`
 SET_WORKER = "hopt-set"  # and a set event: the user, through `hopt set`
-CONFLICT_LIMIT = 3  # void appends in a row: more than stale caches explain, so the lock does not exclude
 
 log = logging.getLogger("hopt")
 
@@ -100,13 +99,11 @@ class Store:
         self.journal = Journal(self.paths.journal)
         self.lock = make_lock(recipe.lock, self.paths)
         self.replica = Replica(self.paths, self.journal, lambda: _empty_population(recipe))
-        self.leases = LeaseTable(self.paths, recipe.lease, self.replica, self.append_while)
+        self.appends = Appends(self.journal, self.replica, recipe.lock)
+        self.leases = LeaseTable(self.paths, recipe.lease, self.replica, self.appends.append_while)
         self.collector = Collector(self.paths, recipe.lease, self.lock.timeout, self.replica, self.leases)
         self.staging = Staging(self.paths)
-        self.conflicts = 0  # our appends in a row that read back void
         self._after_lock: list[Callable[[], None]] = []  # a transaction's filesystem work that needs no lock
-        self._ahead: list[bytes] | None = None  # inside `_one_append`: our lines applied, not written yet
-        self._once_landed: list[Callable[[], None]] = []  # and what waits until they are in the journal
 
     @property
     def population(self) -> Population:
@@ -248,71 +245,6 @@ class Store:
         if appended and self.replica.snapshot_due():
             self.write_snapshot()
 
-    def _append(self, event: JournalEvent) -> bool:
-        """Append `event` and read it back, with whatever others appended before it; True if it is
-        valid. A void one (our view was stale) changed nothing, and the population is current now.
-        Inside `_one_append` the event is applied at once and written with the others at its end.
-
-        Past CONFLICT_LIMIT void appends in a row, someone writes while we hold the lock: stop."""
-        data = events.encode(event.at(round(time.time(), 3)))
-        if self._ahead is not None:
-            line = number(data, self.cursor)
-            self.replica.speculate(line)
-            self._ahead.append(line)
-            return True
-        line = self.journal.append(data, self.cursor)
-        return self._count(self.replica.read_back(line), f"{event.kind} event is")
-
-    def _count(self, landed: bool, what: str) -> bool:
-        """Keep count of our void appends in a row; past CONFLICT_LIMIT the lock does not exclude: stop."""
-        self.conflicts = 0 if landed else self.conflicts + 1
-        if not landed:
-            log.warning("our %s void: other workers appended to the journal after we last read it (a stale "
-                        "cache, or a lock that did not exclude); read again", what)
-        if self.conflicts >= CONFLICT_LIMIT:
-            raise LockNotExclusive(self.paths.journal, self.conflicts, self.recipe.lock)
-        return landed
-
-    @contextlib.contextmanager
-    def _one_append(self) -> Iterator[Callable[[], bool]]:
-        """Inside, events are applied to the population at once and written at the end in one append, read back
-        once (a round trip each on a network filesystem). Yields whether they landed, known after the block:
-        if not (our view was stale), the population is read again and what they would have done is undone but
-        for the deletions inside, which must be ones no view could regret."""
-        base, tidy = self.cursor, len(self._after_lock)
-        self._ahead, self._once_landed = [], []
-        landed = True
-        try:
-            yield lambda: landed
-        finally:
-            lines, actions, self._ahead, self._once_landed = self._ahead, self._once_landed, None, []
-            if lines:
-                self.journal.append_lines(lines)
-                kinds = " and ".join(json.loads(line)["type"] for line in lines)
-                what = f"{kinds} event" + (" is" if len(lines) == 1 else "s are")
-                landed = self._count(self.replica.confirm(base, lines), what)
-            if landed:
-                for action in actions:
-                    action()
-            else:
-                self.replica.reset()
-                self.sync()
-                del self._after_lock[tidy:]
-
-    def _when_landed(self, action: Callable[[], None]) -> None:
-        """Run `action` once the events appended so far are in the journal: now, or at the end of `_one_append`."""
-        if self._ahead is None:
-            action()
-        else:
-            self._once_landed.append(action)
-
-    def append_while(self, event: JournalEvent, wanted: Callable[[], bool]) -> bool:
-        """Append `event` until it lands valid, as long as `wanted()` holds for the state read back."""
-        while wanted():
-            if self._append(event):
-                return True
-        return False
-
     def _holding(self, lease: Lease) -> Callable[[], bool]:
         """Whether the journal, as read, still has `lease` as its member's latest claim, not ended."""
         def holding() -> bool:
@@ -370,7 +302,7 @@ class Store:
         claim = Claim(member=member, token=lease.token, decision=decision, hparams=hparams,
                       attempt=self.population.members[member].claims, worker=holder.worker, host=holder.host,
                       pid=holder.pid, pidns=holder.pidns)
-        if not self._append(claim):
+        if not self.appends.append(claim):
             return None  # decided on a stale view: plan again on the current one
         # After the lock: the journal's open claim counts as leased until the file is there (LeaseTable.leased).
         self._after_lock.append(lambda: self.leases.write(lease))
@@ -381,29 +313,14 @@ class Store:
         `transaction()`: no lease, no training, the parent's checkpoint becomes the member's too.
         False if it read back void (plan again)."""
         parent = self.population.members[int(decision.parent)]
-        return self._append(Adopt(member=member, token=secrets.token_hex(8), decision=decision, hparams=parent.hparams,
-                                  checkpoint=str(parent.checkpoint), score=parent.lineage.scores[-1],
-                                  worker=holder.worker))
-
-    def publish(self, lease: Lease, staging: Path) -> str | None:
-        """Rename the interval's staging folder into checkpoints/ under its final name, durably, before the
-        commit takes the lock; None when the folder was collected while it trained (our claim was ended).
-
-        Until its commit names it, the checkpoint is kept by every sweep (its member has not moved past its
-        interval); a commit that finds its token fenced off trashes it."""
-        name = checkpoint_name(lease.member, lease.interval, lease.token)
-        try:
-            os.rename(staging, self.paths.checkpoint(name))
-        except FileNotFoundError:  # collected as an orphan (a lock that did not exclude, a stale listing)
-            log.warning("%s was collected while its interval trained; the interval is discarded", staging)
-            return None
-        fsync_dir(self.paths.checkpoints)
-        return name
+        return self.appends.append(Adopt(member=member, token=secrets.token_hex(8), decision=decision,
+                                         hparams=parent.hparams, checkpoint=str(parent.checkpoint),
+                                         score=parent.lineage.scores[-1], worker=holder.worker))
 
     def commit(self, lease: Lease, decision: Decision, hparams: dict[str, Any], score: float,
                metrics: dict[str, Any], checkpoint: str, threads: dict[str, str] | None = None,
                digest: str | None = None) -> bool:
-        """Record the interval whose checkpoint `publish` renamed in (trained with these thread settings, its
+        """Record the interval whose checkpoint `Staging.publish` renamed in (trained with these thread settings, its
         content `digest` taken before the lock); False if our token was fenced off, and the checkpoint goes.
 
         Call inside `transaction()`. Whether the lease is still ours is the journal's to say (a lease file
@@ -413,11 +330,11 @@ class Store:
                        checkpoint=checkpoint, score=score, metrics=metrics, threads=threads, digest=digest,
                        worker=lease.holder.worker)
         before = self.population.referenced_checkpoints()
-        if not self.append_while(event, self._holding(lease)):
+        if not self.appends.append_while(event, self._holding(lease)):
             self._after_lock.append(lambda: self.collector.discard(self.paths.checkpoint(checkpoint)))
             return False
         # Under the lock: once it is released another claim of the member may write the member's lease file.
-        self._when_landed(lambda: self.leases.drop(lease))
+        self.appends.when_landed(lambda: self.leases.drop(lease))
         # What the commit released is the journal's garbage: a crash before this leaves it to the sweep.
         self._after_lock.append(lambda: self.collector.collect_released(before))
         return True
@@ -434,11 +351,14 @@ class Store:
         claim (which sweeps) waits for the commit's line to be written."""
         commit = (lease, decision, hparams, score, metrics, checkpoint, threads, digest)
         claim: Claimed | NoClaim | None = None
-        with self._one_append() as landed:
+        tidy = len(self._after_lock)
+        with self.appends.ahead() as landed:
             committed = self.commit(*commit)
             if not (self.population.complete or self.population.failed):
                 claim = self.claim_within(holder, plan)
-        if not landed():
+        if not landed():  # read the journal again, and drop what the void lines queued for after the lock
+            del self._after_lock[tidy:]
+            self.sync()
             committed, claim = self.commit(*commit), None
         if claim is None and not self.population.failed:
             claim = self.claim_within(holder, plan)
@@ -450,11 +370,10 @@ class Store:
         the interval."""
         path = self.paths.interval_log(checkpoint_name(lease.member, lease.interval, lease.token))
         try:
-            try:
-                write_atomic(path, output, sync_dir=False, durable=False)
-            except FileNotFoundError:  # the first interval log of the experiment: make its folder (once, not each time)
-                path.parent.mkdir(exist_ok=True)
-                write_atomic(path, output, sync_dir=False, durable=False)
+            with contextlib.suppress(FileNotFoundError):  # no folder yet: the experiment's first interval log
+                return write_atomic(path, output, sync_dir=False, durable=False)
+            path.parent.mkdir(exist_ok=True)
+            write_atomic(path, output, sync_dir=False, durable=False)
         except OSError as err:
             log.warning("could not keep the log of member %d interval %d in %s (%s); the worker's log has its "
                         "output", lease.member, lease.interval, path, err.strerror)
@@ -463,7 +382,7 @@ class Store:
         """Record a failed interval; the member resumes from its last good checkpoint next time."""
         self.collector.discard(staging)
         event = events.fail(lease.member, lease.interval, lease.token, error, lease.holder.worker)
-        if not self.append_while(event, self._holding(lease)):
+        if not self.appends.append_while(event, self._holding(lease)):
             return False
         self.leases.drop(lease)
         return True
@@ -473,7 +392,7 @@ class Store:
         self.collector.discard(staging)
         event = Release(member=lease.member, interval=lease.interval, token=lease.token, reason=reason,
                         worker=lease.holder.worker)
-        if not self.append_while(event, self._holding(lease)):
+        if not self.appends.append_while(event, self._holding(lease)):
             return False
         self.leases.drop(lease)
         return True
@@ -483,7 +402,7 @@ class Store:
         with self.transaction() as population:
             if population.failed is None:
                 return False
-            return self.append_while(Retry(worker=RETRY_WORKER), lambda: self.population.failed is not None)
+            return self.appends.append_while(Retry(worker=RETRY_WORKER), lambda: self.population.failed is not None)
 
     def extend(self, population: int | None = None, intervals: int | None = None) -> bool:
         """Grow the budget to `population` members and `intervals` intervals each (None: as it is now);
@@ -496,12 +415,12 @@ class Store:
                 raise HoptError(f"hopt extend only grows an experiment: it has {current.size} members x "
                                 f"{current.intervals} intervals, not fewer; to run a smaller one, use a new --dir")
             event = Extend(population=size, intervals=length, worker=EXTEND_WORKER)
-            return self.append_while(event, lambda: current.size <= size and current.intervals <= length
+            return self.appends.append_while(event, lambda: current.size <= size and current.intervals <= length
                                      and ((current.size, current.intervals) != (size, length) or current.stopped))
 
     def stop(self, reason: str, worker: str) -> bool:
         """Record that a stop rule was reached (call inside `transaction()`); False if already stopped."""
-        return self.append_while(Stop(reason=reason, worker=worker), lambda: self.population.stopped is None)
+        return self.appends.append_while(Stop(reason=reason, worker=worker), lambda: self.population.stopped is None)
 
     def change_settings(self, settings: dict[str, Any]) -> bool:
         """Put `settings` (dotted recipe keys, checked by settings.parse) in force for every worker from its next
@@ -509,7 +428,7 @@ class Store:
         with self.transaction():
             if overlay(self.recipe, settings).to_dict() == self.recipe.to_dict():
                 return False
-            return self.append_while(Set(settings=settings, worker=SET_WORKER), lambda: True)
+            return self.appends.append_while(Set(settings=settings, worker=SET_WORKER), lambda: True)
 
 def _empty_population(recipe: Recipe) -> Population:
     return Population(recipe.population, recipe.intervals, recipe.objective.maximize, recipe.keep_best,

@@ -5,12 +5,16 @@ worker never mistakes a transient error for a missing or changed folder.
 """
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from hopt_cli.store.digest import FileState, checkpoint_digest, folder_state
-from hopt_cli.store.fsio import retrying
+from hopt_cli.store.fsio import fsync_dir, retrying
 from hopt_cli.store.leases import Lease
-from hopt_cli.store.paths import ExperimentPaths
+from hopt_cli.store.paths import ExperimentPaths, checkpoint_name
+
+log = logging.getLogger("hopt")
 
 
 class Staging:
@@ -46,3 +50,18 @@ class Staging:
     def state(self, folder: Path) -> tuple[FileState, ...]:
         """Every file's name, size and mtime under the checkpoint `folder`: what a write into it changes."""
         return retrying(lambda: folder_state(folder), folder)
+
+    def publish(self, lease: Lease, folder: Path) -> str | None:
+        """Rename `lease`'s staging `folder` into checkpoints/ under its final name, durably, before the commit
+        takes the lock; None when the folder was collected while it trained (our claim was ended).
+
+        Until its commit names it, the checkpoint is kept by every sweep (its member has not moved past its
+        interval); a commit that finds its token fenced off trashes it."""
+        name = checkpoint_name(lease.member, lease.interval, lease.token)
+        try:
+            os.rename(folder, self.paths.checkpoint(name))
+        except FileNotFoundError:  # collected as an orphan (a lock that did not exclude, a stale listing)
+            log.warning("%s was collected while its interval trained; the interval is discarded", folder)
+            return None
+        fsync_dir(self.paths.checkpoints)
+        return name

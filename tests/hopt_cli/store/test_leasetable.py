@@ -87,7 +87,7 @@ class TestLeaseTable:
         claim, staging = claim_one(store, Worker(store, "a"))
         store.paths.lease(claim.member).write_text("I edited this")
 
-        name = store.publish(claim.lease, staging)
+        name = store.staging.publish(claim.lease, staging)
         with store.transaction():
             assert store.leases.reclaim(Holder.this_process("b")) == []
             assert not store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, name)

@@ -49,7 +49,7 @@ class TestStoreProtocol:
         assert retry.member == claim.member and retry.lease.token != claim.lease.token
         size = store.paths.journal.stat().st_size
 
-        name = store.publish(claim.lease, staging)
+        name = store.staging.publish(claim.lease, staging)
         with store.transaction():
             assert not store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, name)
 
@@ -162,7 +162,7 @@ def _planner(store: Store):
 
 
 def _commit_and_claim(store: Store, claim: Claimed, staging: Path, holder: Holder):
-    name = store.publish(claim.lease, staging)
+    name = store.staging.publish(claim.lease, staging)
     return store.commit_and_claim(claim.lease, claim.decision, claim.hparams, 1.0, {}, name, holder, _planner(store))
 
 
@@ -206,7 +206,7 @@ def test_a_commit_and_claim_on_a_stale_view_are_void_together_then_made_again(tm
     assert Store.open(tmp_path / "exp").rebuild() == ours.population == theirs.sync()
     assert theirs.leases.holds(their_lease) and ours.leases.holds(following.lease)
     assert ours.paths.checkpoint(ours.population.members[claim.member].checkpoint).is_dir()
-    assert ours.conflicts == 0
+    assert ours.appends.conflicts == 0
 
 
 def test_one_call_claims_the_next_member_or_says_why_not(make_store, tmp_path):
@@ -229,7 +229,7 @@ def test_one_call_claims_the_next_member_or_says_why_not(make_store, tmp_path):
     assert asked == [set(), {0}, {0, 1}]
 
     for claim in claims:
-        name = store.publish(claim.lease, store.staging.make(claim.lease))
+        name = store.staging.publish(claim.lease, store.staging.make(claim.lease))
         with store.transaction():
             store.commit(claim.lease, claim.decision, claim.hparams, 1.0, {}, name)
     assert other.claim_next(Holder.this_process("b"), plan) is NoClaim.COMPLETE
