@@ -77,9 +77,8 @@ class Appends:
             lines, actions, self._ahead, self._once_landed = self._ahead, self._once_landed, None, []
             if lines:
                 self.journal.append_lines(lines)
-                kinds = " and ".join(json.loads(line)["type"] for line in lines)
-                what = f"{kinds} event" + (" is" if len(lines) == 1 else "s are")
-                landed = self._count(self.replica.confirm(base, lines), what)
+                landed = self.replica.confirm(base, lines)
+                self._count(landed, "" if landed else _described(lines))
             if landed:
                 for action in actions:
                     action()
@@ -95,3 +94,9 @@ class Appends:
         if self.conflicts >= CONFLICT_LIMIT:
             raise LockNotExclusive(self.journal.path, self.conflicts, self.lock_kind)
         return landed
+
+
+def _described(lines: list[bytes]) -> str:
+    """What the void `lines` were, for the warning: "commit and claim events are"."""
+    kinds = " and ".join(json.loads(line)["type"] for line in lines)
+    return f"{kinds} event" + (" is" if len(lines) == 1 else "s are")

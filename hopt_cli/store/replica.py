@@ -65,10 +65,11 @@ class Replica:
     def speculate(self, line: bytes) -> None:
         """Apply our own `line`, numbered as following the cursor but not written yet, as if read: the
         population runs ahead of the journal until `confirm` says the line is there, or `reset`."""
-        self.cursor, valid = self.cursor.after(line, json.loads(line))
+        event = json.loads(line)
+        self.cursor, valid = self.cursor.after(line, event)
         if not valid:
             raise ValueError("a speculated line must follow the cursor")
-        self._apply(json.loads(line), self.population)
+        self._apply(event, self.population)
 
     def confirm(self, base: Cursor, lines: list[bytes]) -> bool:
         """Whether the journal, read from `base`, goes on with the `lines` we speculated on; then the population
