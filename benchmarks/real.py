@@ -57,7 +57,7 @@ class Task:
 
 TASKS = {
     "digits": Task("recipes/real-digits.yaml", "val_acc", "test_acc", True, 4),
-    "charlm": Task("recipes/charlm.yaml", "val_bpc", "test_bpc", False, 4),
+    "charlm": Task("recipes/real-charlm.yaml", "val_bpc", "test_bpc", False, 4),
     "ppo": Task("recipes/ppo-cartpole.yaml", "val_return", "test_return", True, 1),
 }
 
