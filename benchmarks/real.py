@@ -193,7 +193,9 @@ def _verdict(rows: list[dict[str, Any]], stats: dict[str, tuple[Summary, Summary
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per (task, policy)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds FIRST..FIRST+N-1 per (task, policy)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (rules are tried on seeds from 100, reported on seeds from 0)")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
     parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated, of {', '.join(POLICIES)}")
     parser.add_argument("--population", type=int, help="override the recipes' population (smoke runs only)")
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {k: v for k in ("population", "intervals", "steps") if (v := getattr(args, k)) is not None}
     args.out.mkdir(parents=True, exist_ok=True)
     done = {(r["task"], r["policy"], r["seed"]) for r in read_rows(args.out)}
-    jobs = [Job(task, policy, seed) for seed in range(args.seeds) for task in args.tasks for policy in args.policies
+    jobs = [Job(task, policy, seed) for seed in range(args.first_seed, args.first_seed + args.seeds) for task in args.tasks for policy in args.policies
             if (task, policy, seed) not in done]
     load = load_average()
     started = time.perf_counter()
