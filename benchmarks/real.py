@@ -36,6 +36,7 @@ import yaml
 from benchmarks.common import REPO
 from benchmarks.machine import Machine, load_average
 from benchmarks.report import Summary
+from benchmarks.stats import wilcoxon
 
 POLICIES = ("romul", "pbt", "de", "random")
 WORKERS = 2
@@ -182,13 +183,15 @@ def _verdict(rows: list[dict[str, Any]], stats: dict[str, tuple[Summary, Summary
         seeds = [s for (p, s) in by if p == "romul" and (other, s) in by]
         wins = sum(by["romul", s] > by[other, s] for s in seeds)
         ties = sum(by["romul", s] == by[other, s] for s in seeds)
-        pairs.append(f"{wins}/{ties}/{len(seeds) - wins - ties} against {other}")
+        test = wilcoxon([by["romul", s] - by[other, s] for s in seeds])
+        pairs.append(f"{wins}/{ties}/{len(seeds) - wins - ties} against {other} (p = {test.pvalue:.3g})")
     others = ", ".join(p for p in top if p != "romul")
     if "romul" not in top:
         head = f"ROMUL does NOT have the best median test metric ({others} has it)"
     else:
         head = "ROMUL has the best median test metric" + (f", tied with {others}" if others else "")
-    return f"{head}. ROMUL's wins/ties/losses on {task.test}, paired by seed: {', '.join(pairs)}."
+    return (f"{head}. ROMUL's wins/ties/losses on {task.test}, paired by seed, with the exact Wilcoxon signed-rank "
+            f"test's two-sided p: {', '.join(pairs)}.")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
