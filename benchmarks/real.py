@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {k: v for k in ("population", "intervals", "steps") if (v := getattr(args, k)) is not None}
     args.out.mkdir(parents=True, exist_ok=True)
     done = {(r["task"], r["policy"], r["seed"]) for r in read_rows(args.out)}
-    jobs = [Job(task, policy, seed) for seed in range(args.first_seed, args.first_seed + args.seeds) for task in args.tasks for policy in args.policies
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [Job(task, policy, seed) for seed in seeds for task in args.tasks for policy in args.policies
             if (task, policy, seed) not in done]
     load = load_average()
     started = time.perf_counter()
