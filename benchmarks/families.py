@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.family_report import Invocation, Row, merge
-from benchmarks.common import REPO, SCRATCH
+from benchmarks.common import REPO, SCRATCH, key_values
 from benchmarks.machine import cpu_summary
 from benchmarks.policies import ABLATIONS, registry
 from benchmarks.report import best_curve
@@ -140,10 +140,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="override ROMUL's defaults (in romul and its ablations), e.g. CR=0.2")
     args = parser.parse_args(argv)
     try:
-        settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.romul)}
-        POLICIES.update(registry(settings))  # module state, so the pool's forked processes see it
-    except (RecipeError, yaml.YAMLError) as err:
+        POLICIES.update(registry(key_values(args.romul)))  # module state, so the pool's forked processes see it
+    except (RecipeError, ValueError) as err:
         parser.error(f"--romul: {err}")
+    if args.romul and args.half == "report":
+        parser.error("--romul: a variant is tried on the tune half (--half tune); the report half runs the shipped rules")
     args.variant = " ".join(args.romul)
     return read_suite(parser, args, POLICIES, QUICK)
 

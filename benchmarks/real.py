@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, key_values
 from benchmarks.machine import Machine, load_average
 from benchmarks.report import Summary
 from benchmarks.stats import wilcoxon
+from hopt_cli.errors import RecipeError
+from hopt_cli.policies import resolve
 
 POLICIES = ("romul", "pbt", "de", "random")
 WORKERS = 2
@@ -70,10 +72,12 @@ class Job:
     seed: int
 
 
-def recipe_for(job: Job, sizes: dict[str, int]) -> dict[str, Any]:
-    """The task's shipped recipe with this job's seed and policy (and a smoke run's sizes, if given)."""
+def recipe_for(job: Job, sizes: dict[str, int], romul: dict[str, Any]) -> dict[str, Any]:
+    """The task's shipped recipe with this job's seed and policy (with `romul`'s settings if it is ROMUL's, and
+    a smoke run's sizes, if given)."""
     recipe = yaml.safe_load((REPO / TASKS[job.task].recipe).read_text())
-    recipe.update(name=f"{job.task}-{job.policy}-{job.seed}", seed=job.seed, policy={"name": job.policy}, **sizes)
+    policy = {"name": job.policy, **(romul if job.policy == "romul" else {})}
+    recipe.update(name=f"{job.task}-{job.policy}-{job.seed}", seed=job.seed, policy=policy, **sizes)
     return recipe
 
 
@@ -82,10 +86,10 @@ def hopt(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hopt_cli", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def run_job(job: Job, sizes: dict[str, int], scratch: Path) -> dict[str, Any]:
+def run_job(job: Job, sizes: dict[str, int], romul: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """Train one experiment with `hopt run` (resuming it if a previous attempt stopped), export its best."""
     task = TASKS[job.task]
-    recipe = recipe_for(job, sizes)
+    recipe = recipe_for(job, sizes, romul)
     folder = scratch / recipe["name"]
     folder.parent.mkdir(parents=True, exist_ok=True)
     recipe_path = scratch / f"{recipe['name']}.yaml"
@@ -114,6 +118,12 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
         return [{**row, "seed": int(row["seed"])} for row in csv.DictReader(handle)]
 
 
+def read_provenance(out: Path) -> list[dict[str, Any]]:
+    """The commands that made the runs in `out`, oldest first."""
+    path = out / PROVENANCE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def append_row(out: Path, row: dict[str, Any]) -> None:
     """Record one finished run at once, so an interrupted benchmark keeps it."""
     path = out / RUNS
@@ -135,6 +145,10 @@ def render_table(rows: list[dict[str, Any]], provenance: list[dict[str, Any]]) -
              "task's shipped recipe with only `seed` and `policy` set. The policy sees only the validation "
              "metric; the test metric is of data no policy and no training step ever saw. Bold: the best "
              "median test metric of the task. Time: median wall seconds of one `hopt run`.", ""]
+    settings = next((entry["romul"] for entry in provenance if entry.get("romul")), {})
+    if settings:
+        lines += ["ROMUL's runs here are a trial rule, not the shipped one: its recipe settings were "
+                  + ", ".join(f"`{key}: {value}`" for key, value in settings.items()) + ".", ""]
     for name, task in TASKS.items():
         mine = [r for r in rows if r["task"] == name]
         if not mine:
@@ -207,11 +221,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "real")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/hopt-real"),
                         help="where the experiment directories go (checkpoints: not results)")
+    parser.add_argument("--romul", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="recipe settings for ROMUL's runs in place of its defaults (a rule to try on the tune "
+                             "seeds), e.g. F=0.8; one set per --out")
     args = parser.parse_args(argv)
     args.tasks, args.policies = args.tasks.split(","), args.policies.split(",")
     unknown = [t for t in args.tasks if t not in TASKS] + [p for p in args.policies if p not in POLICIES]
     if unknown:
         parser.error(f"unknown task or policy: {', '.join(unknown)}")
+    try:
+        args.romul = key_values(args.romul)
+        resolve("romul", args.romul)
+    except (RecipeError, ValueError) as err:
+        parser.error(f"--romul: {err}")
+    earlier = {json.dumps(entry.get("romul", {}), sort_keys=True) for entry in read_provenance(args.out)}
+    if earlier - {json.dumps(args.romul, sort_keys=True)}:
+        parser.error(f"--romul: {args.out} holds runs of ROMUL with other settings; give this set another --out")
     return args
 
 
@@ -226,22 +251,21 @@ def main(argv: list[str] | None = None) -> int:
     load = load_average()
     started = time.perf_counter()
     for number, job in enumerate(jobs, 1):
-        row = run_job(job, sizes, args.scratch / args.out.resolve().name)
+        row = run_job(job, sizes, args.romul, args.scratch / args.out.resolve().name)
         append_row(args.out, row)
         print(f"{number}/{len(jobs)} {job.task} {job.policy} seed {job.seed}: {TASKS[job.task].test} "
               f"{float(row['test']):.4f} in {row['seconds']:.0f} s", file=sys.stderr, flush=True)
-    provenance_path = args.out / PROVENANCE
-    provenance = json.loads(provenance_path.read_text()) if provenance_path.exists() else []
+    provenance = read_provenance(args.out)
     if jobs:
         command = "python -m benchmarks.real " + shlex.join(argv if argv is not None else sys.argv[1:])
-        provenance.append({"command": command.strip(), "runs": len(jobs),
+        provenance.append({"command": command.strip(), "runs": len(jobs), **({"romul": args.romul} if args.romul else {}),
                            "run_command": f"hopt run RECIPE --dir D --workers {WORKERS}; "
                                           "hopt best --dir D --out D/best --json",
                            "machine": asdict(Machine.describe(args.scratch)), "torch": importlib.metadata.version("torch"),
                            "load_before": load, "load_after": load_average(),
                            "wall_seconds": round(time.perf_counter() - started, 1),
                            "finished": time.strftime("%Y-%m-%d %H:%M:%S %z")})
-        provenance_path.write_text(json.dumps(provenance, indent=1) + "\n")
+        (args.out / PROVENANCE).write_text(json.dumps(provenance, indent=1) + "\n")
     (args.out / TABLE).write_text(render_table(read_rows(args.out), provenance))
     print(f"{len(jobs)} runs in {time.perf_counter() - started:.0f} s; table in {args.out / TABLE}", file=sys.stderr)
     return 0

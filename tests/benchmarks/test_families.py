@@ -221,3 +221,18 @@ def test_a_tiny_run_of_both_halves_renders_the_report_from_the_report_half_only(
     assert "| shipped defaults |" in tune and "| CR=0.2 |" in tune
     assert (tmp_path / "families.png").stat().st_size > 10_000
     assert len(json.loads((tmp_path / "provenance.json").read_text())) == 3
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--half", "tune", "--romul", "CR"], "'CR' is not KEY=VALUE"),
+    (["--half", "tune", "--romul", "CR=[0.2"], "'CR=[0.2' is not KEY=VALUE"),
+    (["--half", "tune", "--romul", "CR=2"], "policy.CR: must be a number in [0, 1]"),
+    (["--romul", "CR=0.2"], "a variant is tried on the tune half"),
+])
+def test_a_bad_variant_is_one_line_before_anything_runs(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        families.main([*argv, "--quick", "--out", str(tmp_path)])
+
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

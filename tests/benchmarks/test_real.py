@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
-from benchmarks.real import main, render_table
+from benchmarks.real import Job, main, recipe_for, render_table
 
 
 def rows(tests: dict[str, list[float]]) -> list[dict]:
@@ -33,6 +34,27 @@ def test_a_loss_on_the_median_is_said_as_one():
 
     assert "ROMUL does NOT have the best median test metric (de has it)" in table
     assert "1/0/2 against de (p = 0.5)" in table
+
+
+def test_a_trial_rule_is_checked_named_in_the_table_and_kept_apart_from_other_settings(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"command": "python -m benchmarks.real --romul F=0.8", "runs": 1, "wall_seconds": 60.0, "torch": "2",
+               "load_before": "0", "machine": {"cpu": "x", "cores": 2, "python": "3", "commit": "c"},
+               "romul": {"F": 0.8}}
+    (out / "provenance.json").write_text(json.dumps([earlier]))
+    for settings, says in ((["wait=false"], "policy.wait: is an ablation switch"), (["F=-1"], "policy.F: must be"),
+                           (["F"], "'F' is not KEY=VALUE"), ([], "holds runs of ROMUL with other settings"),
+                           (["F=0.5"], "holds runs of ROMUL with other settings")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--tasks", "digits", "--seeds", "0", "--out", str(out), "--romul", *settings])
+        assert exit_.value.code == 2
+        assert says in capsys.readouterr().err
+
+    assert main(["--tasks", "digits", "--seeds", "0", "--out", str(out), "--romul", "F=0.8"]) == 0
+    assert "its recipe settings were `F: 0.8`" in (out / "table.md").read_text()
+    assert recipe_for(Job("digits", "romul", 3), {}, {"F": 0.8})["policy"] == {"name": "romul", "F": 0.8}
+    assert recipe_for(Job("digits", "de", 3), {}, {"F": 0.8})["policy"] == {"name": "de"}
 
 
 @pytest.mark.slow  # two `hopt run`s of a tiny digits CNN: 30 to 40 s on two busy cores
