@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import METRIC, Summary
-from benchmarks.stats import wilcoxon
+from benchmarks.stats import holm, wilcoxon
 from workers.families import FAMILIES
 
 RUNS = "runs.csv"
@@ -248,7 +248,7 @@ def _targets(cells: list[tuple[str, int, int]], table: dict, verdicts: dict) -> 
     lines += [_miss(c, leader, table, verdicts) for c, leader in missed]
     losses = [(c, b) for c in cells for b in BASELINES if verdicts[(c, b)].outcome == "loss"]
     lines.append(f"- Significantly behind a baseline: {len(losses)} cell-baseline pairs (target: none) — "
-                 f"{'met' if not losses else 'MISSED'}{':' if losses else '.'}")
+                 f"{'met' if not losses else 'MISSED'}. {_by_chance(list(verdicts.values()))}{':' if losses else ''}")
     lines += [_miss(c, b, table, verdicts) for c, b in losses]
     for family, baseline, smallest in AHEAD:
         mine = [c for c in cells if c[0] == family and c[1] >= smallest]
@@ -279,8 +279,8 @@ def _peer_targets(rows: list[Row]) -> list[str]:
     table, verdicts = _peer_verdicts(rows)
     losses = [key for key, v in verdicts.items() if v.outcome == "loss"]
     lines = [f"- Significantly behind a published peer ({', '.join(sorted({p for _, p in verdicts}))}): "
-             f"{len(losses)} of {len(verdicts)} cell-peer pairs "
-             f"(target: none) — {'met' if not losses else 'MISSED'}{':' if losses else '.'}"]
+             f"{len(losses)} of {len(verdicts)} cell-peer pairs (target: none) — {'met' if not losses else 'MISSED'}. "
+             f"{_by_chance(list(verdicts.values()))}{':' if losses else ''}"]
     lines += [_miss(c, p, table, verdicts) for c, p in losses]
     for family, peer in PEERS_AHEAD:
         mine = [c for c, p in verdicts if c[0] == family and p == peer]
@@ -292,6 +292,15 @@ def _peer_targets(rows: list[Row]) -> list[str]:
                      f"{':' if misses else '.'}")
         lines += [_miss(c, peer, table, verdicts) for c in misses]
     return lines
+
+
+def _by_chance(verdicts: list[Verdict]) -> str:
+    """How many losses these tests would show with no difference at all, and how many survive Holm's correction."""
+    kept = [v for v, rejected in zip(verdicts, holm([v.pvalue for v in verdicts], ALPHA))
+            if rejected and v.outcome == "loss"]
+    return (f"Of {len(verdicts)} such tests at alpha {ALPHA} uncorrected, a policy no different from the others "
+            f"would lose up to {len(verdicts) * ALPHA / 2:.1f} by chance; with Holm's correction over the "
+            f"{len(verdicts)}, {len(kept)} {'loss remains' if len(kept) == 1 else 'losses remain'}")
 
 
 def _peer_section(main: list[Row], peers: list[Row]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The Wilcoxon signed-rank test, exact, for paired benchmark results (hopt does not depend on scipy)."""
+"""The Wilcoxon signed-rank test, exact, for paired benchmark results (hopt does not depend on scipy), and Holm's
+correction for many such tests."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,6 +41,17 @@ def wilcoxon(differences: Sequence[float], zero: float = 1e-12) -> Wilcoxon:
     probability = counts / counts.sum()
     low, high = probability[:plus + 1].sum(), probability[plus:].sum()
     return Wilcoxon(plus / 2, float(doubled.sum() - plus) / 2, int(d.size), float(min(1.0, 2 * min(low, high))))
+
+
+def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
+    """Which of `pvalues` Holm's step-down procedure rejects at family-wise error `alpha`, in their order."""
+    order = np.argsort(pvalues, kind="stable")
+    rejected = [False] * len(pvalues)
+    for step, index in enumerate(order):
+        if pvalues[index] >= alpha / (len(pvalues) - step):
+            break
+        rejected[index] = True
+    return rejected
 
 
 def _doubled_midranks(values: np.ndarray) -> np.ndarray:

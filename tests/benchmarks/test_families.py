@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import families
 from benchmarks.family_report import Row, ranks, render_report
-from benchmarks.stats import wilcoxon
+from benchmarks.stats import holm, wilcoxon
 from hopt_cli.trainable import Context
 from workers.families import FAMILIES, Instance, draw
 
@@ -168,6 +168,13 @@ def test_the_wilcoxon_test_agrees_with_scipy_where_scipy_is_installed():
         assert wilcoxon(d).pvalue == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
 
 
+def test_holm_rejects_step_down_until_the_first_p_over_its_threshold():
+    # sorted: 0.005 < 0.05/4, 0.01 < 0.05/3, then 0.03 >= 0.05/2 stops it, so 0.04 is kept too
+    assert holm([0.01, 0.04, 0.03, 0.005], 0.05) == [True, False, False, True]
+    assert holm([0.01, 0.02], 0.05) == [True, True]
+    assert holm([], 0.05) == []
+
+
 def test_ranks_share_ties():
     assert ranks([3.0, 1.0, 3.0, 2.0]) == [1.5, 4.0, 1.5, 3.0]
 
@@ -180,8 +187,12 @@ def test_a_peer_that_beats_romul_on_every_instance_is_a_missed_target_and_gets_i
     report = render_report(rows, [])
 
     # 8 pairs all one way: the exact two-sided p is 2 / 2**8 = 0.0078
-    assert ("- Significantly behind a published peer (ray-pbt): 1 of 1 cell-peer pairs (target: none) — MISSED:"
-            in report)
+    assert ("- Significantly behind a published peer (ray-pbt): 1 of 1 cell-peer pairs (target: none) — MISSED. Of 1 "
+            "such tests at alpha 0.05 uncorrected, a policy no different from the others would lose up to 0.0 by "
+            "chance; with Holm's correction over the 1, 1 loss remains:" in report)
+    # romul is ahead of its three baselines on every instance: none of the 3 tests is a loss
+    assert "Significantly behind a baseline: 0 cell-baseline pairs (target: none) — met. Of 3 such tests" in report
+    assert "would lose up to 0.1 by chance; with Holm's correction over the 3, 0 losses remain\n" in report
     assert "## Published peers beside them (populations 8)" in report
     assert "| ray-pbt | 1.00 |" in report and "| romul | 2.00 |" in report
     assert "ray-pbt 0/0/1" in report and "## Ablations" not in report
