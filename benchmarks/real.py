@@ -3,6 +3,8 @@
     python -m benchmarks.real                              # 3 tasks x 4 policies x seeds 0-4 -> benchmarks/results/real
     python -m benchmarks.real --tasks ppo --seeds 1 --out /tmp/ppo-real   # one task, one seed, all four policies
     python -m benchmarks.real --seeds 1 --population 4 --intervals 2 --steps 5 --out /tmp/smoke   # a smoke run
+    python -m benchmarks.real --tasks charlm --policies romul --seeds 10 --first-seed 100 --romul F=0.8 --out /tmp/f
+                                                           # a ROMUL setting tried on the tune seeds
 
 Each (task, policy, seed) is one experiment: the task's recipe from recipes/ with its `seed` and
 `policy` set and nothing else changed (its space, initial ranges and budget are what a user runs),
