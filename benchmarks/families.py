@@ -144,7 +144,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     except (RecipeError, ValueError) as err:
         parser.error(f"--romul: {err}")
     if args.romul and args.half == "report":
-        parser.error("--romul: a variant is tried on the tune half (--half tune); the report half runs the shipped rules")
+        parser.error("--romul: a variant is tried on the tune half (--half tune); the report half runs the shipped "
+                     "rules")
     args.variant = " ".join(args.romul)
     return read_suite(parser, args, POLICIES, QUICK)
 

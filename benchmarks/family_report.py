@@ -279,8 +279,8 @@ def _peer_targets(rows: list[Row]) -> list[str]:
     table, verdicts = _peer_verdicts(rows)
     losses = [key for key, v in verdicts.items() if v.outcome == "loss"]
     lines = [f"- Significantly behind a published peer ({', '.join(sorted({p for _, p in verdicts}))}): "
-             f"{len(losses)} of {len(verdicts)} cell-peer pairs (target: none) — {'met' if not losses else 'MISSED'}. "
-             f"{_by_chance(list(verdicts.values()))}{':' if losses else ''}"]
+             f"{len(losses)} of {len(verdicts)} cell-peer pairs (target: none) — "
+             f"{'met' if not losses else 'MISSED'}. {_by_chance(list(verdicts.values()))}{':' if losses else ''}"]
     lines += [_miss(c, p, table, verdicts) for c, p in losses]
     for family, peer in PEERS_AHEAD:
         mine = [c for c, p in verdicts if c[0] == family and p == peer]

@@ -238,7 +238,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--romul: {err}")
     earlier = {json.dumps(entry.get("romul", {}), sort_keys=True) for entry in read_provenance(args.out)}
     if earlier - {json.dumps(args.romul, sort_keys=True)}:
-        parser.error(f"--romul: {args.out} holds runs of ROMUL with other settings; give this set another --out")
+        parser.error(f"--romul: {args.out} was made with other ROMUL settings; give this set another --out")
     return args
 
 
@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     provenance = read_provenance(args.out)
     if jobs:
         command = "python -m benchmarks.real " + shlex.join(argv if argv is not None else sys.argv[1:])
-        provenance.append({"command": command.strip(), "runs": len(jobs), **({"romul": args.romul} if args.romul else {}),
+        trial = {"romul": args.romul} if args.romul else {}
+        provenance.append({"command": command.strip(), "runs": len(jobs), **trial,
                            "run_command": f"hopt run RECIPE --dir D --workers {WORKERS}; "
                                           "hopt best --dir D --out D/best --json",
                            "machine": asdict(Machine.describe(args.scratch)), "torch": importlib.metadata.version("torch"),

@@ -44,8 +44,8 @@ def test_a_trial_rule_is_checked_named_in_the_table_and_kept_apart_from_other_se
                "romul": {"F": 0.8}}
     (out / "provenance.json").write_text(json.dumps([earlier]))
     for settings, says in ((["wait=false"], "policy.wait: is an ablation switch"), (["F=-1"], "policy.F: must be"),
-                           (["F"], "'F' is not KEY=VALUE"), ([], "holds runs of ROMUL with other settings"),
-                           (["F=0.5"], "holds runs of ROMUL with other settings")):
+                           (["F"], "'F' is not KEY=VALUE"), ([], "was made with other ROMUL settings"),
+                           (["F=0.5"], "was made with other ROMUL settings")):
         with pytest.raises(SystemExit) as exit_:
             main(["--tasks", "digits", "--seeds", "0", "--out", str(out), "--romul", *settings])
         assert exit_.value.code == 2
