@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
-import yaml
-
 from benchmarks.family_report import Invocation, Row, merge
 from benchmarks.common import REPO, SCRATCH, key_values
 from benchmarks.machine import cpu_summary

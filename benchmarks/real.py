@@ -236,8 +236,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         resolve("romul", args.romul)
     except (RecipeError, ValueError) as err:
         parser.error(f"--romul: {err}")
-    earlier = {json.dumps(entry.get("romul", {}), sort_keys=True) for entry in read_provenance(args.out)}
-    if earlier - {json.dumps(args.romul, sort_keys=True)}:
+    if any(entry.get("romul", {}) != args.romul for entry in read_provenance(args.out)):
         parser.error(f"--romul: {args.out} was made with other ROMUL settings; give this set another --out")
     return args
 
